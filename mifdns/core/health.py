@@ -1,0 +1,80 @@
+"""Upstream server health: smoothed RTT and failures per (PvD, server).
+
+A server that fails ``DEAD_AFTER`` attempts in a row is held back for a back-off that doubles up
+to ``MAX_BACKOFF``; until then it is tried only after the healthy servers of its PvD, so a query
+never waits a whole timeout on a server known dead while another one works. When the back-off
+ends it is probed again by ordinary traffic (it moves back to its RTT rank).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .pvd import ServerAddr
+
+DEAD_AFTER = 2
+BASE_BACKOFF = 2.0
+MAX_BACKOFF = 60.0
+UNKNOWN_RTT = 0.05
+
+
+@dataclass(slots=True)
+class ServerStats:
+    srtt: float | None = None
+    failures: int = 0  # consecutive
+    total_failures: int = 0
+    answers: int = 0
+    dead_until: float = 0.0
+
+    def to_json(self, now: float) -> dict[str, object]:
+        return {
+            "srtt_ms": None if self.srtt is None else round(self.srtt * 1000, 2),
+            "failures": self.total_failures,
+            "consecutive_failures": self.failures,
+            "answers": self.answers,
+            "held_back_s": round(max(0.0, self.dead_until - now), 1),
+        }
+
+
+class Health:
+    def __init__(self) -> None:
+        self._stats: dict[tuple[str, ServerAddr], ServerStats] = {}
+
+    def stats(self, pvd: str, server: ServerAddr) -> ServerStats:
+        key = (pvd, server)
+        st = self._stats.get(key)
+        if st is None:
+            st = self._stats[key] = ServerStats()
+        return st
+
+    def order(self, pvd: str, servers: tuple[ServerAddr, ...], now: float) -> list[ServerAddr]:
+        if len(servers) < 2:
+            return list(servers)
+
+        def rank(item: tuple[int, ServerAddr]) -> tuple[bool, float, int]:
+            i, s = item
+            st = self._stats.get((pvd, s))
+            if st is None:
+                return (False, UNKNOWN_RTT, i)
+            held = st.dead_until > now
+            return (held, st.srtt if st.srtt is not None else UNKNOWN_RTT, i)
+
+        return [s for _, s in sorted(enumerate(servers), key=rank)]
+
+    def record(self, pvd: str, server: ServerAddr, rtt: float | None, now: float) -> None:
+        st = self.stats(pvd, server)
+        if rtt is None:
+            st.failures += 1
+            st.total_failures += 1
+            if st.failures >= DEAD_AFTER:
+                backoff = min(MAX_BACKOFF, BASE_BACKOFF * 2 ** (st.failures - DEAD_AFTER))
+                st.dead_until = now + backoff
+            return
+        st.answers += 1
+        st.failures = 0
+        st.dead_until = 0.0
+        st.srtt = rtt if st.srtt is None else 0.7 * st.srtt + 0.3 * rtt
+
+    def forget(self, pvd: str) -> None:
+        for key in [k for k in self._stats if k[0] == pvd]:
+            del self._stats[key]

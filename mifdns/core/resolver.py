@@ -1,0 +1,577 @@
+"""The resolver: vet a query, route it, answer from the PvDs' caches or ask their servers.
+
+Theory of operation
+-------------------
+The resolver owns the registry's router, the cache, the server health table and the in-flight
+transactions; it performs no I/O and reads no clock. The adapter calls:
+
+- ``handle_query(data, client, now, max_udp)`` for every client message. It returns the reply
+  bytes at once (cache hit, local answer, error), or ``None`` when transactions were started;
+- ``handle_reply(txn, data, source, tcp, now)`` for every upstream message for a transaction;
+- ``handle_send_error(txn, reason, now)`` when a send or a TCP exchange failed;
+- ``handle_timers(now)`` when ``next_timer()`` is due;
+- ``apply(events, now)`` with the registry's events (detach, purge...).
+
+and after each call drains ``outbox``: ``Send`` (to an upstream), ``Reply`` (to a client),
+``Release`` (a transaction ended: forget its socket registration).
+
+A client query becomes a :class:`Resolution` over the routing candidates. Each candidate PvD
+is looked up in its own cache partition; the misses get one :class:`Transaction` each, shared
+by every resolution waiting on the same (tag, question): identical questions are coalesced.
+The first positive answer wins; a negative answer waits up to ``negative_wait`` for the other
+candidates, so a fast NXDOMAIN from one network cannot hide an answer from another. Each
+transaction's answer is cached under the tag it was started with, and only if that tag is
+still the PvD's current one: an answer fetched before a detach or purge is never stored.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import wire
+from .cache import Cache, Entry, Key, Kind
+from .health import Health
+from .pvd import CaptiveState, IPNetwork
+from .registry import Event, PvdAttached, PvdChanged, PvdDetached, PvdPurged, Registry
+from .routing import EDE_NO_REACHABLE_AUTHORITY, Decision, Router, wire_to_text
+from .transaction import Outcome, Send, Transaction
+
+EDE_OTHER = 0
+EDE_NETWORK_ERROR = 23
+EDE_NOT_SUPPORTED = 21
+
+LOCAL_SOA = (3600, 1200, 604800, 10800)  # refresh, retry, expire, minimum (RFC 6303 section 3)
+IPV4ONLY = (bytes([192, 0, 0, 170]), bytes([192, 0, 0, 171]))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What the resolver core needs from the configuration (built by the daemon)."""
+
+    max_entries: int = 100_000
+    max_bytes: int = 256 << 20
+    max_ttl: int = 86400
+    negative_max_ttl: int = 900
+    captive_max_ttl: int = 30
+    timeout: float = 0.8
+    total_timeout: float = 3.0
+    negative_wait: float = 1.0
+    edns_udp_size: int = 1232
+    max_inflight: int = 4096
+
+
+class Reply:
+    __slots__ = ("client", "data")
+
+    def __init__(self, client: object, data: bytes) -> None:
+        self.client = client
+        self.data = data
+
+
+class Release:
+    __slots__ = ("txn",)
+
+    def __init__(self, txn: Transaction) -> None:
+        self.txn = txn
+
+
+Action = Send | Reply | Release
+
+
+class Resolution:
+    """One client question being answered from one or more PvDs."""
+
+    __slots__ = (
+        "query", "client", "decision", "pending", "negatives", "failures", "started", "done",
+        "wait_until", "key",
+    )
+
+    def __init__(self, query: wire.Query, client: object, decision: Decision, key: Key, now: float):
+        self.query = query
+        self.client = client
+        self.decision = decision
+        self.key = key
+        self.pending: list[Transaction] = []
+        self.negatives: list[tuple[str, Entry]] = []
+        self.failures: list[tuple[str, str]] = []
+        self.started = now
+        self.done = False
+        self.wait_until: float | None = None
+
+
+class _RandomIds:
+    """Query IDs from a buffered os.urandom (one system call per 2048 IDs)."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def __call__(self) -> int:
+        if self._pos >= len(self._buf):
+            self._buf = os.urandom(4096)
+            self._pos = 0
+        v = self._buf[self._pos] << 8 | self._buf[self._pos + 1]
+        self._pos += 2
+        return v
+
+
+class Resolver:
+    def __init__(
+        self,
+        registry: Registry,
+        settings: Settings = Settings(),
+        *,
+        rand16: Callable[[], int] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.router = Router(registry)
+        self.cache = Cache(max_entries=settings.max_entries, max_bytes=settings.max_bytes)
+        self.health = Health()
+        self.inflight: dict[tuple[int, Key], Transaction] = {}
+        self.outbox: list[Action] = []
+        self._timers: list[tuple[float, int, object]] = []
+        self._seq = 0
+        self._rand = rand16 or _RandomIds()
+        self._opt = wire.opt_rr(settings.edns_udp_size)
+        self._opt_do = wire.opt_rr(settings.edns_udp_size, do=True)
+        self.monitoring = False  # when True, ``events`` collects one dict per decision
+        self.events: list[dict[str, Any]] = []
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "queries", "cache_hits", "cache_misses", "local", "servfail", "refused",
+                "formerr", "notimp", "badvers", "nxdomain", "coalesced", "limit_inflight",
+                "purged_entries", "purges", "ignored_replies", "upstream_queries",
+            ),
+            0,
+        )
+        self.upstream_queries: dict[str, int] = {}
+        self.upstream_failures: dict[str, int] = {}
+        self.purge_log: list[dict[str, Any]] = []
+
+    # ================================================================== client side
+    def handle_query(
+        self, data: bytes, client: object, now: float, max_udp: int | None = 65494
+    ) -> bytes | None:
+        """``max_udp``: the listener's cap on the client's EDNS size; None for TCP (no cap)."""
+        c = self.counters
+        c["queries"] += 1
+        try:
+            q = wire.parse_query(data)
+        except wire.WireError as exc:
+            c["formerr"] += 1
+            return wire.error_reply(data, exc.rcode)
+        q.udp_size = 65535 if max_udp is None else min(q.udp_size, max_udp)
+        if q.opcode != 0:
+            c["notimp"] += 1
+            return wire.error_reply(data, wire.NOTIMP, query=q, opt=self._opt_for(q))
+        if q.edns and q.edns_version != 0:
+            c["badvers"] += 1
+            return wire.error_reply(data, wire.BADVERS, query=q,
+                                    opt=wire.opt_rr(self.settings.edns_udp_size))
+        qtype = q.qtype
+        if qtype == wire.AXFR or qtype == wire.IXFR or q.qclass not in (1, 255):
+            c["refused"] += 1
+            return wire.error_reply(data, wire.REFUSED, query=q, opt=self._opt_for(q))
+        if qtype in (253, 254):  # MAILB, MAILA
+            c["notimp"] += 1
+            return wire.error_reply(data, wire.NOTIMP, query=q, opt=self._opt_for(q))
+
+        decision = self.router.route(q.key)
+        if decision.local is not None:
+            if decision.local != "ipv4only" or qtype == wire.A:
+                c["local"] += 1
+                return self._local(q, decision)
+            decision = self.router.table.default
+        cands = decision.candidates
+        if not cands:
+            return self._servfail(q, data, decision.ede or (EDE_OTHER, "no route"))
+
+        key: Key = (q.key, qtype, q.qclass, q.do | (q.cd << 1))
+        lookup = self.cache.lookup
+        if len(cands) == 1:
+            entry = lookup(cands[0].tag, key, now)
+            if entry is not None:
+                if self.monitoring:
+                    self._event_query(q, decision, cands[0].pvd, "hit", entry.kind.value, now, now)
+                c["cache_hits"] += 1
+                return self._render(entry, q, now)
+        else:
+            negatives: list[tuple[str, Entry]] = []
+            missing = []
+            for cand in cands:
+                entry = lookup(cand.tag, key, now)
+                if entry is None:
+                    missing.append(cand)
+                elif entry.rcode == wire.NOERROR and entry.kind != Kind.NODATA:
+                    if self.monitoring:
+                        self._event_query(q, decision, cand.pvd, "hit", entry.kind.value, now, now)
+                    c["cache_hits"] += 1
+                    return self._render(entry, q, now)
+                else:
+                    negatives.append((cand.pvd, entry))
+            if not missing:
+                c["cache_hits"] += 1
+                pvd, entry = _best_negative(negatives)
+                if self.monitoring:
+                    self._event_query(q, decision, pvd, "hit", entry.kind.value, now, now)
+                return self._render(entry, q, now)
+            cands = tuple(missing)
+            res = Resolution(q, client, decision, key, now)
+            res.negatives = negatives
+            return self._start(res, cands, now)
+        return self._start(Resolution(q, client, decision, key, now), cands, now)
+
+    def _start(self, res: Resolution, cands: tuple[Any, ...], now: float) -> bytes | None:
+        self.counters["cache_misses"] += 1
+        q = res.query
+        for cand in cands:
+            tkey = (cand.tag, res.key)
+            txn = self.inflight.get(tkey)
+            if txn is not None:
+                self.counters["coalesced"] += 1
+            else:
+                if len(self.inflight) >= self.settings.max_inflight:
+                    self.counters["limit_inflight"] += 1
+                    res.failures.append((cand.pvd, "in-flight limit reached"))
+                    continue
+                pvd = self.registry.find(cand.pvd)
+                if pvd is None or pvd.tag != cand.tag:
+                    res.failures.append((cand.pvd, "PvD changed"))
+                    continue
+                s = self.settings
+                txn = Transaction(
+                    pvd=pvd.name, tag=pvd.tag, interface=pvd.spec.interface,
+                    servers=self.health.order(pvd.name, pvd.spec.servers, now),
+                    qname=q.key, qtype=q.qtype, qclass=q.qclass, do=q.do, cd=q.cd, now=now,
+                    timeout=s.timeout, total_timeout=s.total_timeout, rand16=self._rand,
+                    udp_size=s.edns_udp_size,
+                )
+                send = txn.start(now)
+                if send is None:
+                    res.failures.append((cand.pvd, "no servers"))
+                    continue
+                self.inflight[tkey] = txn
+                self._send(send)
+            txn.waiters.append(res)
+            res.pending.append(txn)
+        if not res.pending:
+            return self._finish_negative_or_fail(res, now, immediate=True)
+        return None
+
+    # ================================================================== upstream side
+    def handle_reply(
+        self, txn: Transaction, data: bytes, source: tuple[str, int], tcp: bool, now: float
+    ) -> None:
+        before = txn.ignored
+        send = txn.on_reply(data, source, tcp, now)
+        if txn.ignored != before:
+            self.counters["ignored_replies"] += 1
+        self._after_step(txn, send, now)
+
+    def handle_send_error(self, txn: Transaction, reason: str, now: float) -> None:
+        self._after_step(txn, txn.on_error(now, reason), now)
+
+    def next_timer(self) -> float | None:
+        timers = self._timers
+        while timers and _stale(timers[0]):
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+    def handle_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            item = heapq.heappop(timers)
+            if _stale(item):
+                continue
+            obj = item[2]
+            if isinstance(obj, Transaction):
+                self._after_step(obj, obj.on_timeout(now), now)
+            elif isinstance(obj, Resolution):
+                self._finish_negative_or_fail(obj, now)
+
+    def _send(self, send: Send) -> None:
+        self.outbox.append(send)
+        self.counters["upstream_queries"] += 1
+        uq = self.upstream_queries
+        uq[send.txn.pvd] = uq.get(send.txn.pvd, 0) + 1
+        self._push_timer(send.txn.deadline, send.txn)
+
+    def _push_timer(self, when: float, obj: object) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (when, self._seq, obj))
+
+    def _after_step(self, txn: Transaction, send: Send | None, now: float) -> None:
+        for server, rtt in txn.samples:
+            self.health.record(txn.pvd, server, rtt, now)
+        txn.samples.clear()
+        if send is not None:
+            self._send(send)
+            return
+        if txn.done:
+            self._complete(txn, now)
+
+    def _complete(self, txn: Transaction, now: float) -> None:
+        tkey = (txn.tag, (txn.qname, txn.qtype, txn.qclass, txn.do | (txn.cd << 1)))
+        if self.inflight.get(tkey) is txn:
+            del self.inflight[tkey]
+        self.outbox.append(Release(txn))
+        outcome = txn.outcome
+        entry: Entry | None = None
+        if outcome in (Outcome.ANSWER, Outcome.NODATA, Outcome.NXDOMAIN):
+            entry = self._store(txn, now)
+        else:
+            uf = self.upstream_failures
+            uf[txn.pvd] = uf.get(txn.pvd, 0) + 1
+        for res in txn.waiters:
+            assert isinstance(res, Resolution)
+            if res.done:
+                continue
+            if txn in res.pending:
+                res.pending.remove(txn)
+            if entry is not None and outcome == Outcome.ANSWER:
+                self._answer(res, txn.pvd, entry, now, source="upstream")
+                continue
+            if entry is not None:
+                res.negatives.append((txn.pvd, entry))
+            else:
+                assert outcome is not None
+                why = outcome.value
+                if txn.errors:
+                    why += ": " + "; ".join(txn.errors[-3:])
+                res.failures.append((txn.pvd, why))
+            if not res.pending:
+                self._finish_negative_or_fail(res, now)
+            elif res.negatives and res.wait_until is None:
+                res.wait_until = now + self.settings.negative_wait
+                self._push_timer(res.wait_until, res)
+
+    def _store(self, txn: Transaction, now: float) -> Entry:
+        """Turn the transaction's response into a cache entry; store it if its tag is current."""
+        data, info = txn.response, txn.info
+        assert data is not None and info is not None
+        s = self.settings
+        body, offsets, ttls = wire.make_cacheable(data, info)
+        pvd = self.registry.find(txn.pvd)
+        if info.rcode == wire.NXDOMAIN:
+            kind, ttl, cap = Kind.NXDOMAIN, info.soa_ttl, s.negative_max_ttl
+        elif info.ancount:
+            kind, ttl, cap = Kind.POSITIVE, info.min_answer_ttl, s.max_ttl
+            if pvd is not None and pvd.nat64_prefixes and txn.qtype == wire.AAAA:
+                if _any_in_prefixes(data, info, pvd.nat64_prefixes):
+                    kind = Kind.SYNTHESIZED
+        else:
+            kind, ttl, cap = Kind.NODATA, info.soa_ttl, s.negative_max_ttl
+        if pvd is not None and pvd.captive == CaptiveState.CAPTIVE:
+            kind = Kind.CAPTIVE
+            cap = min(cap, s.captive_max_ttl)
+        ttl = 0 if ttl is None else min(ttl, cap)
+        if any(t > cap for t in ttls):
+            ttls = tuple(min(t, cap) for t in ttls)
+        entry = Entry(body, offsets, ttls, now, now + ttl, kind, info.rcode)
+        if ttl > 0 and pvd is not None and pvd.attached and pvd.tag == txn.tag:
+            covers = kind == Kind.NXDOMAIN and info.ancount == 0
+            self.cache.insert(txn.tag, pvd.name, (txn.qname, txn.qtype, txn.qclass,
+                                                  txn.do | (txn.cd << 1)), entry,
+                              covers_name=covers)
+        return entry
+
+    def _answer(self, res: Resolution, pvd: str, entry: Entry, now: float, source: str) -> None:
+        res.done = True
+        if self.monitoring:
+            self._event_query(res.query, res.decision, pvd, source, entry.kind.value,
+                              res.started, now)
+        self.outbox.append(Reply(res.client, self._render(entry, res.query, now)))
+
+    def _finish_negative_or_fail(
+        self, res: Resolution, now: float, immediate: bool = False
+    ) -> bytes | None:
+        if res.negatives:
+            pvd, entry = _best_negative(res.negatives)
+            if immediate:
+                res.done = True
+                return self._render(entry, res.query, now)
+            self._answer(res, pvd, entry, now, source="upstream")
+            return None
+        res.done = True
+        why = "; ".join(f"{p}: {w}" for p, w in res.failures) or "no answer"
+        code = EDE_NETWORK_ERROR
+        reply = self._servfail(res.query, None, (code, why[:200]))
+        if self.monitoring:
+            self._event_query(res.query, res.decision, None, "upstream", "servfail", res.started,
+                              now, error=why)
+        if immediate:
+            return reply
+        if reply is not None:
+            self.outbox.append(Reply(res.client, reply))
+        return None
+
+    # ================================================================== replies
+    def _opt_for(self, q: wire.Query, ede: tuple[int, str] | None = None) -> bytes:
+        if not q.edns:
+            return b""
+        if ede is not None:
+            return wire.opt_rr(self.settings.edns_udp_size, do=q.do, ede=ede)
+        return self._opt_do if q.do else self._opt
+
+    def _render(self, entry: Entry, q: wire.Query, now: float) -> bytes:
+        if entry.rcode == wire.NXDOMAIN:
+            self.counters["nxdomain"] += 1
+        elapsed = int(now - entry.stored) if now > entry.stored else 0
+        out = wire.render_reply(
+            entry.body, entry.ttl_offsets, entry.ttls, elapsed, q,
+            opt=self._opt_for(q), clear_ad=not (q.ad or q.do),
+        )
+        if entry.rcode == wire.NXDOMAIN and len(out) >= 16 + len(q.qname):
+            # an NXDOMAIN stored for one type answers every type: put the asked type back
+            pos = 12 + len(q.qname)
+            if out[pos : pos + 2] != q.qtype.to_bytes(2, "big") and out[5] == 1:
+                out = out[:pos] + q.qtype.to_bytes(2, "big") + out[pos + 2 :]
+        return out
+
+    def _servfail(
+        self, q: wire.Query, data: bytes | None, ede: tuple[int, str]
+    ) -> bytes | None:
+        self.counters["servfail"] += 1
+        if data is None:  # answering later: rebuild the header the reply echoes
+            data = (q.id.to_bytes(2, "big") + q.flags.to_bytes(2, "big") + b"\x00\x01" + bytes(6))
+        return wire.error_reply(data, wire.SERVFAIL, query=q, opt=self._opt_for(q, ede))
+
+    def _local(self, q: wire.Query, decision: Decision) -> bytes:
+        rule = decision.local or ""
+        opt = self._opt_for(q)
+        zone = decision.zone
+        soa = (zone, LOCAL_SOA[3], wire.soa_rdata(zone, b"\x06nobody\x07invalid\x00", 1, *LOCAL_SOA))
+        if rule == "localhost":
+            if q.qtype == wire.A:
+                return wire.local_reply(q, 0, [(wire.A, 0, bytes([127, 0, 0, 1]))], opt=opt)
+            if q.qtype == wire.AAAA:
+                return wire.local_reply(q, 0, [(wire.AAAA, 0, bytes(15) + b"\x01")], opt=opt)
+            return wire.local_reply(q, 0, [], authority_soa=soa, opt=opt)
+        if rule == "ipv4only":
+            ans = [(wire.A, 86400, a) for a in IPV4ONLY] if q.key == zone else []
+            rc = 0 if q.key == zone else wire.NXDOMAIN
+            return wire.local_reply(q, rc, ans, authority_soa=None if ans else soa, opt=opt)
+        if rule.startswith("rfc6303") and q.key == zone:
+            if q.qtype == wire.SOA:
+                return wire.local_reply(q, 0, [(wire.SOA, soa[1], soa[2])], opt=opt)
+            return wire.local_reply(q, 0, [], authority_soa=soa, opt=opt)
+        self.counters["nxdomain"] += 1
+        return wire.local_reply(q, wire.NXDOMAIN, [], authority_soa=soa, opt=opt)
+
+    # ================================================================== lifecycle
+    def apply(self, events: list[Event], now: float) -> list[dict[str, Any]]:
+        """Act on registry events: purge partitions, cancel transactions. Returns a log record per
+        event (for the monitor, the log and ``ctl status``)."""
+        out: list[dict[str, Any]] = []
+        for ev in events:
+            rec: dict[str, Any] = {"event": type(ev).__name__.removeprefix("Pvd").lower(),
+                                   "pvd": ev.name, "time": now}
+            if isinstance(ev, (PvdDetached, PvdPurged)):
+                n = self.cache.purge(ev.old_tag)
+                cancelled = self._cancel_tag(ev.old_tag, now)
+                rec.update(cause=ev.cause, purged=n, cancelled=cancelled)
+                self.counters["purges"] += 1
+                self.counters["purged_entries"] += n
+                self.purge_log.append({"pvd": ev.name, "entries": n, "cause": ev.cause,
+                                       "time": now})
+                del self.purge_log[:-100]
+                if isinstance(ev, PvdDetached) and ev.name not in self.registry:
+                    self.health.forget(ev.name)
+            elif isinstance(ev, PvdAttached):
+                rec["cause"] = ev.cause
+            elif isinstance(ev, PvdChanged):
+                rec["what"] = ev.what
+            out.append(rec)
+        return out
+
+    def _cancel_tag(self, tag: int, now: float) -> int:
+        doomed = [t for k, t in self.inflight.items() if k[0] == tag]
+        for txn in doomed:
+            txn.cancel()
+            self._complete(txn, now)
+        return len(doomed)
+
+    # ================================================================== introspection
+    def explain(self, name: str, qtype: int = wire.A) -> dict[str, Any]:
+        key = wire.text_to_qname(name).lower()
+        decision = self.router.route(key)
+        out = decision.to_json()
+        if decision.local == "ipv4only" and qtype != wire.A:
+            out = self.router.table.default.to_json()
+        return out
+
+    def cache_listing(self, now: float, pvd: str | None = None) -> list[dict[str, Any]]:
+        import dns.rdatatype  # introspection only, never on the query path
+
+        rows = []
+        for part in self.cache.partitions():
+            owner = self.registry.tag_owner(part.tag)
+            if owner is None or (pvd is not None and owner.name != pvd):
+                continue
+            for (name, qtype, qclass, flags), entry, covers in self.cache.items(part.tag, now):
+                rows.append({
+                    "name": wire.qname_to_text(name),
+                    "type": "*" if covers else dns.rdatatype.to_text(qtype),
+                    "pvd": owner.name,
+                    "kind": entry.kind.value,
+                    "ttl": entry.ttl_left(now),
+                    "rcode": {0: "NOERROR", 3: "NXDOMAIN"}.get(entry.rcode, str(entry.rcode)),
+                    "dnssec_ok": bool(flags & 1),
+                })
+        rows.sort(key=lambda r: (r["pvd"], r["name"], r["type"]))
+        return rows
+
+    def _event_query(
+        self, q: wire.Query, decision: Decision, pvd: str | None, source: str, kind: str,
+        started: float, now: float, error: str | None = None,
+    ) -> None:
+        import dns.rdatatype
+
+        self.events.append({
+            "event": "query",
+            "time": now,
+            "name": wire.qname_to_text(q.qname),
+            "type": dns.rdatatype.to_text(q.qtype),
+            "candidates": [{"pvd": c.pvd, "grade": c.grade, "reason": c.reason}
+                           for c in decision.candidates],
+            "pvd": pvd,
+            "cache": "hit" if source == "hit" else "miss",
+            "result": kind,
+            "latency_ms": round((now - started) * 1000, 3),
+            **({"error": error} if error else {}),
+        })
+
+
+def _stale(item: tuple[float, int, object]) -> bool:
+    when, _, obj = item
+    if isinstance(obj, Transaction):
+        return obj.done or obj.deadline != when
+    if isinstance(obj, Resolution):
+        return obj.done or obj.wait_until != when
+    return False
+
+
+def _best_negative(negatives: list[tuple[str, Entry]]) -> tuple[str, Entry]:
+    """NODATA (the name exists somewhere) before NXDOMAIN; otherwise the first that came."""
+    for pvd, entry in negatives:
+        if entry.rcode == wire.NOERROR:
+            return pvd, entry
+    return negatives[0]
+
+
+def _any_in_prefixes(data: bytes, info: wire.ResponseInfo, prefixes: tuple[IPNetwork, ...]) -> bool:
+    for rtype, _ttl, off, length in info.answers:
+        if rtype == wire.AAAA and length == 16:
+            addr = ipaddress.IPv6Address(data[off : off + 16])
+            if any(addr in p for p in prefixes):
+                return True
+    return False
+
+
+__all__ = ["Resolver", "Settings", "Reply", "Release", "Send", "Resolution", "wire_to_text",
+           "EDE_NO_REACHABLE_AUTHORITY"]

@@ -1,0 +1,226 @@
+"""One question asked of one PvD: server choice, retries, UDP -> TCP, reply validation.
+
+Theory of operation
+-------------------
+A transaction belongs to one PvD and one cache tag. It walks the PvD's servers in the order the
+resolver gives (healthy and fast first). Each attempt gets a fresh random query ID. The adapter
+sends what ``start``/``on_reply``/``on_timeout`` return, through a socket bound to the PvD's
+interface, and feeds back every datagram that arrives for it; ``on_reply`` accepts a reply only
+if its source, ID and question match the attempt in flight (anything else is ignored and
+counted: spoofing and stray replies cannot complete a transaction).
+
+Per attempt: no reply within ``timeout`` -> next server. TC over UDP -> the same server over
+TCP. SERVFAIL, REFUSED, NOTIMP, FORMERR or garbage -> next server. NOERROR/NXDOMAIN -> done. The
+walk cycles through the servers until ``total_timeout`` from the start, then the transaction
+ends as TIMEOUT or FAILED. Outcomes are a closed enum (``Outcome``), mapped to client rcodes in
+one place in the resolver.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from typing import Callable
+
+from . import wire
+from .pvd import ServerAddr
+
+
+class Outcome(enum.Enum):
+    ANSWER = "answer"  # NOERROR with records in the answer section
+    NODATA = "nodata"  # NOERROR, empty answer section
+    NXDOMAIN = "nxdomain"
+    FAILED = "failed"  # every attempt got SERVFAIL/REFUSED/garbage or a network error
+    TIMEOUT = "timeout"  # the budget ran out with attempts unanswered
+    CANCELLED = "cancelled"  # the PvD detached or was purged while in flight
+    NO_SERVERS = "no-servers"
+
+
+class Send:
+    """Ask the adapter to send ``wire`` to ``server`` (over TCP if ``tcp``)."""
+
+    __slots__ = ("txn", "server", "wire", "tcp", "txid")
+
+    def __init__(self, txn: "Transaction", server: ServerAddr, data: bytes, tcp: bool, txid: int):
+        self.txn = txn
+        self.server = server
+        self.wire = data
+        self.tcp = tcp
+        self.txid = txid
+
+
+class Transaction:
+    __slots__ = (
+        "pvd", "tag", "interface", "servers", "qname", "qtype", "qclass", "do", "cd", "udp_size",
+        "timeout", "started", "final", "deadline", "index", "tries", "txid", "tcp", "server",
+        "outcome", "response", "info", "waiters", "samples", "sent_at", "errors", "_rand",
+        "ignored",
+    )
+
+    def __init__(
+        self,
+        *,
+        pvd: str,
+        tag: int,
+        interface: str,
+        servers: list[ServerAddr],
+        qname: bytes,
+        qtype: int,
+        qclass: int,
+        do: bool,
+        cd: bool,
+        now: float,
+        timeout: float,
+        total_timeout: float,
+        rand16: Callable[[], int],
+        udp_size: int = 1232,
+    ) -> None:
+        self.pvd = pvd
+        self.tag = tag
+        self.interface = interface
+        self.servers = servers
+        self.qname = qname
+        self.qtype = qtype
+        self.qclass = qclass
+        self.do = do
+        self.cd = cd
+        self.udp_size = udp_size
+        self.timeout = timeout
+        self.started = now
+        self.final = now + total_timeout
+        self.deadline = now
+        self.index = -1
+        self.tries = 0
+        self.txid = 0
+        self.tcp = False
+        self.server: ServerAddr | None = None
+        self.outcome: Outcome | None = None
+        self.response: bytes | None = None
+        self.info: wire.ResponseInfo | None = None
+        self.waiters: list[object] = []
+        self.samples: list[tuple[ServerAddr, float | None]] = []  # (server, rtt or None=failed)
+        self.sent_at = now
+        self.errors: list[str] = []
+        self._rand = rand16
+        self.ignored = 0  # replies that did not match (spoofed, stray, late)
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    # ------------------------------------------------------------------ inputs
+    def start(self, now: float) -> Send | None:
+        if not self.servers:
+            self.outcome = Outcome.NO_SERVERS
+            return None
+        return self._next_server(now)
+
+    def on_reply(self, data: bytes, source: tuple[str, int], tcp: bool, now: float) -> Send | None:
+        """A datagram or TCP message arrived for this transaction. Returns the next send, if any;
+        check ``done`` afterwards."""
+        if self.done or self.server is None or tcp != self.tcp:
+            self.ignored += 1
+            return None
+        if not _same_source(source, self.server):
+            self.ignored += 1
+            return None
+        try:
+            info = wire.parse_response(data)
+        except wire.WireError:
+            if len(data) >= 2 and int.from_bytes(data[:2], "big") == self.txid:
+                return self._fail_attempt(now, "malformed reply")
+            self.ignored += 1
+            return None
+        if (
+            info.id != self.txid
+            or info.qtype != self.qtype
+            or info.qclass != self.qclass
+            or not wire.names_equal(info.qname, self.qname)
+        ):
+            self.ignored += 1
+            return None
+        rtt = now - self.sent_at
+        if info.tc and not tcp:
+            self.samples.append((self.server, rtt))
+            return self._send(self.server, now, tcp=True)
+        rcode = info.rcode
+        if rcode == wire.NOERROR or rcode == wire.NXDOMAIN:
+            self.samples.append((self.server, rtt))
+            self.response = data
+            self.info = info
+            if rcode == wire.NXDOMAIN:
+                self.outcome = Outcome.NXDOMAIN
+            elif info.ancount:
+                self.outcome = Outcome.ANSWER
+            else:
+                self.outcome = Outcome.NODATA
+            return None
+        return self._fail_attempt(now, f"rcode {rcode}")
+
+    def on_timeout(self, now: float) -> Send | None:
+        if self.done or now < self.deadline:
+            return None
+        return self._fail_attempt(now, "timeout", timed_out=True)
+
+    def on_error(self, now: float, reason: str) -> Send | None:
+        """The adapter could not send, or the TCP connection failed."""
+        if self.done:
+            return None
+        return self._fail_attempt(now, reason)
+
+    def cancel(self) -> None:
+        if not self.done:
+            self.outcome = Outcome.CANCELLED
+
+    # ------------------------------------------------------------------ internals
+    def _fail_attempt(self, now: float, reason: str, timed_out: bool = False) -> Send | None:
+        assert self.server is not None
+        self.samples.append((self.server, None))
+        self.errors.append(f"{self.server}: {reason}")
+        if now >= self.final:
+            self.outcome = Outcome.TIMEOUT if timed_out else Outcome.FAILED
+            return None
+        if not timed_out and self.tries >= len(self.servers):
+            # every server was tried and this one answered with an error: asking again now would
+            # only hammer them; timeouts, by contrast, are retried until the budget runs out
+            self.outcome = Outcome.FAILED
+            return None
+        return self._next_server(now)
+
+    def _next_server(self, now: float) -> Send | None:
+        self.index = (self.index + 1) % len(self.servers)
+        if self.tries >= 3 * len(self.servers) + 3:  # bound the walk even with instant failures
+            all_timeouts = all(e.endswith("timeout") for e in self.errors)
+            self.outcome = Outcome.TIMEOUT if all_timeouts and self.errors else Outcome.FAILED
+            return None
+        return self._send(self.servers[self.index], now, tcp=False)
+
+    def _send(self, server: ServerAddr, now: float, *, tcp: bool) -> Send:
+        self.tries += 1
+        self.server = server
+        self.tcp = tcp
+        self.txid = self._rand()
+        self.sent_at = now
+        self.deadline = min(now + self.timeout * (2 if tcp else 1), self.final)
+        data = wire.build_query(
+            self.txid, self.qname, self.qtype, self.qclass, do=self.do, cd=self.cd,
+            udp_size=self.udp_size,
+        )
+        return Send(self, server, data, tcp, self.txid)
+
+
+def _same_source(source: tuple[str, int], server: ServerAddr) -> bool:
+    if source[1] != server.port:
+        return False
+    host = source[0]
+    if "%" in host:
+        host = host.split("%", 1)[0]
+    if host == server.address.compressed:
+        return True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped == server.address
+    return addr == server.address

@@ -1,0 +1,236 @@
+"""The resolver core end to end in memory: routing, partitioned cache, ties, purge."""
+
+import dns.rcode
+
+from mifdns.core.pvd import CaptiveState
+from mifdns.core.resolver import Settings
+
+from .coredriver import Driver, answers, spec
+
+
+def vpn_and_wifi(**vpn_kw):
+    d = Driver([
+        spec("wifi", "wlan0", domains=["home.example"]),
+        spec("corp", "tun0", servers=["198.51.100.53"], domains=["~corp.example"],
+             networks=(__import__("ipaddress").ip_network("10.8.0.0/16"),), **vpn_kw),
+    ])
+    d.worlds["wifi"].records = {
+        "www.example.com": {"A": ["203.0.113.80"]},
+        "intranet.corp.example": {"A": ["203.0.113.66"]},  # the public horizon
+    }
+    d.worlds["corp"].records = {
+        "intranet.corp.example": {"A": ["10.8.0.5"]},
+        "5.0.8.10.in-addr.arpa": {"PTR": ["intranet.corp.example."]},
+    }
+    return d
+
+
+def test_private_name_goes_only_to_its_pvd():
+    d = vpn_and_wifi()
+    r = d.query("intranet.corp.example")
+    assert answers(r) == ["10.8.0.5"]
+    assert d.worlds["corp"].seen == [("intranet.corp.example.", "A")]
+    assert d.worlds["wifi"].seen == []
+
+
+def test_public_name_goes_to_default_route_not_to_routing_only_vpn():
+    d = vpn_and_wifi()
+    assert answers(d.query("www.example.com")) == ["203.0.113.80"]
+    assert d.worlds["corp"].seen == []
+
+
+def test_reverse_name_inside_network_routes_to_that_pvd():
+    d = vpn_and_wifi()
+    r = d.query("5.0.8.10.in-addr.arpa", "PTR")
+    assert answers(r) == ["intranet.corp.example."]
+    assert d.worlds["wifi"].seen == []
+
+
+def test_unclaimed_private_reverse_zone_is_answered_locally():
+    d = vpn_and_wifi()
+    r = d.query("1.1.168.192.in-addr.arpa", "PTR")
+    assert r.rcode() == dns.rcode.NXDOMAIN
+    assert d.worlds["wifi"].seen == [] and d.worlds["corp"].seen == []
+
+
+def test_localhost_and_invalid_are_never_forwarded():
+    d = vpn_and_wifi()
+    assert answers(d.query("localhost")) == ["127.0.0.1"]
+    assert answers(d.query("foo.localhost", "AAAA")) == ["::1"]
+    assert d.query("x.invalid").rcode() == dns.rcode.NXDOMAIN
+    assert d.worlds["wifi"].seen == []
+
+
+def test_detach_purges_only_that_partition():
+    d = vpn_and_wifi()
+    d.query("intranet.corp.example")
+    d.query("www.example.com")
+    assert {r["pvd"] for r in d.cache()} == {"wifi", "corp"}
+    recs = d.apply(d.registry.admin_detach("corp"))
+    assert recs[0]["purged"] == 1
+    assert [r["pvd"] for r in d.cache()] == ["wifi"]
+
+
+def test_answer_is_never_served_across_pvds_after_detach():
+    d = vpn_and_wifi()
+    assert answers(d.query("intranet.corp.example")) == ["10.8.0.5"]
+    d.apply(d.registry.admin_detach("corp"))
+    # corp is routing-only and not exclusive: the name now falls to the default route
+    assert answers(d.query("intranet.corp.example")) == ["203.0.113.66"]
+    assert d.worlds["wifi"].seen == [("intranet.corp.example.", "A")]
+
+
+def test_exclusive_domain_is_refused_while_its_pvd_is_detached():
+    d = vpn_and_wifi(exclusive=True)
+    d.apply(d.registry.admin_detach("corp"))
+    r = d.query("intranet.corp.example")
+    assert r.rcode() == dns.rcode.SERVFAIL
+    assert d.worlds["wifi"].seen == []
+    ede = [o for o in r.options if o.otype == 15]
+    assert ede and "exclusive" in ede[0].text
+
+
+def test_cache_hit_ages_ttl_and_does_not_ask_again():
+    d = vpn_and_wifi()
+    d.query("www.example.com")
+    d.now += 100
+    r = d.query("www.example.com")
+    assert r.answer[0].ttl == 200
+    assert len(d.worlds["wifi"].seen) == 1
+
+
+def test_nxdomain_covers_every_type_in_its_partition_only():
+    d = Driver([spec("a", "eth0", default_route=True), spec("b", "eth1", domains=["~b.example"])])
+    assert d.query("nope.example.org").rcode() == dns.rcode.NXDOMAIN
+    r = d.query("nope.example.org", "AAAA")
+    assert r.rcode() == dns.rcode.NXDOMAIN
+    assert r.question[0].rdtype == 28
+    assert len(d.worlds["a"].seen) == 1
+
+
+def test_negative_ttl_is_soa_minimum_capped():
+    d = Driver([spec("a", "eth0")], Settings(negative_max_ttl=30))
+    d.worlds["a"].soa_min = 600
+    d.query("missing.example")
+    [row] = d.cache()
+    assert row["kind"] == "nxdomain" and row["ttl"] == 30
+
+
+def test_fast_nxdomain_does_not_hide_positive_from_tied_pvd():
+    d = Driver([spec("a", "eth0", domains=["~shared.example"]),
+                spec("b", "eth1", servers=["198.51.100.53"], domains=["~shared.example"])])
+    d.worlds["b"].records = {"h.shared.example": {"A": ["198.51.100.7"]}}
+    r = d.query("h.shared.example")
+    assert answers(r) == ["198.51.100.7"]
+    kinds = {row["pvd"]: row["kind"] for row in d.cache()}
+    assert kinds == {"a": "nxdomain", "b": "positive"}
+    # and from the cache: the positive still wins over the cached negative
+    assert answers(d.query("h.shared.example")) == ["198.51.100.7"]
+
+
+def test_negative_waits_bounded_for_a_silent_tied_pvd():
+    d = Driver([spec("a", "eth0", domains=["~s.example"]),
+                spec("b", "eth1", servers=["198.51.100.53"], domains=["~s.example"])],
+               Settings(negative_wait=0.5))
+    d.worlds["b"].mode = "drop"
+    start = d.now
+    r = d.query("x.s.example")
+    assert r.rcode() == dns.rcode.NXDOMAIN
+    assert d.reply_at["c1"] - start <= 0.5 + 1e-9
+
+
+def test_all_servers_failing_gives_servfail_within_budget():
+    d = Driver([spec("a", "eth0", servers=["192.0.2.53", "192.0.2.54"])],
+               Settings(timeout=0.5, total_timeout=2.0))
+    d.worlds["a"].mode = "drop"
+    start = d.now
+    r = d.query("www.example.com")
+    assert r.rcode() == dns.rcode.SERVFAIL
+    assert d.reply_at["c1"] - start <= 2.0 + 1e-9
+    servers = {str(s.server) for s in d.dropped}
+    assert servers == {"192.0.2.53", "192.0.2.54"}
+
+
+def test_truncated_upstream_answer_is_fetched_over_tcp():
+    d = vpn_and_wifi()
+    d.worlds["wifi"].mode = "truncate"
+    r = d.query("www.example.com")
+    assert answers(r) == ["203.0.113.80"]
+
+
+def test_identical_questions_are_coalesced():
+    d = vpn_and_wifi()
+    d.query("www.example.com", client="c1", pump=False)
+    d.query("www.example.com", client="c2", pump=False)
+    d.pump()
+    assert len(d.worlds["wifi"].seen) == 1
+    assert sorted(c for c, _ in d.replies) == ["c1", "c2"]
+
+
+def test_reply_with_wrong_id_or_source_is_ignored():
+    d = vpn_and_wifi()
+    import dns.message
+
+    q = dns.message.make_query("www.example.com", "A")
+    d.resolver.handle_query(q.to_wire(), "c", d.now)
+    [send] = d.resolver.outbox
+    good = d.worlds["wifi"].respond(send.wire, False)
+    spoof = bytes([good[0] ^ 1]) + good[1:]
+    d.resolver.handle_reply(send.txn, spoof, send.server.sockaddr(), False, d.now)
+    d.resolver.handle_reply(send.txn, good, ("203.0.113.1", 53), False, d.now)
+    assert not send.txn.done
+    d.resolver.handle_reply(send.txn, good, send.server.sockaddr(), False, d.now)
+    assert send.txn.done
+
+
+def test_captive_pvd_is_skipped_for_default_names_while_another_default_exists():
+    d = Driver([spec("hotel", "wlan0"), spec("lte", "wwan0", servers=["198.51.100.53"])])
+    d.apply(d.registry.set_captive("hotel", CaptiveState.CAPTIVE))
+    d.worlds["lte"].records = {"www.example.com": {"A": ["203.0.113.80"]}}
+    assert answers(d.query("www.example.com")) == ["203.0.113.80"]
+    assert d.worlds["hotel"].seen == []
+
+
+def test_purged_tag_answer_in_flight_is_not_cached():
+    d = vpn_and_wifi()
+    d.query("www.example.com", pump=False)
+    d.apply(d.registry.purge("wifi", cause="test"))
+    d.pump()
+    assert d.cache("wifi") == []
+
+
+def test_max_entries_evicts_least_recently_used():
+    d = Driver([spec("a", "eth0")], Settings(max_entries=2))
+    d.worlds["a"].records = {f"h{i}.example": {"A": [f"192.0.2.{i}"]} for i in range(3)}
+    d.query("h0.example")
+    d.query("h1.example")
+    d.now += 1
+    d.query("h0.example")  # h0 is now more recent than h1
+    d.query("h2.example")
+    names = sorted(r["name"] for r in d.cache())
+    assert names == ["h0.example.", "h2.example."]
+
+
+def test_explain_shows_grades_and_reasons():
+    d = vpn_and_wifi()
+    e = d.resolver.explain("a.corp.example")
+    assert e["candidates"] == [{"pvd": "corp", "grade": 2, "reason": "routing domain corp.example"}]
+    e = d.resolver.explain("www.example.com")
+    assert [c["pvd"] for c in e["candidates"]] == ["wifi"]
+    assert d.resolver.explain("localhost")["local"] == "localhost"
+
+
+def test_garbage_never_raises():
+    d = vpn_and_wifi()
+    for junk in (b"", b"\x00", b"\x12\x34" + b"\xff" * 10, b"\x00" * 12, bytes(range(256))):
+        d.resolver.handle_query(junk, "c", d.now)
+
+
+def test_zone_transfer_refused_and_bad_edns_version_badvers():
+    import dns.message
+
+    d = vpn_and_wifi()
+    assert d.query("corp.example", "AXFR").rcode() == dns.rcode.REFUSED
+    q = dns.message.make_query("www.example.com", "A", use_edns=1)
+    r = dns.message.from_wire(d.resolver.handle_query(q.to_wire(), "c", d.now))
+    assert r.rcode() == dns.rcode.BADVERS
