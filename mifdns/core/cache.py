@@ -47,7 +47,8 @@ Key = tuple[bytes, int, int, int]
 
 
 class Entry:
-    __slots__ = ("body", "ttl_offsets", "ttls", "stored", "expires", "kind", "rcode", "used", "size")
+    __slots__ = ("body", "ttl_offsets", "ttls", "stored", "expires", "kind", "rcode", "used", "size",
+                 "dead")
 
     def __init__(
         self,
@@ -68,6 +69,8 @@ class Entry:
         self.rcode = rcode
         self.used = stored
         self.size = len(body) + ENTRY_OVERHEAD
+        self.dead = False  # evicted, replaced or expired out of the cache (purges move the
+        # registry version instead: see Resolver's answer memo)
 
     def ttl_left(self, now: float) -> int:
         return max(0, int(self.expires - now))
@@ -185,6 +188,7 @@ class Cache:
     # ------------------------------------------------------------------ internals
     def _unlink(self, part: Partition, table: dict, key: object, entry: Entry) -> None:  # type: ignore[type-arg]
         del table[key]
+        entry.dead = True
         self.count -= 1
         self.bytes -= entry.size
         part.bytes -= entry.size
@@ -210,6 +214,7 @@ class Cache:
             else:
                 nk = next(iter(victim.nx))
                 entry = victim.nx.pop(nk)
+            entry.dead = True
             self.count -= 1
             self.bytes -= entry.size
             victim.bytes -= entry.size

@@ -39,13 +39,15 @@ class ServerAddr:
     address: IPAddress
     port: int = 53
     scope: str | None = None
+    host: str = field(init=False, compare=False, repr=False)  # str(address), precomputed
+    family: int = field(init=False, compare=False, repr=False)
 
-    @property
-    def family(self) -> int:
-        return self.address.version
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "host", self.address.compressed)
+        object.__setattr__(self, "family", self.address.version)
 
     def sockaddr(self) -> tuple[str, int]:
-        return (str(self.address), self.port)
+        return (self.host, self.port)
 
     def __str__(self) -> str:
         host = str(self.address)

@@ -46,6 +46,7 @@ EDE_NOT_SUPPORTED = 21
 
 LOCAL_SOA = (3600, 1200, 604800, 10800)  # refresh, retry, expire, minimum (RFC 6303 section 3)
 IPV4ONLY = (bytes([192, 0, 0, 170]), bytes([192, 0, 0, 171]))
+MEMO_MAX = 65536  # answer memo entries; cleared whole when full
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,7 @@ class Resolver:
         self.upstream_queries: dict[str, int] = {}
         self.upstream_failures: dict[str, int] = {}
         self.purge_log: list[dict[str, Any]] = []
+        self._memo: dict[bytes, tuple[Entry, int, int, bytes, int | None]] = {}
 
     # ================================================================== client side
     def handle_query(
@@ -160,6 +162,18 @@ class Resolver:
         """``max_udp``: the listener's cap on the client's EDNS size; None for TCP (no cap)."""
         c = self.counters
         c["queries"] += 1
+        memo = self._memo.get(data[2:])
+        if memo is not None and not self.monitoring:
+            entry, version, elapsed, reply, cap = memo
+            if (
+                version == self.registry.version
+                and cap == max_udp
+                and not entry.dead
+                and entry.expires > now
+                and int(now - entry.stored) == elapsed
+            ):
+                c["cache_hits"] += 1
+                return data[:2] + reply[2:]
         try:
             q = wire.parse_query(data)
         except wire.WireError as exc:
@@ -185,10 +199,14 @@ class Resolver:
         if decision.local is not None:
             if decision.local != "ipv4only" or qtype == wire.A:
                 c["local"] += 1
+                if self.monitoring:
+                    self._event_query(q, decision, None, "local", "local", now, now)
                 return self._local(q, decision)
             decision = self.router.table.default
         cands = decision.candidates
         if not cands:
+            if self.monitoring:
+                self._event_query(q, decision, None, "local", "servfail", now, now)
             return self._servfail(q, data, decision.ede or (EDE_OTHER, "no route"))
 
         key: Key = (q.key, qtype, q.qclass, q.do | (q.cd << 1))
@@ -196,10 +214,11 @@ class Resolver:
         if len(cands) == 1:
             entry = lookup(cands[0].tag, key, now)
             if entry is not None:
+                c["cache_hits"] += 1
                 if self.monitoring:
                     self._event_query(q, decision, cands[0].pvd, "hit", entry.kind.value, now, now)
-                c["cache_hits"] += 1
-                return self._render(entry, q, now)
+                    return self._render(entry, q, now)
+                return self._memoize(data, entry, q, now, max_udp)
         else:
             negatives: list[tuple[str, Entry]] = []
             missing = []
@@ -208,10 +227,11 @@ class Resolver:
                 if entry is None:
                     missing.append(cand)
                 elif entry.rcode == wire.NOERROR and entry.kind != Kind.NODATA:
+                    c["cache_hits"] += 1
                     if self.monitoring:
                         self._event_query(q, decision, cand.pvd, "hit", entry.kind.value, now, now)
-                    c["cache_hits"] += 1
-                    return self._render(entry, q, now)
+                        return self._render(entry, q, now)
+                    return self._memoize(data, entry, q, now, max_udp)
                 else:
                     negatives.append((cand.pvd, entry))
             if not missing:
@@ -225,6 +245,23 @@ class Resolver:
             res.negatives = negatives
             return self._start(res, cands, now)
         return self._start(Resolution(q, client, decision, key, now), cands, now)
+
+    def _memoize(
+        self, data: bytes, entry: Entry, q: wire.Query, now: float, max_udp: int | None
+    ) -> bytes:
+        """Render a hit and remember it under the query's bytes after the ID (the answer memo).
+
+        A repeat of the same query bytes is then answered with the ID spliced in, as long as the
+        registry version is the same (every attach, detach, purge and routing change moves it,
+        so a memo can never outlive its partition or its route), the entry is still in the cache
+        and unexpired, and its TTLs have not aged by another second.
+        """
+        reply = self._render(entry, q, now)
+        memo = self._memo
+        if len(memo) >= MEMO_MAX:
+            memo.clear()
+        memo[data[2:]] = (entry, self.registry.version, int(now - entry.stored), reply, max_udp)
+        return reply
 
     def _start(self, res: Resolution, cands: tuple[Any, ...], now: float) -> bytes | None:
         self.counters["cache_misses"] += 1
@@ -530,21 +567,28 @@ class Resolver:
         self, q: wire.Query, decision: Decision, pvd: str | None, source: str, kind: str,
         started: float, now: float, error: str | None = None,
     ) -> None:
+        """One monitor/query-log record (only built while someone is watching). The adapter
+        stamps the wall-clock ``time``; the keys are those mifdns.aio.control documents."""
         import dns.rdatatype
 
         self.events.append({
             "event": "query",
-            "time": now,
             "name": wire.qname_to_text(q.qname),
             "type": dns.rdatatype.to_text(q.qtype),
+            "pvd": pvd,
+            "cache": "hit" if source == "hit" else ("-" if source == "local" else "miss"),
+            "kind": kind,
+            "rcode": _RCODES.get(kind, "NOERROR"),
+            "ms": round((now - started) * 1000, 3),
             "candidates": [{"pvd": c.pvd, "grade": c.grade, "reason": c.reason}
                            for c in decision.candidates],
-            "pvd": pvd,
-            "cache": "hit" if source == "hit" else "miss",
-            "result": kind,
-            "latency_ms": round((now - started) * 1000, 3),
+            "local": decision.local if source == "local" else None,
+            "refused": decision.ede[1] if decision.ede is not None else None,
             **({"error": error} if error else {}),
         })
+
+
+_RCODES = {"nxdomain": "NXDOMAIN", "servfail": "SERVFAIL"}
 
 
 def _stale(item: tuple[float, int, object]) -> bool:

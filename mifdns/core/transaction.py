@@ -215,7 +215,7 @@ def _same_source(source: tuple[str, int], server: ServerAddr) -> bool:
     host = source[0]
     if "%" in host:
         host = host.split("%", 1)[0]
-    if host == server.address.compressed:
+    if host == server.host:
         return True
     try:
         addr = ipaddress.ip_address(host)

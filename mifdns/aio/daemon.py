@@ -1,0 +1,522 @@
+"""The daemon: wires the sans-I/O core to the asyncio adapters.
+
+It owns the event loop's view of time (``loop.time()``, monotonic), hands every input to the
+core with ``now``, and drains the core's outbox in one place (``flush``): replies to clients,
+sends to upstreams, released transactions, one timer for the core's next deadline, and
+registry events turned into purges, log lines and monitor events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from .. import config as cfgmod
+from ..core import wire
+from ..core.pvd import CaptiveState, Pvd, PvdSpec
+from ..core.registry import Event, Registry, RegistryError
+from ..core.resolver import Release, Reply, Resolver, Settings
+from ..core.transaction import Send, Transaction
+from ..errors import ConfigError, ControlError, StartupError
+from .control import ControlServer, MonitorHub
+from .links import LinkMonitor, StaticLinks
+from .listener import TcpClient, TcpServer, UdpListener
+from .upstream import Upstreams, check_bind_capability
+
+log = logging.getLogger("mifdns")
+
+
+def settings_from(config: cfgmod.Config) -> Settings:
+    c, u, lim = config.cache, config.upstream, config.limits
+    return Settings(
+        max_entries=c.max_entries, max_bytes=c.max_bytes, max_ttl=c.max_ttl,
+        negative_max_ttl=c.negative_max_ttl, captive_max_ttl=c.captive_max_ttl,
+        timeout=u.timeout, total_timeout=u.total_timeout, negative_wait=u.negative_wait,
+        edns_udp_size=u.edns_udp_size, max_inflight=lim.max_inflight,
+    )
+
+
+class Daemon:
+    def __init__(self, config: cfgmod.Config) -> None:
+        self.config = config
+        self.registry = Registry()
+        self.resolver = Resolver(self.registry, settings_from(config))
+        self.hub = MonitorHub()
+        self.udp: list[UdpListener] = []
+        self.tcp: list[TcpServer] = []
+        self.control: ControlServer | None = None
+        self.upstreams: Upstreams | None = None
+        self.links: LinkMonitor | StaticLinks | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._gc: asyncio.TimerHandle | None = None
+        self.started_wall = time.time()
+        self.started = 0.0
+        self.lifecycle: list[dict[str, Any]] = []
+        self.query_log = logging.getLogger("mifdns.query")
+
+    # ================================================================== start / stop
+    async def start(self) -> None:
+        loop = self.loop = asyncio.get_running_loop()
+        self.started = loop.time()
+        cfg = self.config
+        check_bind_capability()
+        self.upstreams = Upstreams(
+            loop, self._on_upstream_reply, self._on_upstream_error,
+            max_tcp=cfg.limits.max_upstream_tcp, after_io=self.flush,
+        )
+        # links first: a PvD is attached only if its interface is usable
+        self.links = LinkMonitor(self._on_link) if cfg.netlink else StaticLinks()
+        await self.links.start()
+        now = loop.time()
+        for spec in cfg.pvds:
+            self._apply(self.registry.add(spec, now=now, link_up=self._usable(spec.interface),
+                                          ), now)
+            self._on_link(spec.interface)
+        for la in cfg.listen:
+            addr = str(la.address)
+            udp = UdpListener(loop, addr, la.port, self._handle_query, self.flush,
+                              batch=cfg.limits.ingress_batch)
+            try:
+                udp.start()
+            except OSError as exc:
+                udp.close()
+                raise StartupError(f"cannot listen on {la} (UDP): {exc.strerror}") from None
+            self.udp.append(udp)
+            tcp = TcpServer(loop, addr, la.port, self._handle_query, self.flush,
+                            max_clients=cfg.limits.max_tcp_clients,
+                            max_inflight=cfg.limits.max_tcp_queries_per_connection,
+                            idle_timeout=cfg.limits.tcp_idle_timeout)
+            try:
+                await tcp.start()
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {la} (TCP): {exc.strerror}") from None
+            self.tcp.append(tcp)
+        if cfg.control_socket:
+            self.control = ControlServer(cfg.control_socket, self.handle_control, self.hub)
+            await self.control.start()
+        self._gc = loop.call_later(0.05, self._collect)
+        log.info("listening on %s; PvDs: %s", ", ".join(str(a) for a in cfg.listen),
+                 ", ".join(f"{p.name} ({p.state.value})" for p in self.registry) or "none")
+
+    async def stop(self) -> None:
+        for u in self.udp:
+            u.close()
+        # answer what is in flight: give transactions a moment to finish
+        deadline = (self.loop.time() if self.loop else 0) + 1.0
+        while self.resolver.inflight and self.loop and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for t in self.tcp:
+            await t.close()
+        if self.control is not None:
+            await self.control.close()
+        if self.links is not None:
+            await self.links.stop()
+        if self.upstreams is not None:
+            self.upstreams.close()
+        for h in (self._timer, self._gc):
+            if h is not None:
+                h.cancel()
+
+    # ================================================================== the query path
+    def _handle_query(
+        self, data: bytes, client: object, now: float, max_udp: int | None
+    ) -> bytes | None:
+        return self.resolver.handle_query(data, client, now, max_udp)
+
+    def _on_upstream_reply(
+        self, txn: Transaction, data: bytes, source: tuple[str, int], tcp: bool
+    ) -> None:
+        assert self.loop is not None
+        self.resolver.handle_reply(txn, data, source, tcp, self.loop.time())
+
+    def _on_upstream_error(self, txn: Transaction, reason: str) -> None:
+        assert self.loop is not None
+        self.resolver.handle_send_error(txn, reason, self.loop.time())
+
+    def flush(self) -> None:
+        """Drain the core's outbox and re-arm its timer. Called after every batch of input."""
+        res = self.resolver
+        if res.outbox:
+            box, res.outbox = res.outbox, []
+            ups = self.upstreams
+            for act in box:
+                if type(act) is Reply:
+                    client = act.client
+                    if type(client) is tuple:
+                        client[0].send(act.data, client[1])
+                    else:
+                        assert isinstance(client, TcpClient)
+                        client.send(act.data)
+                elif type(act) is Send:
+                    assert ups is not None
+                    ups.send(act)
+                elif type(act) is Release:
+                    assert ups is not None
+                    ups.release(act.txn)
+        if res.events:
+            events, res.events = res.events, []
+            wall = time.time()
+            for ev in events:
+                ev["time"] = wall
+                self.hub.publish(ev)
+                if self.config.query_log:
+                    self.query_log.info("%s", _json(ev))
+        res.monitoring = self.hub.active or self.config.query_log
+        when = res.next_timer()
+        if when is not None and when != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            assert self.loop is not None
+            self._timer_at = when
+            self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self.loop is not None
+        self._timer = None
+        self._timer_at = None
+        self.resolver.handle_timers(self.loop.time())
+        self.flush()
+
+    def _collect(self) -> None:
+        """Free purged cache entries a chunk at a time, so a purge never blocks the loop."""
+        assert self.loop is not None
+        freed = self.resolver.cache.collect(5000)
+        self._gc = self.loop.call_later(0 if freed and self.resolver.cache.garbage else 0.25,
+                                        self._collect)
+
+    # ================================================================== lifecycle
+    def _apply(self, events: list[Event], now: float | None = None) -> list[dict[str, Any]]:
+        if not events:
+            return []
+        if now is None:
+            assert self.loop is not None
+            now = self.loop.time()
+        records = self.resolver.apply(events, now)
+        for rec in records:
+            rec["time"] = time.time()
+            self.lifecycle.append(rec)
+            self.hub.publish(rec)
+            msg = f"{rec['event']} {rec['pvd']}"
+            if "cause" in rec:
+                msg += f": {rec['cause']}"
+            if "purged" in rec:
+                msg += f"; purged {rec['purged']} cache entries"
+                if rec.get("cancelled"):
+                    msg += f", cancelled {rec['cancelled']} queries"
+            if "what" in rec:
+                msg += f": {rec['what']}"
+            log.info("%s", msg)
+        del self.lifecycle[:-200]
+        if self.loop is not None:
+            self.flush()
+        return records
+
+    def _on_link(self, ifname: str) -> None:
+        """The link monitor says something about ``ifname`` changed."""
+        assert self.loop is not None and self.links is not None
+        up = self._usable(ifname)
+        self._apply(self.registry.set_link(
+            ifname, up=up, prefixes=self.links.prefixes(ifname), now=self.loop.time()))
+
+    def _usable(self, ifname: str) -> bool:
+        """Up with an address; an IPv6 link-local address counts only for a PvD on that link whose
+        servers are link-local (any other PvD needs a routable address)."""
+        assert self.links is not None
+        ll = any(s.address.version == 6 and s.address.is_link_local
+                 for p in self.registry.on_interface(ifname) for s in p.spec.servers)
+        return self.links.usable(ifname, ll)
+
+    async def reload(self) -> dict[str, Any]:
+        path = self.config.source
+        if not path:
+            raise ControlError("no config file to reload (the daemon runs on built-in defaults)")
+        try:
+            new = cfgmod.apply_env(cfgmod.load_config(path), os.environ)
+        except ConfigError as exc:
+            log.error("reload rejected, running config stays in force:\n%s", exc)
+            raise ControlError("reload rejected: " + "; ".join(exc.problems)) from None
+        assert self.loop is not None and self.links is not None
+        now = self.loop.time()
+        old = {p.name: p for p in self.config.pvds}
+        fresh = {p.name: p for p in new.pvds}
+        changes: dict[str, list[str]] = {"removed": [], "added": [], "changed": [],
+                                          "unchanged": []}
+        for name in old:
+            if name not in fresh and name in self.registry \
+                    and self.registry.get(name).spec.origin == "config":
+                self._apply(self.registry.remove(name, cause="removed from config (reload)"), now)
+                changes["removed"].append(name)
+        for name, spec in fresh.items():
+            if name not in self.registry:
+                self._apply(self.registry.add(spec, now=now,
+                                              link_up=self._usable(spec.interface)), now)
+                self._on_link(spec.interface)
+                changes["added"].append(name)
+            elif self.registry.get(name).spec != spec:
+                self._apply(self.registry.upsert(spec, now=now,
+                                                 link_up=self._usable(spec.interface)), now)
+                self._on_link(spec.interface)
+                changes["changed"].append(name)
+            else:
+                changes["unchanged"].append(name)
+        notes = []
+        if new.listen != self.config.listen or new.control_socket != self.config.control_socket:
+            notes.append("listen/control_socket changes need a restart")
+        if settings_from(new) != self.resolver.settings:
+            self.resolver.settings = settings_from(new)
+            self.resolver.cache.max_entries = new.cache.max_entries
+            self.resolver.cache.max_bytes = new.cache.max_bytes
+        self.config = new
+        rec = {"event": "reload", "time": time.time(), **changes, "notes": notes}
+        self.hub.publish(rec)
+        log.info("reloaded %s: %s", path, {k: v for k, v in changes.items() if v})
+        return rec
+
+    # ================================================================== control
+    async def handle_control(self, req: dict[str, Any]) -> Any:
+        cmd = req.get("cmd")
+        assert self.loop is not None
+        now = self.loop.time()
+        reg = self.registry
+        try:
+            if cmd == "status":
+                return self.status()
+            if cmd == "pvds":
+                return [self.pvd_json(p) for p in reg]
+            if cmd == "cache":
+                pvd = req.get("pvd")
+                if pvd is not None:
+                    reg.get(pvd)
+                return self.resolver.cache_listing(now, pvd)
+            if cmd == "explain":
+                name = req.get("name")
+                if not isinstance(name, str) or not name:
+                    raise ControlError("explain needs a name")
+                rdtype = _rdtype(req.get("type") or "A")
+                try:
+                    return self.resolver.explain(name, rdtype)
+                except wire.WireError as exc:
+                    raise ControlError(f"{name!r}: {exc}") from None
+            if cmd == "detach":
+                name = _name(req)
+                self._apply(reg.admin_detach(name))
+                return self.pvd_json(reg.get(name))
+            if cmd == "attach":
+                if "spec" in req:
+                    spec = cfgmod.pvd_spec_from_mapping(req["spec"], where="spec",
+                                                        origin="runtime")
+                    return self._upsert(spec)
+                name = _name(req)
+                self._apply(reg.admin_attach(name, now=now))
+                return self.pvd_json(reg.get(name))
+            if cmd == "update":
+                name = _name(req)
+                current = reg.get(name).spec
+                changes = req.get("changes") or {}
+                if not isinstance(changes, dict):
+                    raise ControlError("update: 'changes' must be an object")
+                merged = {**spec_to_mapping(current), **changes, "name": name}
+                spec = cfgmod.pvd_spec_from_mapping(merged, where="update",
+                                                    origin=current.origin)
+                return self._upsert(spec)
+            if cmd == "remove":
+                name = _name(req)
+                self._apply(reg.remove(name, cause="removed by operator"))
+                return {"removed": name}
+            if cmd == "flush":
+                name = req.get("name")
+                names = [name] if name else [p.name for p in reg]
+                total = 0
+                for n in names:
+                    total += sum(r.get("purged", 0) for r in
+                                 self._apply(reg.purge(n, cause="flushed by operator")))
+                return {"flushed": names, "entries": total}
+            if cmd == "captive":
+                name = _name(req)
+                try:
+                    state = CaptiveState(req.get("state"))
+                except ValueError:
+                    raise ControlError("captive state must be captive, open or unknown") from None
+                self._apply(reg.set_captive(name, state))
+                return self.pvd_json(reg.get(name))
+            if cmd == "reload":
+                return await self.reload()
+            if cmd == "resolvconf":
+                return self._resolvconf(req)
+        except RegistryError as exc:
+            raise ControlError(str(exc)) from None
+        except ConfigError as exc:
+            raise ControlError("; ".join(exc.problems)) from None
+        raise ControlError(f"unknown command {cmd!r}")
+
+    def _upsert(self, spec: PvdSpec) -> dict[str, Any]:
+        assert self.links is not None and self.loop is not None
+        self._apply(self.registry.upsert(spec, now=self.loop.time(),
+                                         link_up=self._usable(spec.interface)))
+        self._on_link(spec.interface)
+        return self.pvd_json(self.registry.get(spec.name))
+
+    def _resolvconf(self, req: dict[str, Any]) -> Any:
+        from ..resolvconf import spec_from_resolvconf
+
+        record = req.get("record")
+        if not isinstance(record, str) or not record:
+            raise ControlError("resolvconf: missing record (IFACE[.PROTO])")
+        name = record
+        action = req.get("action")
+        if action == "delete":
+            if name not in self.registry:
+                return {"removed": None}
+            self._apply(self.registry.remove(name, cause=f"resolvconf -d {record}"))
+            return {"removed": name}
+        if action == "add":
+            spec = spec_from_resolvconf(record, str(req.get("text", "")),
+                                        exclusive=bool(req.get("exclusive")),
+                                        private=bool(req.get("private")))
+            return self._upsert(spec)
+        raise ControlError("resolvconf: action must be add or delete")
+
+    # ================================================================== views
+    def pvd_json(self, p: Pvd) -> dict[str, Any]:
+        assert self.loop is not None
+        now = self.loop.time()
+        spec = p.spec
+        return {
+            "name": p.name,
+            "interface": spec.interface,
+            "state": p.state.value,
+            "servers": [str(s) for s in spec.servers],
+            "domains": [str(d) for d in spec.domains],
+            "search_domains": list(spec.search_domains),
+            "networks": [str(n) for n in p.networks],
+            "default_route": spec.effective_default_route,
+            "exclusive": spec.exclusive,
+            "captive": p.captive.value,
+            "nat64_prefixes": [str(n) for n in p.nat64_prefixes],
+            "dns64": {"prefix": spec.dns64.prefix, "synthesize": spec.dns64.synthesize},
+            "origin": spec.origin,
+            "admin_detached": p.admin_down,
+            "link_usable": p.link_up,
+            "cache_entries": self.resolver.cache.size_of(p.tag),
+            "upstream_queries": self.resolver.upstream_queries.get(p.name, 0),
+            "upstream_failures": self.resolver.upstream_failures.get(p.name, 0),
+            "server_health": {str(s): self.resolver.health.stats(p.name, s).to_json(now)
+                              for s in spec.servers},
+        }
+
+    def status(self) -> dict[str, Any]:
+        res = self.resolver
+        assert self.loop is not None
+        counters = dict(res.counters)
+        for u in self.udp:
+            for k, v in u.counters.items():
+                counters[f"udp_{k}"] = counters.get(f"udp_{k}", 0) + v
+        for t in self.tcp:
+            for k, v in t.counters.items():
+                counters[f"tcp_{k}"] = counters.get(f"tcp_{k}", 0) + v
+        if self.upstreams is not None:
+            for k, v in self.upstreams.counters.items():
+                counters[f"upstream_{k}"] = v
+        counters["cache_evictions"] = res.cache.evictions
+        lim = self.config.limits
+        return {
+            "version": _version(),
+            "pid": os.getpid(),
+            "listen": [str(a) for a in self.config.listen],
+            "config": self.config.source or None,
+            "uptime_s": round(self.loop.time() - self.started, 1),
+            "counters": counters,
+            "upstream_queries": dict(res.upstream_queries),
+            "upstream_failures": dict(res.upstream_failures),
+            "pvds": [self.pvd_json(p) for p in self.registry],
+            "cache": {
+                "entries": res.cache.count,
+                "bytes": res.cache.bytes,
+                "max_entries": res.cache.max_entries,
+                "max_bytes": res.cache.max_bytes,
+                "per_pvd": {p.name: res.cache.size_of(p.tag) for p in self.registry},
+                "awaiting_free": res.cache.garbage,
+            },
+            "purges": res.purge_log[-20:],
+            "inflight": len(res.inflight),
+            "tcp_clients": sum(len(t.clients) for t in self.tcp),
+            "limits": {
+                "max_inflight": lim.max_inflight,
+                "max_tcp_clients": lim.max_tcp_clients,
+                "max_tcp_queries_per_connection": lim.max_tcp_queries_per_connection,
+                "max_upstream_tcp": lim.max_upstream_tcp,
+                "hits": {
+                    "inflight": res.counters["limit_inflight"],
+                    "tcp_clients": counters.get("tcp_refused_limit", 0),
+                    "tcp_pipelined": counters.get("tcp_inflight_limit", 0),
+                    "upstream_tcp": counters.get("upstream_tcp_limit", 0),
+                    "cache_evictions": res.cache.evictions,
+                },
+            },
+            "lifecycle": self.lifecycle[-20:],
+        }
+
+
+def spec_to_mapping(spec: PvdSpec) -> dict[str, Any]:
+    """A PvdSpec back in config-file form (for ``ctl update``)."""
+    return {
+        "name": spec.name,
+        "interface": spec.interface,
+        "servers": [str(s).replace(f"%{spec.interface}", "") for s in spec.servers],
+        "domains": [str(d) for d in spec.domains],
+        "default_route": spec.default_route,
+        "exclusive": spec.exclusive,
+        "networks": [str(n) for n in spec.networks],
+        "dns64": {"prefix": spec.dns64.prefix, "synthesize": spec.dns64.synthesize},
+        "captive_portal": spec.captive_portal,
+        "captive_domains": [str(d) for d in spec.captive_domains],
+    }
+
+
+def _name(req: dict[str, Any]) -> str:
+    name = req.get("name")
+    if not isinstance(name, str) or not name:
+        raise ControlError(f"{req.get('cmd')} needs a PvD name")
+    return name
+
+
+def _rdtype(text: Any) -> int:
+    import dns.rdatatype
+
+    try:
+        return int(dns.rdatatype.from_text(str(text)))
+    except Exception:
+        raise ControlError(f"unknown record type {text!r}") from None
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, separators=(",", ":"), default=str)
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) about our state, if it is listening."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(path)
+            s.sendall(state.encode())
+    except OSError as exc:
+        log.warning("sd_notify failed: %s", exc)

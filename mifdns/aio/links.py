@@ -1,0 +1,197 @@
+"""Link state from netlink: which interfaces are up and which addresses they carry.
+
+Subscribe first, then dump, then reconcile (systemd-resolved's ``manager_rtnl_listen``): a raw
+NETLINK_ROUTE socket joined to the link and address groups wakes us on any change; a short
+debounce later pyroute2 dumps links and addresses (in a worker thread: ~3 ms) and the new view
+is compared with the old one, interface by interface (mark and sweep, by *name*, so a renamed
+or re-created interface is followed). Every interface whose view changed is reported to the
+daemon, which turns it into attach/detach events. Errors are logged and retried; they never stop
+the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..core.pvd import IPNetwork
+
+log = logging.getLogger("mifdns.netlink")
+
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
+IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000
+IFA_F_TENTATIVE = 0x40
+IFA_F_DADFAILED = 0x08
+DEBOUNCE = 0.02
+
+
+@dataclass(frozen=True)
+class LinkView:
+    index: int
+    up: bool
+    addresses: tuple[tuple[str, int], ...] = ()  # (address, prefixlen), usable ones only
+
+    def prefixes(self) -> tuple[IPNetwork, ...]:
+        out: list[IPNetwork] = []
+        for addr, plen in self.addresses:
+            ip = ipaddress.ip_address(addr)
+            if ip.is_link_local or ip.is_loopback:
+                continue
+            net = ipaddress.ip_network(f"{addr}/{plen}", strict=False)
+            if net not in out:
+                out.append(net)
+        return tuple(out)
+
+    def usable(self, link_local_ok: bool = False) -> bool:
+        if not self.up:
+            return False
+        for addr, _ in self.addresses:
+            ip = ipaddress.ip_address(addr)
+            if not (ip.version == 6 and ip.is_link_local) or link_local_ok:
+                return True
+        return False
+
+
+class StaticLinks:
+    """``netlink: false``: every interface counts as usable; no prefixes are learned."""
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def usable(self, ifname: str, link_local_ok: bool = False) -> bool:
+        return True
+
+    def prefixes(self, ifname: str) -> tuple[IPNetwork, ...]:
+        return ()
+
+    def view(self, ifname: str) -> LinkView | None:
+        return None
+
+
+def dump() -> dict[str, LinkView]:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        links = ipr.get_links()
+        addrs = ipr.get_addr()
+    by_index: dict[int, list[tuple[str, int]]] = {}
+    for a in addrs:
+        flags = a.get_attr("IFA_FLAGS") or a["flags"]
+        if flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
+            continue
+        addr = a.get_attr("IFA_ADDRESS") or a.get_attr("IFA_LOCAL")
+        if addr:
+            by_index.setdefault(a["index"], []).append((addr, a["prefixlen"]))
+    out = {}
+    for link in links:
+        name = link.get_attr("IFLA_IFNAME")
+        flags = link["flags"]
+        oper = link.get_attr("IFLA_OPERSTATE")
+        up = bool(flags & IFF_UP) and (bool(flags & IFF_LOWER_UP) or oper == "UNKNOWN")
+        out[name] = LinkView(link["index"], up, tuple(sorted(by_index.get(link["index"], []))))
+    return out
+
+
+class LinkMonitor:
+    def __init__(self, on_change: Callable[[str], None]) -> None:
+        self.on_change = on_change
+        self.links: dict[str, LinkView] = {}
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+        self.errors = 0
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:  # subscribe first ...
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            s.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
+            s.setblocking(False)
+            self._sock = s
+            self._loop.add_reader(s.fileno(), self._readable)
+        except OSError as exc:
+            log.error("netlink subscription failed (%s); link changes will not be followed", exc)
+        try:  # ... then dump
+            self.links = await asyncio.to_thread(dump)
+        except Exception as exc:  # noqa: BLE001 - never fatal
+            self.errors += 1
+            log.error("netlink dump failed: %s", exc)
+
+    async def stop(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+        if self._task is not None:
+            self._task.cancel()
+        if self._sock is not None and self._loop is not None:
+            try:
+                self._loop.remove_reader(self._sock.fileno())
+            except (ValueError, OSError):
+                pass
+            self._sock.close()
+
+    def view(self, ifname: str) -> LinkView | None:
+        return self.links.get(ifname)
+
+    def usable(self, ifname: str, link_local_ok: bool = False) -> bool:
+        v = self.links.get(ifname)
+        return v is not None and v.usable(link_local_ok)
+
+    def prefixes(self, ifname: str) -> tuple[IPNetwork, ...]:
+        v = self.links.get(ifname)
+        return v.prefixes() if v is not None else ()
+
+    def _readable(self) -> None:
+        assert self._sock is not None and self._loop is not None
+        while True:  # the content does not matter: any message means "look again"
+            try:
+                if not self._sock.recv(65536):
+                    break
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # ENOBUFS: we lost events; the dump catches up
+                log.debug("netlink recv: %s", exc)
+                break
+        if self._pending is None:
+            self._pending = self._loop.call_later(DEBOUNCE, self._kick)
+
+    def _kick(self) -> None:
+        self._pending = None
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        assert self._loop is not None
+        self._task = self._loop.create_task(self._reconcile())
+
+    async def _reconcile(self) -> None:
+        while True:
+            self._again = False
+            try:
+                new = await asyncio.to_thread(dump)
+            except Exception as exc:  # noqa: BLE001
+                self.errors += 1
+                log.error("netlink dump failed: %s (will retry)", exc)
+                await asyncio.sleep(0.5)
+                self._again = True
+                new = self.links
+            old, self.links = self.links, new
+            for name in sorted(set(old) | set(new)):
+                if old.get(name) != new.get(name):
+                    try:
+                        self.on_change(name)
+                    except Exception:  # noqa: BLE001 - a handler bug must not stop monitoring
+                        log.exception("link change handler failed for %s", name)
+            if not self._again:
+                return

@@ -1,0 +1,152 @@
+"""``mifdns`` command line: ``main(argv) -> int``; never a traceback for a user error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from . import __version__
+from .errors import ConfigError, MifdnsError
+
+DEFAULT_CONFIG = "/etc/mifdns/mifdns.yaml"
+
+
+def _load(path: str | None):  # type: ignore[no-untyped-def]
+    from . import config as cfgmod
+
+    if path is None:
+        if os.path.exists(DEFAULT_CONFIG):
+            path = DEFAULT_CONFIG
+        else:
+            return cfgmod.apply_env(cfgmod.default_config(), os.environ)
+    return cfgmod.apply_env(cfgmod.load_config(path), os.environ)
+
+
+async def serve(config, shutdown: asyncio.Event | None = None) -> None:  # type: ignore[no-untyped-def]
+    """Run the daemon until ``shutdown`` is set (or SIGTERM/SIGINT). SIGHUP reloads."""
+    from .aio.daemon import Daemon, sd_notify
+
+    daemon = Daemon(config)
+    loop = asyncio.get_running_loop()
+    stop = shutdown or asyncio.Event()
+    await daemon.start()
+    log = logging.getLogger("mifdns")
+
+    def on_hup() -> None:
+        async def do() -> None:
+            try:
+                await daemon.reload()
+            except MifdnsError as exc:
+                log.error("%s", exc)
+
+        loop.create_task(do())
+
+    installed = []
+    for sig, handler in ((signal.SIGTERM, stop.set), (signal.SIGINT, stop.set),
+                         (signal.SIGHUP, on_hup)):
+        try:
+            loop.add_signal_handler(sig, handler)
+            installed.append(sig)
+        except (RuntimeError, ValueError, NotImplementedError):
+            pass  # not the main thread (tests drive serve() directly)
+    sd_notify("READY=1\nSTATUS=answering")
+    try:
+        await stop.wait()
+    finally:
+        sd_notify("STOPPING=1")
+        log.info("shutting down")
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await daemon.stop()
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = _load(args.config)
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        if os.environ.get("MIFDNS_UVLOOP", "1") != "0":
+            uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve(config))
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from . import config as cfgmod
+
+    cfg = cfgmod.load_config(args.path)
+    print(f"{args.path}: OK ({len(cfg.pvds)} PvDs: "
+          f"{', '.join(p.name for p in cfg.pvds) or 'none'})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mifdns",
+        description="Split-DNS stub resolver for hosts on several networks at once.",
+    )
+    p.add_argument("--version", action="version", version=f"mifdns {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    r = sub.add_parser("run", help="run the daemon in the foreground")
+    r.add_argument("--config", metavar="PATH",
+                   help=f"config file (default {DEFAULT_CONFIG} if present, else built-ins)")
+    r.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    c = sub.add_parser("check-config", help="validate a config file (exit 0 or 1)")
+    c.add_argument("path")
+    sub.add_parser("ctl", help="talk to a running daemon (mifdns ctl --help)", add_help=False)
+    sub.add_parser("resolvconf", help="resolvconf(8) compatible front end", add_help=False)
+    sub.add_parser("demo", help="simulated networks in namespaces, end to end (needs root)",
+                   add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+        if os.path.basename(sys.argv[0]) == "resolvconf":
+            argv = ["resolvconf", *argv]
+    try:
+        if argv and argv[0] == "ctl":
+            from .ctl import main as ctl_main
+
+            return ctl_main(argv[1:])
+        if argv and argv[0] == "resolvconf":
+            from .resolvconf import main as rc_main
+
+            return rc_main(argv[1:])
+        if argv and argv[0] == "demo":
+            from .harness.demo import main as demo_main
+
+            return demo_main(argv[1:])
+        args = build_parser().parse_args(argv)
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "check-config":
+            return _cmd_check(args)
+        build_parser().print_help()
+        return 2
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"mifdns: {line}", file=sys.stderr)
+        return 1
+    except MifdnsError as exc:
+        print(f"mifdns: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

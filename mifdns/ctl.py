@@ -1,0 +1,691 @@
+"""``mifdns ctl``: the client of the control socket (see :mod:`mifdns.aio.control`).
+
+:func:`request` and :func:`stream` are the protocol; :func:`main` is the command line; the
+``format_*`` functions turn results into text for people and are pure, so tests feed them sample
+data. They read results with ``.get`` throughout: the daemon may add fields, and old or new
+daemons may lack some.
+
+Exit codes: 0 ok, 1 the daemon refused the command, 2 usage, 3 the daemon is unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import yaml
+
+from .errors import ControlError
+
+DEFAULT_SOCKET = "/run/mifdns/control.sock"
+SOCKET_ENV = "MIFDNS_CONTROL_SOCKET"
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class DaemonUnreachable(ControlError):
+    """No answer from the daemon: nothing listens, permission denied, timeout, connection lost."""
+
+
+class UsageError(Exception):
+    """The command line is wrong in a way argparse cannot see (exit code 2)."""
+
+
+# the protocol
+
+
+def default_socket() -> str:
+    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+def request(path: str, req: dict[str, Any], timeout: float = 10.0) -> Any:
+    """Send one request and return its result; raise ControlError (DaemonUnreachable when the
+    daemon cannot be reached) with a one-line message."""
+    with _connect(path, timeout) as sock:
+        line = _exchange(sock, path, req, timeout).readline()
+    return _result(path, line)
+
+
+class _Lines:
+    """Reads answer lines, turning socket errors into DaemonUnreachable."""
+
+    def __init__(self, sock: socket.socket, path: str, timeout: float,
+                 pending: OSError | None = None) -> None:
+        self._file = sock.makefile("rb")
+        self.path, self.timeout, self.pending = path, timeout, pending
+
+    def readline(self) -> bytes:
+        try:
+            line = self._file.readline()
+        except TimeoutError:
+            raise DaemonUnreachable(
+                f"mifdns at {self.path} did not answer within {self.timeout:g} s") from None
+        except OSError as exc:
+            line, self.pending = b"", self.pending or exc
+        if not line and self.pending is not None:
+            raise DaemonUnreachable(
+                f"lost the connection to mifdns at {self.path}: {_reason(self.pending)}")
+        return line
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._file)
+
+
+def _exchange(sock: socket.socket, path: str, req: dict[str, Any], timeout: float) -> _Lines:
+    """Send ``req``; a daemon that refuses us (too many clients) may close before reading it,
+    and what it said before closing is still worth reading."""
+    try:
+        sock.sendall(_encode(req))
+    except OSError as exc:
+        return _Lines(sock, path, timeout, exc)
+    return _Lines(sock, path, timeout)
+
+
+def stream(path: str, req: dict[str, Any], timeout: float = 10.0) -> Iterator[dict[str, Any]]:
+    """Send a streaming request (``monitor``) and yield each event until the daemon closes.
+
+    The first answer line is checked like :func:`request`'s; ``timeout`` applies to it only.
+    """
+    with _connect(path, timeout) as sock:
+        lines = _exchange(sock, path, req, timeout)
+        _result(path, lines.readline())
+        sock.settimeout(None)
+        try:
+            for line in lines:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    yield event
+        except OSError:
+            return
+
+
+def _connect(path: str, timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise DaemonUnreachable(f"cannot reach mifdns at {path}: {_reason(exc)} "
+                                "(is the daemon running? see --socket)") from None
+    return sock
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return text[:1].lower() + text[1:]
+
+
+def _encode(req: dict[str, Any]) -> bytes:
+    return json.dumps(req, separators=(",", ":")).encode() + b"\n"
+
+
+def _result(path: str, line: bytes) -> Any:
+    if not line:
+        raise DaemonUnreachable(f"mifdns at {path} closed the connection without answering")
+    try:
+        answer = json.loads(line)
+    except ValueError as exc:
+        raise ControlError(f"malformed answer from mifdns at {path}: {exc}") from None
+    if not isinstance(answer, dict) or "ok" not in answer:
+        raise ControlError(f"malformed answer from mifdns at {path}: no \"ok\" field")
+    if answer["ok"]:
+        return answer.get("result")
+    error = " ".join(str(answer.get("error") or "unspecified error").split())
+    raise ControlError(error)
+
+
+# the command line
+
+
+def _words(text: str) -> list[str]:
+    """``--server a,b`` == ``--server a --server b``; ``--network ''`` gives an empty list."""
+    return [w.strip() for w in text.split(",") if w.strip()]
+
+
+def _add_spec_options(p: argparse.ArgumentParser, *, update: bool) -> None:
+    g = p.add_argument_group("PvD settings" + (" to change (lists replace the old ones)"
+                                               if update else ""))
+    g.add_argument("--interface", metavar="IF", help="the interface queries leave through")
+    g.add_argument("--server", dest="servers", action="extend", type=_words, metavar="S",
+                   help="DNS server ADDR, ADDR:PORT or [ADDR]:PORT (repeat, or comma-separate)")
+    g.add_argument("--domain", dest="domains", action="extend", type=_words, metavar="D",
+                   help="search + routing domain; '~D' for routing only (repeatable)")
+    g.add_argument("--network", dest="networks", action="extend", type=_words, metavar="CIDR",
+                   help="reverse zone routed to this PvD (repeatable)")
+    dr = g.add_mutually_exclusive_group()
+    dr.add_argument("--default-route", dest="default_route", action="store_const", const=True,
+                    help="names no PvD claims may go here")
+    dr.add_argument("--no-default-route", dest="default_route", action="store_const",
+                    const=False, help="only its own domains go here")
+    ex = g.add_mutually_exclusive_group()
+    ex.add_argument("--exclusive", dest="exclusive", action="store_const", const=True,
+                    help="its domains never go to another PvD")
+    ex.add_argument("--no-exclusive", dest="exclusive", action="store_const", const=False,
+                    help="its domains may fall through (the default)")
+    g.add_argument("--dns64", metavar="auto|none|PREFIX",
+                   help="NAT64 prefix: RFC 7050 discovery, none, or e.g. 64:ff9b::/96")
+    g.add_argument("--dns64-synthesize", action="store_true",
+                   help="synthesize AAAA locally (needs --dns64 auto|PREFIX)")
+    g.add_argument("--captive-portal", metavar="URI",
+                   help="RFC 8910 captive-portal API URI ('none' to clear)")
+    g.add_argument("--captive-domain", dest="captive_domains", action="extend", type=_words,
+                   metavar="D", help="name that goes to this PvD while it is captive (repeatable)")
+    sp = p.add_mutually_exclusive_group()
+    sp.add_argument("--spec", metavar="TEXT",
+                    help="the PvD as a JSON or YAML mapping, in config-file form")
+    sp.add_argument("--spec-file", metavar="PATH", help="the same, read from a file")
+
+
+_SPEC_OPTIONS = ("interface", "servers", "domains", "default_route", "exclusive", "networks",
+                 "dns64", "captive_portal", "captive_domains")
+
+
+def spec_from_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given, as a (partial) PvD in config-file form; keys in config order."""
+    if args.dns64_synthesize and args.dns64 is None:
+        raise UsageError("--dns64-synthesize needs --dns64 auto|PREFIX")
+    spec: dict[str, Any] = {}
+    for key in _SPEC_OPTIONS:
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        if key == "dns64":
+            prefix = value.strip().lower() if value.strip().lower() in ("auto", "none") else value
+            value = {"prefix": prefix, "synthesize": True} if args.dns64_synthesize else prefix
+        elif key == "captive_portal" and value.strip().lower() in ("", "none", "null"):
+            value = None
+        spec[key] = value
+    return spec
+
+
+def load_spec(text: str, what: str) -> dict[str, Any]:
+    """A PvD mapping from JSON or YAML text (a one-item list, as pasted from ``pvds:``, is fine)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UsageError(f"{what}: not valid JSON or YAML{where}: {problem}") from None
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]
+    if not isinstance(data, dict):
+        raise UsageError(f"{what}: expected a mapping of PvD settings "
+                         f"(name, interface, servers, ...), got {type(data).__name__}")
+    return data
+
+
+def _spec_text(args: argparse.Namespace) -> dict[str, Any] | None:
+    if args.spec is not None:
+        return load_spec(args.spec, "--spec")
+    if args.spec_file is not None:
+        try:
+            with open(args.spec_file, encoding="utf-8") as f:
+                return load_spec(f.read(), args.spec_file)
+        except OSError as exc:
+            raise UsageError(f"{args.spec_file}: cannot read: {_reason(exc)}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"{args.spec_file}: not UTF-8 text") from None
+    return None
+
+
+def _build_attach(args: argparse.Namespace) -> dict[str, Any]:
+    options = spec_from_options(args)
+    given = _spec_text(args)
+    if given is not None:
+        if options or args.spec_name is not None:
+            raise UsageError("--spec/--spec-file cannot be combined with other PvD options")
+        if args.name is not None:
+            if given.setdefault("name", args.name) != args.name:
+                raise UsageError(f"NAME {args.name!r} differs from the spec's name "
+                                 f"{given['name']!r}")
+        return {"cmd": "attach", "spec": given}
+    if args.name and args.spec_name and args.name != args.spec_name:
+        raise UsageError(f"NAME {args.name!r} and --name {args.spec_name!r} differ")
+    name = args.spec_name or args.name
+    if not options and args.spec_name is None:
+        if name is None:
+            raise UsageError("attach needs NAME (a known PvD), or --name and --interface (a new "
+                             "one), or --spec/--spec-file")
+        return {"cmd": "attach", "name": name}
+    if name is None:
+        raise UsageError("a new PvD needs --name (or NAME)")
+    if "interface" not in options:
+        raise UsageError("a new PvD needs --interface (to re-attach a known PvD, give only NAME)")
+    return {"cmd": "attach", "spec": {"name": name, **options}}
+
+
+def _build_update(args: argparse.Namespace) -> dict[str, Any]:
+    options = spec_from_options(args)
+    given = _spec_text(args)
+    if given is not None and options:
+        raise UsageError("--spec/--spec-file cannot be combined with other PvD options")
+    changes = given if given is not None else options
+    if not changes:
+        raise UsageError("update needs at least one change (see --help)")
+    return {"cmd": "update", "name": args.name, "changes": changes}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)  # also accepted after the command
+    common.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
+                        help=f"control socket (default: ${SOCKET_ENV} or {DEFAULT_SOCKET})")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the daemon's JSON result")
+
+    parser = argparse.ArgumentParser(
+        prog="mifdns ctl", description="Inspect and steer a running mifdns daemon.")
+    parser.add_argument("--socket", metavar="PATH", default=None,
+                        help=f"control socket (default: ${SOCKET_ENV} or {DEFAULT_SOCKET})")
+    parser.add_argument("--json", action="store_true", help="print the daemon's JSON result")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="how long to wait for an answer (default: 10)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str, build: Callable[[argparse.Namespace], dict[str, Any]],
+                fmt: Callable[[Any], str] | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=[common])
+        p.set_defaults(build=build, format=fmt or format_result, parser=p)
+        return p
+
+    command("status", "daemon, PvDs, cache, counters and recent purges",
+            lambda a: {"cmd": "status"}, format_status)
+    command("pvds", "list PvDs", lambda a: {"cmd": "pvds"}, format_pvds)
+    p = command("attach", "re-attach a known PvD, or attach a new runtime PvD", _build_attach)
+    p.add_argument("name", nargs="?", metavar="NAME", help="the PvD to (re-)attach")
+    p.add_argument("--name", dest="spec_name", metavar="N", help="name of a new PvD")
+    _add_spec_options(p, update=False)
+    p = command("update", "change settings of a PvD", _build_update)
+    p.add_argument("name", metavar="NAME")
+    _add_spec_options(p, update=True)
+    p = command("detach", "detach a PvD administratively (until 'attach NAME')",
+                lambda a: {"cmd": "detach", "name": a.name})
+    p.add_argument("name", metavar="NAME")
+    p = command("remove", "remove a runtime PvD", lambda a: {"cmd": "remove", "name": a.name})
+    p.add_argument("name", metavar="NAME")
+    p = command("flush", "drop cached answers (of one PvD, or all)",
+                lambda a: {"cmd": "flush", "name": a.name})
+    p.add_argument("name", nargs="?", metavar="NAME")
+    p = command("cache", "list cache entries", lambda a: {"cmd": "cache", "pvd": a.pvd},
+                format_cache)
+    p.add_argument("--pvd", metavar="NAME", help="only this PvD's entries")
+    p = command("explain", "show which PvDs a name would go to, and why",
+                lambda a: {"cmd": "explain", "name": a.name, "type": a.type.upper()},
+                format_explain)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("type", nargs="?", default="A", metavar="TYPE", help="query type (default A)")
+    p = command("captive", "set a PvD's captive-portal state",
+                lambda a: {"cmd": "captive", "name": a.name, "state": a.state})
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("state", choices=("captive", "open", "unknown"))
+    command("reload", "re-read the configuration file", lambda a: {"cmd": "reload"})
+    command("monitor", "stream queries and PvD events until interrupted",
+            lambda a: {"cmd": "monitor"})
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        try:
+            req = args.build(args)
+        except UsageError as exc:
+            args.parser.error(str(exc))  # prints usage, raises SystemExit(2)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    path = args.socket or default_socket()
+    try:
+        if args.command == "monitor":
+            return _monitor(path, req, args.json, args.timeout)
+        result = request(path, req, args.timeout)
+        text = json.dumps(result, indent=2) if args.json else args.format(result)
+        if text:
+            print(text)
+    except DaemonUnreachable as exc:
+        return _fail(exc, EXIT_UNREACHABLE)
+    except ControlError as exc:
+        return _fail(exc, EXIT_REFUSED)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        _quiet_stdout()
+    return EXIT_OK
+
+
+def _monitor(path: str, req: dict[str, Any], as_json: bool, timeout: float) -> int:
+    try:
+        for event in stream(path, req, timeout):
+            line = json.dumps(event, separators=(",", ":")) if as_json else format_event(event)
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    print(f"mifdns ctl: mifdns at {path} ended the monitor stream", file=sys.stderr)
+    return EXIT_UNREACHABLE
+
+
+def _fail(exc: Exception, code: int) -> int:
+    print(f"mifdns ctl: {exc}", file=sys.stderr)
+    return code
+
+
+def _quiet_stdout() -> None:
+    """After EPIPE (``mifdns ctl cache | head``), keep the interpreter's final flush quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+# formatting for people
+
+
+def _yn(value: Any) -> str:
+    if value is None:
+        return "auto"
+    return "yes" if value else "no"
+
+
+def _list(value: Any, empty: str = "-") -> str:
+    if value is None or value == []:
+        return empty
+    if isinstance(value, (list, tuple)):
+        return " ".join(_server_addr(v) for v in value) or empty
+    return str(value)
+
+
+def _server_addr(server: Any) -> str:
+    if isinstance(server, dict):
+        return str(server.get("address") or server.get("server") or "?")
+    return str(server)
+
+
+def _server_text(server: Any) -> str:
+    """``198.51.100.53 (srtt 12.3 ms, 2 failures)``; servers may be strings or objects."""
+    if not isinstance(server, dict):
+        return str(server)
+    extra = []
+    srtt_ms = server.get("srtt_ms")
+    if srtt_ms is None and isinstance(server.get("srtt"), (int, float)):
+        srtt_ms = server["srtt"] * 1000.0  # seconds
+    if isinstance(srtt_ms, (int, float)):
+        extra.append(f"srtt {srtt_ms:.1f} ms")
+    if server.get("failures") is not None:
+        n = server["failures"]
+        extra.append(f"{n} failure{'' if n == 1 else 's'}")
+    return _server_addr(server) + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _clock(t: Any, *, millis: bool = False) -> str:
+    if not isinstance(t, (int, float)):
+        return str(t) if t is not None else "-"
+    seconds, ms = divmod(round(t * 1000), 1000)
+    stamp = time.strftime("%H:%M:%S", time.localtime(seconds))
+    if millis:
+        stamp += f".{ms:03d}"
+    if not millis and abs(time.time() - t) > 86400:
+        stamp = time.strftime("%Y-%m-%d ", time.localtime(t)) + stamp
+    return stamp
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "?"
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    parts = [f"{d}d"] if d else []
+    if d or h:
+        parts.append(f"{h}h")
+    if d or h or m:
+        parts.append(f"{m}min")
+    parts.append(f"{s}s")
+    return " ".join(parts)
+
+
+def _size(n: Any) -> str:
+    if not isinstance(n, (int, float)):
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""  # unreachable
+
+
+def _fields(pairs: list[tuple[str, Any]], indent: int = 2) -> list[str]:
+    """``resolvectl``-style block: labels right-aligned, multi-line values continued."""
+    width = max((len(k) for k, _ in pairs), default=0)
+    lines = []
+    for key, value in pairs:
+        values = value if isinstance(value, list) and value else [value]
+        for i, v in enumerate(values):
+            label = f"{key}:" if i == 0 else ""
+            lines.append(f"{' ' * indent}{label:>{width + 1}} {v}".rstrip())
+    return lines
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(c) for c in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _tree(data: Any, indent: int = 2) -> list[str]:
+    """Nested dicts as indented ``key: value`` lines; flat sub-dicts on one line."""
+    lines: list[str] = []
+    if not isinstance(data, dict):
+        return [" " * indent + str(data)]
+    for key, value in data.items():
+        if isinstance(value, dict) and value and all(
+                not isinstance(v, (dict, list)) for v in value.values()):
+            lines.append(f"{' ' * indent}{key}: "
+                         + " ".join(f"{k}={v}" for k, v in value.items()))
+        elif isinstance(value, dict):
+            lines.append(f"{' ' * indent}{key}:" + ("" if value else " -"))
+            lines.extend(_tree(value, indent + 2))
+        elif isinstance(value, list):
+            lines.append(f"{' ' * indent}{key}: {_list(value)}")
+        else:
+            lines.append(f"{' ' * indent}{key}: {value}")
+    return lines
+
+
+def format_pvd(pvd: dict[str, Any]) -> str:
+    """One PvD as a block (``status``, and the result of ``attach``/``update``)."""
+    state = pvd.get("state", "?")
+    if pvd.get("admin_down") or pvd.get("administratively_detached"):
+        state += " (administratively)"
+    head = f"PvD {pvd.get('name', '?')}: {state}"
+    if pvd.get("origin"):
+        head += f"  [{pvd['origin']}]"
+    pairs: list[tuple[str, Any]] = [("Interface", pvd.get("interface", "-"))]
+    servers = pvd.get("servers") or []
+    pairs.append(("DNS servers", [_server_text(s) for s in servers] or "-"))
+    pairs.append(("Domains", _list(pvd.get("domains"))))
+    if pvd.get("networks") is not None:
+        pairs.append(("Networks", _list(pvd.get("networks"))))
+    pairs.append(("Default route", _yn(pvd.get("default_route"))))
+    pairs.append(("Exclusive", _yn(pvd.get("exclusive", False))))
+    if pvd.get("dns64") not in (None, "none", {}):
+        dns64 = pvd["dns64"]
+        pairs.append(("DNS64", dns64 if not isinstance(dns64, dict) else
+                      " ".join(f"{k}={v}" for k, v in dns64.items())))
+    pairs.append(("NAT64 prefixes", _list(pvd.get("nat64_prefixes"))))
+    captive = str(pvd.get("captive", "unknown"))
+    if pvd.get("captive_portal"):
+        captive += f" (portal {pvd['captive_portal']})"
+    pairs.append(("Captive", captive))
+    if pvd.get("captive_domains"):
+        pairs.append(("Captive domains", _list(pvd["captive_domains"])))
+    if pvd.get("cache_entries") is not None:
+        pairs.append(("Cache entries", pvd["cache_entries"]))
+    return "\n".join([head, *_fields(pairs)])
+
+
+def format_status(result: Any) -> str:
+    if not isinstance(result, dict):
+        return format_result(result)
+    head = "mifdns"
+    if result.get("version"):
+        head += f" {result['version']}"
+    if result.get("uptime_s") is not None:
+        head += f", up {_duration(result['uptime_s'])}"
+    pairs: list[tuple[str, Any]] = [("Listen", _list(result.get("listen")))]
+    cache = result.get("cache")
+    if isinstance(cache, dict):
+        text = f"{cache.get('entries', '?')} entries"
+        if cache.get("bytes") is not None:
+            text += f", {_size(cache['bytes'])}"
+        per = cache.get("per_pvd")
+        if isinstance(per, dict) and per:
+            text += " (" + ", ".join(f"{k} {v}" for k, v in per.items()) + ")"
+        pairs.append(("Cache", text))
+    if result.get("control_socket"):
+        pairs.append(("Control", result["control_socket"]))
+    blocks = ["\n".join([head, *_fields(pairs)])]
+    pvds = result.get("pvds") or []
+    if pvds:
+        blocks.extend(format_pvd(p) if isinstance(p, dict) else str(p) for p in pvds)
+    else:
+        blocks.append("No PvDs.")
+    if result.get("counters"):
+        blocks.append("\n".join(["Counters:", *_tree(result["counters"])]))
+    purges = result.get("purges") or []
+    if purges:
+        rows = [[_clock(p.get("time")), p.get("pvd", "?"), f"{p.get('entries', '?')} entries",
+                 p.get("cause", "")] for p in purges if isinstance(p, dict)]
+        table = _table(["TIME", "PVD", "PURGED", "CAUSE"], rows)
+        blocks.append("Recent purges:\n" + "\n".join("  " + ln for ln in table.splitlines()))
+    if result.get("limits"):
+        blocks.append("\n".join(["Limits:", *_tree(result["limits"])]))
+    return "\n\n".join(blocks)
+
+
+def format_pvds(result: Any) -> str:
+    if not isinstance(result, list):
+        return format_result(result)
+    if not result:
+        return "No PvDs."
+    pvds = [p for p in result if isinstance(p, dict)]
+    with_cache = any(p.get("cache_entries") is not None for p in pvds)
+    headers = ["NAME", "STATE", "INTERFACE", "DEFAULT", "EXCL", "CAPTIVE", "NAT64", "SERVERS",
+               "DOMAINS"] + (["CACHE"] if with_cache else [])
+    rows = []
+    for p in pvds:
+        state = p.get("state", "?")
+        if p.get("admin_down"):
+            state += "(admin)"
+        row = [p.get("name", "?"), state, p.get("interface", "-"), _yn(p.get("default_route")),
+               _yn(p.get("exclusive", False)), p.get("captive", "unknown"),
+               _list(p.get("nat64_prefixes")).replace(" ", ","),
+               _list(p.get("servers")).replace(" ", ","), _list(p.get("domains")).replace(" ", ",")]
+        if with_cache:
+            row.append(p.get("cache_entries", "-"))
+        rows.append(row)
+    return _table(headers, rows)
+
+
+def format_cache(result: Any) -> str:
+    if not isinstance(result, list):
+        return format_result(result)
+    if not result:
+        return "The cache is empty."
+    rows = [[e.get("name", "?"), e.get("type", "?"), e.get("pvd", "?"), e.get("kind", "?"),
+             e.get("ttl", "?")] for e in result if isinstance(e, dict)]
+    n = len(rows)
+    return _table(["NAME", "TYPE", "PVD", "KIND", "TTL"], rows) + \
+        f"\n\n{n} entr{'y' if n == 1 else 'ies'}"
+
+
+def format_explain(result: Any) -> str:
+    if not isinstance(result, dict):
+        return format_result(result)
+    lines = []
+    if result.get("local"):
+        lines.append(f"answered locally: {result['local']}")
+    if result.get("refused"):
+        lines.append(f"refused: {result['refused']}")
+    candidates = [c for c in result.get("candidates") or [] if isinstance(c, dict)]
+    if candidates:
+        width = max(len(str(c.get("pvd", "?"))) for c in candidates)
+        gwidth = max(len(str(c.get("grade", "?"))) for c in candidates)
+        for c in candidates:
+            pvd, grade = str(c.get("pvd", "?")), str(c.get("grade", "?"))
+            lines.append(f"{pvd:<{width}}  grade {grade:<{gwidth}}  {c.get('reason', '')}".rstrip())
+    elif not lines:
+        lines.append("no candidate PvD")
+    return "\n".join(lines)
+
+
+def _candidates(cands: Any) -> str:
+    if not isinstance(cands, list):
+        return ""
+    return " ".join(f"{c.get('pvd', '?')}[{c.get('grade', '?')} {c.get('reason', '')}]".replace(
+        " ]", "]") for c in cands if isinstance(c, dict))
+
+
+def format_event(event: Any) -> str:
+    """One ``monitor`` event as one line (the event keys are listed in mifdns.aio.control)."""
+    if not isinstance(event, dict):
+        return str(event)
+    kind = str(event.get("event", "?"))
+    stamp = _clock(event.get("time", time.time()), millis=True)
+    if kind == "query":
+        line = f"{stamp} query {event.get('name', '?')} {event.get('type', '?')} -> "
+        if event.get("local"):
+            line += f"local ({event['local']})"
+        elif event.get("refused"):
+            line += f"refused ({event['refused']})"
+        else:
+            detail = [str(event[k]) for k in ("cache", "kind") if event.get(k)]
+            if event.get("rcode") and event.get("kind") in (None, "servfail", "error"):
+                detail.append(str(event["rcode"]))
+            if isinstance(event.get("ms"), (int, float)):
+                detail.append(f"{event['ms']:.1f} ms")
+            line += str(event.get("pvd") or "-")
+            if detail:
+                line += f" ({', '.join(detail)})"
+        cands = _candidates(event.get("candidates"))
+        return line + (f" candidates: {cands}" if cands else "")
+    if kind == "dropped":
+        return f"{stamp} dropped {event.get('count', '?')} events (this monitor fell behind)"
+    pvd = event.get("pvd") or event.get("name")
+    line = f"{stamp} {kind}" + (f" {pvd}" if pvd else "")
+    parts = []
+    if event.get("cause"):
+        parts.append(str(event["cause"]))
+    purged = event.get("purged", event.get("entries"))
+    if purged is not None:
+        parts.append(f"purged {purged} entr{'y' if purged == 1 else 'ies'}")
+    shown = {"event", "time", "pvd", "name", "cause", "purged", "entries"}
+    parts.extend(f"{k}={_list(v) if isinstance(v, list) else v}"
+                 for k, v in event.items() if k not in shown)
+    return line + (": " + ", ".join(parts) if parts else "")
+
+
+def format_result(result: Any) -> str:
+    """Any other result: nothing for null, a PvD block for a PvD, else ``key: value`` lines."""
+    if result is None:
+        return ""
+    if isinstance(result, dict):
+        if "name" in result and "state" in result and "interface" in result:
+            return format_pvd(result)
+        return "\n".join(_tree(result, 0))
+    if isinstance(result, list):
+        return "\n".join(format_result(r) if isinstance(r, (dict, list)) else str(r)
+                         for r in result)
+    return str(result)
