@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("resolvconf", help="resolvconf(8) compatible front end", add_help=False)
     sub.add_parser("demo", help="simulated networks in namespaces, end to end (needs root)",
                    add_help=False)
+    sub.add_parser("replay", help="replay scenario files against mifdns (needs root)",
+                   add_help=False)
+    sub.add_parser("record", help="record upstream exchanges into a scenario skeleton",
+                   add_help=False)
     return p
 
 
@@ -130,6 +134,14 @@ def main(argv: list[str] | None = None) -> int:
             from .harness.demo import main as demo_main
 
             return demo_main(argv[1:])
+        if argv and argv[0] == "replay":
+            from .harness.replay import main as replay_main
+
+            return replay_main(argv[1:])
+        if argv and argv[0] == "record":
+            from .harness.record import main as record_main
+
+            return record_main(argv[1:])
         args = build_parser().parse_args(argv)
         if args.command == "run":
             return _cmd_run(args)
