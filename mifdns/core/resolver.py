@@ -32,12 +32,13 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import wire
+from . import dns64, wire
 from .cache import Cache, Entry, Key, Kind
 from .health import Health
-from .pvd import CaptiveState, IPNetwork
+from .stats import Stats
+from .pvd import CaptiveState, IPNetwork, Pvd
 from .registry import Event, PvdAttached, PvdChanged, PvdDetached, PvdPurged, Registry
-from .routing import EDE_NO_REACHABLE_AUTHORITY, Decision, Router, wire_to_text
+from .routing import EDE_NO_REACHABLE_AUTHORITY, Candidate, Decision, Router, wire_to_text
 from .transaction import Outcome, Send, Transaction
 
 EDE_OTHER = 0
@@ -84,11 +85,16 @@ Action = Send | Reply | Release
 
 
 class Resolution:
-    """One client question being answered from one or more PvDs."""
+    """One client question being answered from one or more PvDs.
+
+    ``pending`` holds what it still waits for: transactions, and synthesis jobs (:class:`Synth`).
+    ``synthesized``: positive answers marked synthesized, held back (like ``negatives``) for a
+    bounded time while another PvD may still give a native one.
+    """
 
     __slots__ = (
         "query", "client", "decision", "pending", "negatives", "failures", "started", "done",
-        "wait_until", "key",
+        "wait_until", "key", "synthesized",
     )
 
     def __init__(self, query: wire.Query, client: object, decision: Decision, key: Key, now: float):
@@ -96,12 +102,76 @@ class Resolution:
         self.client = client
         self.decision = decision
         self.key = key
-        self.pending: list[Transaction] = []
+        self.pending: list[Transaction | Synth] = []
         self.negatives: list[tuple[str, Entry]] = []
+        self.synthesized: list[tuple[str, Entry]] = []
         self.failures: list[tuple[str, str]] = []
         self.started = now
         self.done = False
         self.wait_until: float | None = None
+
+
+class Synth:
+    """A local DNS64 synthesis in progress on one PvD (RFC 6147): an AAAA question whose answer
+    had no usable AAAA, waiting for the A answer of the same name (``kind`` "aaaa"), or a PTR
+    question under the NAT64 prefix waiting for the embedded IPv4 address's in-addr.arpa PTR
+    (``kind`` "ptr", ``target`` that name). Resolutions wait on it as on a transaction; it waits
+    on the transaction for ``target`` (coalesced with clients' identical questions)."""
+
+    __slots__ = ("key", "kind", "negative", "pvd", "tag", "target", "waiters")
+
+    def __init__(self, kind: str, pvd: str, tag: int, key: Key, target: bytes,
+                 negative: tuple[bytes, wire.ResponseInfo] | None = None) -> None:
+        self.kind = kind
+        self.pvd = pvd
+        self.tag = tag
+        self.key = key
+        self.target = target
+        self.negative = negative  # the AAAA answer without usable AAAA: the fallback answer
+        self.waiters: list[Resolution] = []
+
+
+class ProbeResult:
+    """The completion of :meth:`Resolver.probe`: one question asked of one PvD for mifdns itself
+    (NAT64 discovery, the captive-portal hijack probe, the portal API's host). Collected in
+    ``Resolver.probe_results`` for the adapter to drain. ``outcome`` is the transaction's
+    (answer, nodata, nxdomain, failed, timeout, cancelled, no-servers); ``response`` and
+    ``info`` are set for the first three."""
+
+    __slots__ = ("info", "outcome", "pvd", "qname", "qtype", "response", "tag", "token")
+
+    def __init__(self, token: int, pvd: str, tag: int, qname: bytes, qtype: int, outcome: str,
+                 response: bytes | None = None, info: wire.ResponseInfo | None = None) -> None:
+        self.token = token
+        self.pvd = pvd
+        self.tag = tag
+        self.qname = qname
+        self.qtype = qtype
+        self.outcome = outcome
+        self.response = response
+        self.info = info
+
+    def addresses(self) -> list[str]:
+        """The A and AAAA addresses in the answer section."""
+        data, info = self.response, self.info
+        if data is None or info is None:
+            return []
+        out = []
+        for rtype, _ttl, off, length in info.answers:
+            if (rtype, length) in ((wire.A, 4), (wire.AAAA, 16)):
+                out.append(str(ipaddress.ip_address(data[off:off + length])))
+        return out
+
+    def __repr__(self) -> str:
+        return (f"ProbeResult({self.token}, {self.pvd}, {wire.qname_to_text(self.qname)!r}, "
+                f"{self.qtype}, {self.outcome})")
+
+
+class _Probe:
+    __slots__ = ("token",)
+
+    def __init__(self, token: int) -> None:
+        self.token = token
 
 
 class _RandomIds:
@@ -133,6 +203,7 @@ class Resolver:
         self.router = Router(registry)
         self.cache = Cache(max_entries=settings.max_entries, max_bytes=settings.max_bytes)
         self.health = Health()
+        self.stats = Stats()  # cumulative per-PvD figures for metrics, read at scrape time
         self.inflight: dict[tuple[int, Key], Transaction] = {}
         self.outbox: list[Action] = []
         self._timers: list[tuple[float, int, object]] = []
@@ -147,9 +218,14 @@ class Resolver:
                 "queries", "cache_hits", "cache_misses", "local", "servfail", "refused",
                 "formerr", "notimp", "badvers", "nxdomain", "coalesced", "limit_inflight",
                 "purged_entries", "purges", "ignored_replies", "upstream_queries",
+                "probes", "synthesized",
             ),
             0,
         )
+        self.probe_results: list[ProbeResult] = []  # drained by the adapter, like ``outbox``
+        self._probes: dict[int, Transaction] = {}  # token -> its transaction (never coalesced)
+        self._probe_seq = 0
+        self._synth: dict[tuple[int, Key], Synth] = {}  # (tag, key) -> synthesis in progress
         self.upstream_queries: dict[str, int] = {}
         self.upstream_failures: dict[str, int] = {}
         self.purge_log: list[dict[str, Any]] = []
@@ -197,12 +273,14 @@ class Resolver:
 
         decision = self.router.route(q.key)
         if decision.local is not None:
-            if decision.local != "ipv4only" or qtype == wire.A:
+            if decision.local == "ipv4only" and qtype != wire.A:
+                # RFC 8880: AAAA goes to the PvDs with DNS64 (that is how discovery works)
+                decision = self.router.table.ipv4only(qtype, q.key == decision.zone)
+            if decision.local is not None:
                 c["local"] += 1
                 if self.monitoring:
                     self._event_query(q, decision, None, "local", "local", now, now)
                 return self._local(q, decision)
-            decision = self.router.table.default
         cands = decision.candidates
         if not cands:
             if self.monitoring:
@@ -221,28 +299,32 @@ class Resolver:
                 return self._memoize(data, entry, q, now, max_udp)
         else:
             negatives: list[tuple[str, Entry]] = []
-            missing = []
+            synthesized: list[tuple[str, Entry]] = []
+            missing: list[Candidate] = []
             for cand in cands:
                 entry = lookup(cand.tag, key, now)
                 if entry is None:
                     missing.append(cand)
-                elif entry.rcode == wire.NOERROR and entry.kind != Kind.NODATA:
+                elif not _positive(entry):
+                    negatives.append((cand.pvd, entry))
+                elif entry.kind is Kind.SYNTHESIZED:
+                    synthesized.append((cand.pvd, entry))  # a native AAAA elsewhere wins
+                else:
                     c["cache_hits"] += 1
                     if self.monitoring:
                         self._event_query(q, decision, cand.pvd, "hit", entry.kind.value, now, now)
                         return self._render(entry, q, now)
                     return self._memoize(data, entry, q, now, max_udp)
-                else:
-                    negatives.append((cand.pvd, entry))
             if not missing:
                 c["cache_hits"] += 1
-                pvd, entry = _best_negative(negatives)
+                pvd, entry = synthesized[0] if synthesized else _best_negative(negatives)
                 if self.monitoring:
                     self._event_query(q, decision, pvd, "hit", entry.kind.value, now, now)
                 return self._render(entry, q, now)
             cands = tuple(missing)
             res = Resolution(q, client, decision, key, now)
             res.negatives = negatives
+            res.synthesized = synthesized
             return self._start(res, cands, now)
         return self._start(Resolution(q, client, decision, key, now), cands, now)
 
@@ -268,7 +350,9 @@ class Resolver:
         q = res.query
         for cand in cands:
             tkey = (cand.tag, res.key)
-            txn = self.inflight.get(tkey)
+            txn: Transaction | Synth | None = self.inflight.get(tkey)
+            if txn is None and self._synth:
+                txn = self._synth.get(tkey)
             if txn is not None:
                 self.counters["coalesced"] += 1
             else:
@@ -280,25 +364,86 @@ class Resolver:
                 if pvd is None or pvd.tag != cand.tag:
                     res.failures.append((cand.pvd, "PvD changed"))
                     continue
-                s = self.settings
-                txn = Transaction(
-                    pvd=pvd.name, tag=pvd.tag, interface=pvd.spec.interface,
-                    servers=self.health.order(pvd.name, pvd.spec.servers, now),
-                    qname=q.key, qtype=q.qtype, qclass=q.qclass, do=q.do, cd=q.cd, now=now,
-                    timeout=s.timeout, total_timeout=s.total_timeout, rand16=self._rand,
-                    udp_size=s.edns_udp_size,
-                )
-                send = txn.start(now)
-                if send is None:
+                if q.qtype == wire.PTR and pvd.spec.dns64.synthesize and pvd.nat64_prefixes:
+                    target = dns64.ptr_target(q.key, dns64.v6_prefixes(pvd.nat64_prefixes))
+                    if target is not None:  # RFC 6147 5.3.1: ask the embedded IPv4's name
+                        got = self._synthesis(Synth("ptr", pvd.name, pvd.tag, res.key, target),
+                                              now)
+                        if isinstance(got, Synth):
+                            got.waiters.append(res)
+                            res.pending.append(got)
+                        elif got is None:
+                            res.failures.append((cand.pvd, "no servers"))
+                        elif _positive(got):
+                            res.synthesized.append((pvd.name, got))
+                        else:
+                            res.negatives.append((pvd.name, got))
+                        continue
+                txn = self._launch(pvd, res.key, now)
+                if txn is None:
                     res.failures.append((cand.pvd, "no servers"))
                     continue
-                self.inflight[tkey] = txn
-                self._send(send)
             txn.waiters.append(res)
             res.pending.append(txn)
         if not res.pending:
             return self._finish_negative_or_fail(res, now, immediate=True)
+        if res.synthesized:  # a cached synthesized AAAA waits (bounded) for a native one
+            res.wait_until = now + self.settings.negative_wait
+            self._push_timer(res.wait_until, res)
         return None
+
+    def _launch(self, pvd: Pvd, key: Key, now: float, *, shared: bool = True
+                ) -> Transaction | None:
+        """Start a transaction for ``key`` on ``pvd``; ``shared``: registered in ``inflight`` so
+        identical questions coalesce on it. None if the PvD has no servers."""
+        s = self.settings
+        txn = Transaction(
+            pvd=pvd.name, tag=pvd.tag, interface=pvd.spec.interface,
+            servers=self.health.order(pvd.name, pvd.spec.servers, now),
+            qname=key[0], qtype=key[1], qclass=key[2], do=bool(key[3] & 1),
+            cd=bool(key[3] & 2), now=now, timeout=s.timeout, total_timeout=s.total_timeout,
+            rand16=self._rand, udp_size=s.edns_udp_size,
+        )
+        send = txn.start(now)
+        if send is None:
+            return None
+        if shared:
+            self.inflight[(pvd.tag, key)] = txn
+        self._send(send)
+        return txn
+
+    # ================================================================== mifdns's own questions
+    def probe(self, pvd: str, qname: bytes | str, qtype: int, now: float) -> int:
+        """Ask one question of one PvD, through its servers and interface, for mifdns itself
+        (NAT64 discovery, the captive-portal hijack probe, the portal API's address).
+
+        Returns a token; the completion comes back as a :class:`ProbeResult` with that token in
+        ``probe_results`` (always exactly one, also when the PvD is detached or has no servers,
+        or is purged meanwhile: outcome ``cancelled`` / ``no-servers``). A probe is never
+        coalesced with clients' questions and its answer is never cached."""
+        key = qname if isinstance(qname, bytes) else wire.text_to_qname(qname)
+        key = key.lower()
+        self._probe_seq += 1
+        token = self._probe_seq
+        self.counters["probes"] += 1
+        p = self.registry.find(pvd)
+        if p is None or not p.attached:
+            self.probe_results.append(ProbeResult(token, pvd, 0, key, qtype, "cancelled"))
+            return token
+        txn = self._launch(p, (key, qtype, 1, 0), now, shared=False)
+        if txn is None:
+            self.probe_results.append(ProbeResult(token, pvd, p.tag, key, qtype, "no-servers"))
+            return token
+        txn.waiters.append(_Probe(token))
+        self._probes[token] = txn
+        return token
+
+    def set_portal_hosts(self, pvd: str, hosts: tuple[str, ...]) -> None:
+        """The captive portal's own host names of ``pvd`` (API URI, user-portal-url): routed
+        to it while it is captive (see routing rule 2)."""
+        if self.router.portal_hosts.get(pvd, ()) != hosts:
+            self.router.set_portal_hosts(pvd, hosts)
+            self._memo.clear()
 
     # ================================================================== upstream side
     def handle_reply(
@@ -345,6 +490,8 @@ class Resolver:
     def _after_step(self, txn: Transaction, send: Send | None, now: float) -> None:
         for server, rtt in txn.samples:
             self.health.record(txn.pvd, server, rtt, now)
+            if rtt is not None:
+                self.stats.rtt(txn.pvd, rtt)
         txn.samples.clear()
         if send is not None:
             self._send(send)
@@ -357,48 +504,86 @@ class Resolver:
         if self.inflight.get(tkey) is txn:
             del self.inflight[tkey]
         self.outbox.append(Release(txn))
+        waiters = txn.waiters
+        if waiters and type(waiters[0]) is _Probe:
+            token = waiters[0].token
+            self._probes.pop(token, None)
+            self.probe_results.append(ProbeResult(
+                token, txn.pvd, txn.tag, txn.qname, txn.qtype,
+                txn.outcome.value if txn.outcome is not None else "cancelled",
+                txn.response, txn.info))
+            return
         outcome = txn.outcome
-        entry: Entry | None = None
+        entry: Entry | Synth | None = None
+        why = ""
         if outcome in (Outcome.ANSWER, Outcome.NODATA, Outcome.NXDOMAIN):
-            entry = self._store(txn, now)
+            if txn.qtype == wire.AAAA and outcome is not Outcome.NXDOMAIN:
+                entry = self._local_dns64(txn, now)
+            if entry is None:
+                entry = self._store(txn, now)
         else:
             uf = self.upstream_failures
             uf[txn.pvd] = uf.get(txn.pvd, 0) + 1
-        for res in txn.waiters:
-            assert isinstance(res, Resolution)
-            if res.done:
-                continue
-            if txn in res.pending:
-                res.pending.remove(txn)
-            if entry is not None and outcome == Outcome.ANSWER:
-                self._answer(res, txn.pvd, entry, now, source="upstream")
-                continue
-            if entry is not None:
-                res.negatives.append((txn.pvd, entry))
+            why = outcome.value if outcome is not None else "failed"
+            if txn.errors:
+                why += ": " + "; ".join(txn.errors[-3:])
+        if isinstance(entry, Synth):  # the resolutions now wait for the synthesis instead
+            for res in waiters:
+                assert isinstance(res, Resolution)
+                if not res.done and txn in res.pending:
+                    res.pending[res.pending.index(txn)] = entry
+                    entry.waiters.append(res)
+            return
+        for w in waiters:
+            if type(w) is Synth:
+                self._synth_done(w, txn, now)
             else:
-                assert outcome is not None
-                why = outcome.value
-                if txn.errors:
-                    why += ": " + "; ".join(txn.errors[-3:])
-                res.failures.append((txn.pvd, why))
-            if not res.pending:
-                self._finish_negative_or_fail(res, now)
-            elif res.negatives and res.wait_until is None:
-                res.wait_until = now + self.settings.negative_wait
-                self._push_timer(res.wait_until, res)
+                assert isinstance(w, Resolution)
+                self._deliver(w, txn, txn.pvd, entry, why, now)
+
+    def _deliver(self, res: Resolution, item: Transaction | Synth, pvd: str, entry: Entry | None,
+                 why: str, now: float) -> None:
+        """One of the things ``res`` waits for is done: answer, or wait (bounded) for the rest.
+        The first positive answer wins, except a synthesized one while another PvD may still
+        answer natively; negatives wait for the others."""
+        if res.done:
+            return
+        if item in res.pending:
+            res.pending.remove(item)
+        if entry is not None and _positive(entry):
+            if entry.kind is not Kind.SYNTHESIZED:
+                self._answer(res, pvd, entry, now, source="upstream")
+                return
+            res.synthesized.append((pvd, entry))
+        elif entry is not None:
+            res.negatives.append((pvd, entry))
+        else:
+            res.failures.append((pvd, why or "failed"))
+        if not res.pending:
+            self._finish_negative_or_fail(res, now)
+        elif (res.negatives or res.synthesized) and res.wait_until is None:
+            res.wait_until = now + self.settings.negative_wait
+            self._push_timer(res.wait_until, res)
 
     def _store(self, txn: Transaction, now: float) -> Entry:
         """Turn the transaction's response into a cache entry; store it if its tag is current."""
         data, info = txn.response, txn.info
         assert data is not None and info is not None
+        key = (txn.qname, txn.qtype, txn.qclass, txn.do | (txn.cd << 1))
+        return self._store_response(txn.pvd, txn.tag, key, data, info, now)
+
+    def _store_response(self, pvd_name: str, tag: int, key: Key, data: bytes,
+                        info: wire.ResponseInfo, now: float, synthesized: bool = False) -> Entry:
         s = self.settings
         body, offsets, ttls = wire.make_cacheable(data, info)
-        pvd = self.registry.find(txn.pvd)
+        pvd = self.registry.find(pvd_name)
         if info.rcode == wire.NXDOMAIN:
             kind, ttl, cap = Kind.NXDOMAIN, info.soa_ttl, s.negative_max_ttl
         elif info.ancount:
             kind, ttl, cap = Kind.POSITIVE, info.min_answer_ttl, s.max_ttl
-            if pvd is not None and pvd.nat64_prefixes and txn.qtype == wire.AAAA:
+            if synthesized:
+                kind = Kind.SYNTHESIZED
+            elif pvd is not None and pvd.nat64_prefixes and key[1] == wire.AAAA:
                 if _any_in_prefixes(data, info, pvd.nat64_prefixes):
                     kind = Kind.SYNTHESIZED
         else:
@@ -410,12 +595,99 @@ class Resolver:
         if any(t > cap for t in ttls):
             ttls = tuple(min(t, cap) for t in ttls)
         entry = Entry(body, offsets, ttls, now, now + ttl, kind, info.rcode)
-        if ttl > 0 and pvd is not None and pvd.attached and pvd.tag == txn.tag:
+        if ttl > 0 and pvd is not None and pvd.attached and pvd.tag == tag:
             covers = kind == Kind.NXDOMAIN and info.ancount == 0
-            self.cache.insert(txn.tag, pvd.name, (txn.qname, txn.qtype, txn.qclass,
-                                                  txn.do | (txn.cd << 1)), entry,
-                              covers_name=covers)
+            self.cache.insert(tag, pvd.name, key, entry, covers_name=covers)
         return entry
+
+    # ------------------------------------------------------------------ local DNS64 (RFC 6147)
+    def _local_dns64(self, txn: Transaction, now: float) -> Synth | Entry | None:
+        """An AAAA answer from a PvD that synthesizes locally: drop AAAA in the excluded ranges;
+        if no AAAA is left (NODATA, a bare CNAME chain, or only excluded ones), synthesize from
+        the A answer of the same PvD. None: store the answer as it is."""
+        pvd = self.registry.find(txn.pvd)
+        if (pvd is None or pvd.tag != txn.tag or not pvd.spec.dns64.synthesize
+                or not pvd.nat64_prefixes or txn.cd):
+            return None  # CD: a validating client synthesizes itself (RFC 6147 section 5.5)
+        data, info = txn.response, txn.info
+        assert data is not None and info is not None
+        filtered = dns64.filter_excluded(data, info)
+        if filtered is not None:
+            txn.response, txn.info = data, info = filtered, wire.parse_response(filtered)
+        if dns64.has_aaaa(info):
+            return None
+        key = (txn.qname, txn.qtype, txn.qclass, txn.do | (txn.cd << 1))
+        job = Synth("aaaa", pvd.name, pvd.tag, key, txn.qname, negative=(data, info))
+        got = self._synthesis(job, now)
+        return got if got is not None else self._negative(job, now)
+
+    def _synthesis(self, job: Synth, now: float) -> Synth | Entry | None:
+        """Start ``job``: finish it now if the target's answer is cached in the PvD's partition,
+        else wait on the target's transaction (coalesced). None: no transaction could start."""
+        pvd = self.registry.find(job.pvd)
+        if pvd is None or pvd.tag != job.tag:
+            return None
+        key = (job.target, wire.A if job.kind == "aaaa" else wire.PTR, job.key[2], job.key[3])
+        hit = self.cache.lookup(job.tag, key, now)
+        if hit is not None:
+            body = hit.body
+            return self._synth_entry(job, body, wire.parse_response(body), now,
+                                     elapsed=max(0, int(now - hit.stored)))
+        txn = self.inflight.get((job.tag, key))
+        if txn is None:
+            txn = self._launch(pvd, key, now)
+            if txn is None:
+                return None
+        txn.waiters.append(job)
+        self._synth[(job.tag, job.key)] = job
+        return job
+
+    def _synth_done(self, job: Synth, txn: Transaction, now: float) -> None:
+        if self._synth.get((job.tag, job.key)) is job:
+            del self._synth[(job.tag, job.key)]
+        entry: Entry | None = None
+        why = ""
+        if txn.response is not None and txn.info is not None:
+            entry = self._synth_entry(job, txn.response, txn.info, now)
+        elif txn.outcome is not Outcome.CANCELLED and job.negative is not None:
+            entry = self._negative(job, now)  # no A answer: the AAAA NODATA stands (not cached)
+        else:
+            why = f"{job.kind} synthesis: {txn.outcome.value if txn.outcome else 'failed'}"
+        for res in job.waiters:
+            self._deliver(res, job, job.pvd, entry, why, now)
+
+    def _synth_entry(self, job: Synth, data: bytes, info: wire.ResponseInfo, now: float,
+                     elapsed: int = 0) -> Entry:
+        """The answer of a synthesis from the target's answer; stored under the job's key."""
+        pvd = self.registry.find(job.pvd)
+        prefixes = dns64.v6_prefixes(pvd.nat64_prefixes) \
+            if pvd is not None and pvd.tag == job.tag else ()
+        qname, _, qclass, _ = job.key
+        if job.kind == "ptr":
+            out = dns64.synthesize_ptr_response(qname, qclass, job.target, data, info, elapsed)
+        elif not prefixes or info.rcode != wire.NOERROR:
+            out = None
+        else:
+            assert job.negative is not None
+            out = dns64.synthesize_aaaa_response(qname, qclass, data, info, prefixes[0],
+                                                 job.negative[1].soa_ttl, elapsed)
+        if out is None:
+            return self._negative(job, now, store=True)
+        self.counters["synthesized"] += 1
+        synth_info = wire.parse_response(out)
+        return self._store_response(job.pvd, job.tag, job.key, out, synth_info, now,
+                                    synthesized=synth_info.ancount > 0)
+
+    def _negative(self, job: Synth, now: float, store: bool = False) -> Entry:
+        """The AAAA answer that had no usable AAAA, as the answer (stored only if the A answer
+        confirmed there is nothing to synthesize from)."""
+        assert job.negative is not None
+        data, info = job.negative
+        if store:
+            return self._store_response(job.pvd, job.tag, job.key, data, info, now)
+        body, offsets, ttls = wire.make_cacheable(data, info)
+        kind = Kind.NODATA if not info.ancount else Kind.POSITIVE
+        return Entry(body, offsets, ttls, now, now, kind, info.rcode)
 
     def _answer(self, res: Resolution, pvd: str, entry: Entry, now: float, source: str) -> None:
         res.done = True
@@ -427,8 +699,8 @@ class Resolver:
     def _finish_negative_or_fail(
         self, res: Resolution, now: float, immediate: bool = False
     ) -> bytes | None:
-        if res.negatives:
-            pvd, entry = _best_negative(res.negatives)
+        if res.synthesized or res.negatives:
+            pvd, entry = res.synthesized[0] if res.synthesized else _best_negative(res.negatives)
             if immediate:
                 res.done = True
                 return self._render(entry, res.query, now)
@@ -489,8 +761,9 @@ class Resolver:
             if q.qtype == wire.AAAA:
                 return wire.local_reply(q, 0, [(wire.AAAA, 0, bytes(15) + b"\x01")], opt=opt)
             return wire.local_reply(q, 0, [], authority_soa=soa, opt=opt)
-        if rule == "ipv4only":
-            ans = [(wire.A, 86400, a) for a in IPV4ONLY] if q.key == zone else []
+        if rule == "ipv4only":  # RFC 8880: only A records; other types here are NODATA
+            ans = [(wire.A, 86400, a) for a in IPV4ONLY] if q.key == zone and q.qtype == wire.A \
+                else []
             rc = 0 if q.key == zone else wire.NXDOMAIN
             return wire.local_reply(q, rc, ans, authority_soa=None if ans else soa, opt=opt)
         if rule.startswith("rfc6303") and q.key == zone:
@@ -516,6 +789,7 @@ class Resolver:
                 self.counters["purged_entries"] += n
                 self.purge_log.append({"pvd": ev.name, "entries": n, "cause": ev.cause,
                                        "time": now})
+                self.stats.purge(ev.name, rec["event"], ev.cause, n)
                 del self.purge_log[:-100]
                 if isinstance(ev, PvdDetached) and ev.name not in self.registry:
                     self.health.forget(ev.name)
@@ -528,6 +802,7 @@ class Resolver:
 
     def _cancel_tag(self, tag: int, now: float) -> int:
         doomed = [t for k, t in self.inflight.items() if k[0] == tag]
+        doomed += [t for t in self._probes.values() if t.tag == tag]
         for txn in doomed:
             txn.cancel()
             self._complete(txn, now)
@@ -537,10 +812,9 @@ class Resolver:
     def explain(self, name: str, qtype: int = wire.A) -> dict[str, Any]:
         key = wire.text_to_qname(name).lower()
         decision = self.router.route(key)
-        out = decision.to_json()
         if decision.local == "ipv4only" and qtype != wire.A:
-            out = self.router.table.default.to_json()
-        return out
+            decision = self.router.table.ipv4only(qtype, key == decision.zone)
+        return decision.to_json()
 
     def cache_listing(self, now: float, pvd: str | None = None) -> list[dict[str, Any]]:
         import dns.rdatatype  # introspection only, never on the query path
@@ -598,6 +872,13 @@ def _stale(item: tuple[float, int, object]) -> bool:
     if isinstance(obj, Resolution):
         return obj.done or obj.wait_until != when
     return False
+
+
+def _positive(entry: Entry) -> bool:
+    """NOERROR with records in the answer section (whatever the kind: a captive PvD's NODATA
+    has kind ``captive`` and is still negative)."""
+    body = entry.body
+    return entry.rcode == wire.NOERROR and (body[6] or body[7]) != 0
 
 
 def _best_negative(negatives: list[tuple[str, Entry]]) -> tuple[str, Entry]:

@@ -18,9 +18,13 @@ Higher grade wins; PvDs tied at the best grade are all candidates.
 
 Rules, in the order they apply:
 1. Special-use names answered locally, never forwarded (RFC 6761, RFC 7686, RFC 8880):
-   ``localhost``/``*.localhost``, ``invalid``, ``onion``, ``ipv4only.arpa`` (A and AAAA-free types
-   only: AAAA goes to the PvDs, as NAT64 discovery needs). They win over any PvD domain.
-2. The longest suffix that has an exclusive PvD or an attached PvD decides. If an exclusive PvD
+   ``localhost``/``*.localhost``, ``invalid``, ``onion``, ``ipv4only.arpa`` (A only: its AAAA goes
+   to the attached PvDs with DNS64 configured, default routes first, as NAT64 discovery needs, and
+   is NODATA when there is none; see ``RouteTable.ipv4only``). They win over any PvD domain.
+2. The longest suffix that has an exclusive PvD or an attached PvD decides. Besides domains and
+   networks, a PvD claims the reverse zones of its NAT64 prefixes (PTR of synthesized addresses)
+   and, while it is captive, its ``captive_domains`` and its portal's own host names (the API
+   URI's host and the user-portal-url's, ``Router.set_portal_hosts``). If an exclusive PvD
    holds it, only attached exclusive PvDs at that suffix are candidates; if none is attached the
    question is refused (SERVFAIL + Extended DNS Error), so the name never leaks elsewhere.
    Detached non-exclusive PvDs are invisible: the walk goes on to shorter suffixes.
@@ -36,6 +40,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from typing import Iterable
+from urllib.parse import urlsplit
 
 from .pvd import CaptiveState, IPNetwork, Pvd
 from .registry import Registry
@@ -153,11 +158,31 @@ ALWAYS_LOCAL: dict[str, str] = {
 class RouteTable:
     """Compiled routing state for one registry version. Immutable once built."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry,
+                 portal_hosts: dict[str, tuple[str, ...]] | None = None) -> None:
         self.version = registry.version
         self._map: dict[bytes, Decision] = {}
+        self._portal_hosts = portal_hosts or {}
         self._default = self._build_default(registry)
+        self._ipv4only_aaaa = self._build_ipv4only(registry)
         self._build(registry)
+
+    def ipv4only(self, qtype: int, exact: bool) -> Decision:
+        """Where a non-A question under ``ipv4only.arpa`` goes (``exact``: the name itself).
+        AAAA of the name: the PvDs with DNS64 (answered locally with NODATA when there is none);
+        other types keep going to the default routes."""
+        if qtype == 28 and exact:
+            return self._ipv4only_aaaa
+        return self._default
+
+    def _build_ipv4only(self, registry: Registry) -> Decision:
+        dns64 = [p for p in registry.attached() if p.spec.dns64.prefix != "none"]
+        if not dns64:
+            return Decision(local="ipv4only", zone=wire_name("ipv4only.arpa"))
+        defaults = [p for p in dns64 if _is_default_route(p)] or dns64
+        return Decision(candidates=tuple(
+            Candidate(p.name, 0, f"DNS64 ({p.spec.dns64.prefix}): RFC 7050 discovery", p.tag)
+            for p in sorted(defaults, key=lambda p: p.name)))
 
     # ------------------------------------------------------------------ the hot path
     def route(self, key: bytes) -> Decision:
@@ -222,12 +247,21 @@ class RouteTable:
                     claims.setdefault(wire_name(zone), []).append(
                         (pvd, f"network {net} (reverse zone {zone})")
                     )
+            for prefix in pvd.nat64_prefixes:
+                for zone in reverse_zones(prefix):
+                    claims.setdefault(wire_name(zone), []).append(
+                        (pvd, f"NAT64 prefix {prefix} (reverse zone {zone})")
+                    )
             if pvd.captive == CaptiveState.CAPTIVE:
                 for dom in pvd.spec.captive_domains:
                     if dom.name:
                         claims.setdefault(wire_name(dom.name), []).append(
                             (pvd, f"captive portal domain {dom.name}")
                         )
+                for host in _portal_hosts(pvd, self._portal_hosts.get(pvd.name, ())):
+                    claims.setdefault(wire_name(host), []).append(
+                        (pvd, f"captive portal host {host}")
+                    )
         for suffix, owners in claims.items():
             decision = self._decide(suffix, owners)
             if decision is not None:
@@ -275,6 +309,31 @@ class RouteTable:
         return Decision(candidates=tuple(seen.values()))
 
 
+def _portal_hosts(pvd: Pvd, learned: tuple[str, ...]) -> list[str]:
+    """The portal's own host names: the configured API URI's host, and those learned from the
+    API (user-portal-url); IP literals and bad names are left out."""
+    hosts = list(learned)
+    if pvd.spec.captive_portal:
+        try:
+            host = urlsplit(pvd.spec.captive_portal).hostname
+        except ValueError:
+            host = None
+        if host:
+            hosts.insert(0, host)
+    out = []
+    for host in hosts:
+        host = host.rstrip(".").lower()
+        try:
+            ipaddress.ip_address(host)
+            continue
+        except ValueError:
+            pass
+        labels = host.split(".")
+        if host and host not in out and all(0 < len(lab) < 64 and lab.isascii() for lab in labels):
+            out.append(host)
+    return out
+
+
 def _has_root(pvd: Pvd) -> bool:
     return any(d.routing_only and not d.name for d in pvd.spec.domains)
 
@@ -300,12 +359,21 @@ class Router:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
+        self.portal_hosts: dict[str, tuple[str, ...]] = {}  # learned: PvD name -> host names
         self._table = RouteTable(registry)
+
+    def set_portal_hosts(self, pvd: str, hosts: tuple[str, ...]) -> None:
+        """Host names of ``pvd``'s captive portal learned at run time (from its API)."""
+        if hosts:
+            self.portal_hosts[pvd] = hosts
+        else:
+            self.portal_hosts.pop(pvd, None)
+        self._table = RouteTable(self.registry, self.portal_hosts)
 
     @property
     def table(self) -> RouteTable:
         if self._table.version != self.registry.version:
-            self._table = RouteTable(self.registry)
+            self._table = RouteTable(self.registry, self.portal_hosts)
         return self._table
 
     def route(self, key: bytes) -> Decision:
