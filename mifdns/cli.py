@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 from . import __version__
 from .errors import ConfigError, MifdnsError
@@ -26,42 +27,64 @@ def _load(path: str | None):  # type: ignore[no-untyped-def]
     return cfgmod.apply_env(cfgmod.load_config(path), os.environ)
 
 
-async def serve(config, shutdown: asyncio.Event | None = None) -> None:  # type: ignore[no-untyped-def]
-    """Run the daemon until ``shutdown`` is set (or SIGTERM/SIGINT). SIGHUP reloads."""
-    from .aio.daemon import Daemon, sd_notify
+async def serve(config, shutdown: asyncio.Event | None = None, *,  # type: ignore[no-untyped-def]
+                user=None) -> None:
+    """Run the daemon until ``shutdown`` is set (or SIGTERM/SIGINT). SIGHUP reloads.
+
+    ``user`` (a ``privileges.Account``): become that user once the sockets are bound. Stopping
+    is graceful (``Daemon.stop``); a failed start undoes what it did (resolv.conf, sockets)."""
+    from .aio.daemon import Daemon, ReloadRejected, sd_notify
 
     daemon = Daemon(config)
     loop = asyncio.get_running_loop()
     stop = shutdown or asyncio.Event()
-    await daemon.start()
     log = logging.getLogger("mifdns")
 
     def on_hup() -> None:
         async def do() -> None:
+            sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
             try:
                 await daemon.reload()
+            except ReloadRejected:
+                pass  # logged in full by the daemon
             except MifdnsError as exc:
-                log.error("%s", exc)
+                log.error("SIGHUP: %s", exc)
+            finally:
+                sd_notify("READY=1\nSTATUS=answering")
 
         loop.create_task(do())
 
     installed = []
-    for sig, handler in ((signal.SIGTERM, stop.set), (signal.SIGINT, stop.set),
-                         (signal.SIGHUP, on_hup)):
+
+    def install(sig: int, handler) -> None:  # type: ignore[no-untyped-def]
         try:
             loop.add_signal_handler(sig, handler)
             installed.append(sig)
         except (RuntimeError, ValueError, NotImplementedError):
             pass  # not the main thread (tests drive serve() directly)
-    sd_notify("READY=1\nSTATUS=answering")
+
+    # stop requests are honoured from the start (and stay caught while stopping, so a second
+    # SIGTERM cannot cut the restore of resolv.conf short); reloads once the daemon runs
+    install(signal.SIGTERM, stop.set)
+    install(signal.SIGINT, stop.set)
     try:
+        await daemon.start()
+        if user is not None:
+            from .aio.privileges import drop
+
+            drop(user, chown=(config.control_socket,) if config.control_socket else ())
+        install(signal.SIGHUP, on_hup)
+        sd_notify("READY=1\nSTATUS=answering")
         await stop.wait()
     finally:
         sd_notify("STOPPING=1")
         log.info("shutting down")
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-        await daemon.stop()
+        try:
+            await daemon.stop()
+        finally:
+            for sig in installed:  # stopped: a late signal must not kill the exiting process
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_IGN)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -71,6 +94,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     config = _load(args.config)
+    account = None
+    if args.user:
+        from .aio import privileges
+
+        account = privileges.lookup(args.user)
+        privileges.prepare(
+            account,
+            resolv_conf=config.resolv_conf.path if config.resolv_conf.manage else None,
+            control_socket=config.control_socket or None,
+        )
     try:
         import uvloop  # type: ignore[import-not-found]
 
@@ -78,7 +111,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             uvloop.install()
     except ImportError:
         pass
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, user=account))
     return 0
 
 
@@ -103,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"config file (default {DEFAULT_CONFIG} if present, else built-ins)")
     r.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
+    r.add_argument("--user", metavar="USER",
+                   help="started as root: become USER once the sockets are bound, keeping "
+                        "CAP_NET_RAW and CAP_NET_BIND_SERVICE")
     c = sub.add_parser("check-config", help="validate a config file (exit 0 or 1)")
     c.add_argument("path")
     sub.add_parser("ctl", help="talk to a running daemon (mifdns ctl --help)", add_help=False)

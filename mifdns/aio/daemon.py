@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+from dataclasses import replace
 from typing import Any
 
 from .. import config as cfgmod
@@ -22,12 +23,18 @@ from ..core.registry import Event, Registry, RegistryError
 from ..core.resolver import Release, Reply, Resolver, Settings
 from ..core.transaction import Send, Transaction
 from ..errors import ConfigError, ControlError, StartupError
+from .captive_probe import Prober
 from .control import ControlServer, MonitorHub
 from .links import LinkMonitor, StaticLinks
 from .listener import TcpClient, TcpServer, UdpListener
+from .resolvconf_writer import ResolvConfWriter
 from .upstream import Upstreams, check_bind_capability
 
 log = logging.getLogger("mifdns")
+
+
+class ReloadRejected(ControlError):
+    """The config file is invalid; the running config stays (already logged in full)."""
 
 
 def settings_from(config: cfgmod.Config) -> Settings:
@@ -51,6 +58,9 @@ class Daemon:
         self.control: ControlServer | None = None
         self.upstreams: Upstreams | None = None
         self.links: LinkMonitor | StaticLinks | None = None
+        self.prober: Prober | None = None  # NAT64 discovery, captive-portal detection
+        self.resolv_conf: ResolvConfWriter | None = None
+        self.metrics: Any = None  # a metrics.MetricsServer while metrics.listen is set
         self.loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -70,6 +80,7 @@ class Daemon:
             loop, self._on_upstream_reply, self._on_upstream_error,
             max_tcp=cfg.limits.max_upstream_tcp, after_io=self.flush,
         )
+        self.prober = Prober(self.resolver, self.registry, loop, self._apply, self.flush)
         # links first: a PvD is attached only if its interface is usable
         self.links = LinkMonitor(self._on_link) if cfg.netlink else StaticLinks()
         await self.links.start()
@@ -100,28 +111,74 @@ class Daemon:
         if cfg.control_socket:
             self.control = ControlServer(cfg.control_socket, self.handle_control, self.hub)
             await self.control.start()
+        if cfg.metrics.address is not None:
+            from .metrics import MetricsServer  # prometheus_client is imported only when used
+
+            self.metrics = MetricsServer(self, cfg.metrics.address)
+            await self.metrics.start()
+        if self.query_log.level == logging.NOTSET:  # query_log: true logs at any --log-level
+            self.query_log.setLevel(logging.INFO)
         self._gc = loop.call_later(0.05, self._collect)
+        # last: resolv.conf points at us only once we answer and can be controlled
+        self._resolv_conf_take_over(cfg)
         log.info("listening on %s; PvDs: %s", ", ".join(str(a) for a in cfg.listen),
                  ", ".join(f"{p.name} ({p.state.value})" for p in self.registry) or "none")
 
     async def stop(self) -> None:
+        """Graceful stop: stop listening, give resolv.conf back, answer what is in flight
+        (bounded: 1.5 s), then close the rest. Each step runs even if an earlier one failed."""
+        loop = self.loop
+        if self.prober is not None:
+            try:
+                await self.prober.close()
+            except Exception:
+                log.exception("stopping the probes")
+        for u in self.udp:  # stop reading; the socket stays open to send in-flight answers
+            _quietly(loop.remove_reader if loop else None, u.sock.fileno())
+        for t in self.tcp:  # no new connections; open ones keep being answered
+            if t.server is not None:
+                _quietly(t.server.close)
+        # the original resolv.conf comes back as soon as we stop listening
+        if self.resolv_conf is not None:
+            _quietly(self.resolv_conf.restore)
+        deadline = (loop.time() if loop else 0) + 1.5
+        while self.resolver.inflight and loop and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        self.flush_quietly()
         for u in self.udp:
-            u.close()
-        # answer what is in flight: give transactions a moment to finish
-        deadline = (self.loop.time() if self.loop else 0) + 1.0
-        while self.resolver.inflight and self.loop and self.loop.time() < deadline:
-            await asyncio.sleep(0.05)
+            _quietly(u.close)
         for t in self.tcp:
-            await t.close()
+            try:
+                await t.close()
+            except Exception:  # keep stopping
+                log.exception("closing a TCP listener")
         if self.control is not None:
-            await self.control.close()
+            try:
+                await self.control.close()
+            except Exception:
+                log.exception("closing the control socket")
+        if self.metrics is not None:
+            try:
+                await self.metrics.close()
+            except Exception:
+                log.exception("closing the metrics endpoint")
         if self.links is not None:
-            await self.links.stop()
+            try:
+                await self.links.stop()
+            except Exception:
+                log.exception("stopping the link monitor")
         if self.upstreams is not None:
-            self.upstreams.close()
+            _quietly(self.upstreams.close)
         for h in (self._timer, self._gc):
             if h is not None:
                 h.cancel()
+
+    def flush_quietly(self) -> None:
+        try:
+            if self.loop is not None:
+                self.flush()
+        except Exception:
+            log.exception("flushing answers at stop")
 
     # ================================================================== the query path
     def _handle_query(
@@ -142,6 +199,10 @@ class Daemon:
     def flush(self) -> None:
         """Drain the core's outbox and re-arm its timer. Called after every batch of input."""
         res = self.resolver
+        while res.probe_results and self.prober is not None:  # mifdns's own questions
+            results, res.probe_results = res.probe_results, []
+            for result in results:
+                self.prober.on_probe_result(result)
         if res.outbox:
             box, res.outbox = res.outbox, []
             ups = self.upstreams
@@ -213,12 +274,18 @@ class Daemon:
                 msg += f": {rec['what']}"
             log.info("%s", msg)
         del self.lifecycle[:-200]
+        if self.prober is not None:  # discovery on attach, probes again after a purge...
+            self.prober.on_events(events, now)
         if self.loop is not None:
             self.flush()
+        self._resolv_conf_refresh()
         return records
 
     def _on_link(self, ifname: str) -> None:
-        """The link monitor says something about ``ifname`` changed."""
+        """The link monitor says something about ``ifname`` changed (or a PvD on it was set up).
+        PvDs follow interfaces by name: a renamed interface leaves its PvDs, a re-created one
+        (new ifindex) takes them back. Upstream sockets live for one attempt only, and a detach
+        cancels the attempts, so no socket stays bound to an ifindex that went away."""
         assert self.loop is not None and self.links is not None
         up = self._usable(ifname)
         self._apply(self.registry.set_link(
@@ -233,6 +300,14 @@ class Daemon:
         return self.links.usable(ifname, ll)
 
     async def reload(self) -> dict[str, Any]:
+        """Re-read the config file and apply it as a diff (SIGHUP, ``ctl reload``).
+
+        An invalid file changes nothing (the errors are check-config's). PvDs are compared file
+        to file: one gone from the file is removed (its partition purged); one added is added;
+        one whose entry changed is updated (purged if its servers, domains, networks, interface
+        or DNS64 changed: answers from the old servers must not outlive them; other changes keep
+        the cache); one whose entry did not change is left alone, runtime changes included.
+        A PvD missing from the registry (``ctl remove``) comes back."""
         path = self.config.source
         if not path:
             raise ControlError("no config file to reload (the daemon runs on built-in defaults)")
@@ -240,7 +315,8 @@ class Daemon:
             new = cfgmod.apply_env(cfgmod.load_config(path), os.environ)
         except ConfigError as exc:
             log.error("reload rejected, running config stays in force:\n%s", exc)
-            raise ControlError("reload rejected: " + "; ".join(exc.problems)) from None
+            raise ReloadRejected("reload rejected, running config stays in force: "
+                               + "; ".join(str(exc).splitlines())) from None
         assert self.loop is not None and self.links is not None
         now = self.loop.time()
         old = {p.name: p for p in self.config.pvds}
@@ -258,25 +334,62 @@ class Daemon:
                                               link_up=self._usable(spec.interface)), now)
                 self._on_link(spec.interface)
                 changes["added"].append(name)
-            elif self.registry.get(name).spec != spec:
+            elif old.get(name) != spec and self.registry.get(name).spec != spec:
+                previous = self.registry.get(name).spec.interface
                 self._apply(self.registry.upsert(spec, now=now,
                                                  link_up=self._usable(spec.interface)), now)
                 self._on_link(spec.interface)
+                if previous != spec.interface:
+                    self._on_link(previous)
                 changes["changed"].append(name)
             else:
                 changes["unchanged"].append(name)
         notes = []
         if new.listen != self.config.listen or new.control_socket != self.config.control_socket:
             notes.append("listen/control_socket changes need a restart")
+        if new.netlink != self.config.netlink:
+            notes.append("netlink changes need a restart")
         if settings_from(new) != self.resolver.settings:
             self.resolver.settings = settings_from(new)
             self.resolver.cache.max_entries = new.cache.max_entries
             self.resolver.cache.max_bytes = new.cache.max_bytes
-        self.config = new
+        running = self.config
+        self.config = replace(new, listen=running.listen, control_socket=running.control_socket,
+                              netlink=running.netlink)
+        if new.resolv_conf != running.resolv_conf:
+            if self.resolv_conf is not None:
+                self.resolv_conf.restore()
+                self.resolv_conf = None
+            try:
+                self._resolv_conf_take_over(self.config)
+            except StartupError as exc:
+                log.error("%s", exc)
+                notes.append(str(exc))
         rec = {"event": "reload", "time": time.time(), **changes, "notes": notes}
         self.hub.publish(rec)
         log.info("reloaded %s: %s", path, {k: v for k, v in changes.items() if v})
         return rec
+
+    # ================================================================== resolv.conf
+    def _resolv_conf_take_over(self, cfg: cfgmod.Config) -> None:
+        if not cfg.resolv_conf.manage:
+            return
+        writer = ResolvConfWriter(cfg.resolv_conf.path,
+                                  [(str(la.address), la.port) for la in cfg.listen])
+        try:
+            writer.take_over()
+        except OSError as exc:
+            raise StartupError(f"resolv_conf.manage: cannot take over {writer.path}: "
+                               f"{exc.strerror or exc}") from None
+        self.resolv_conf = writer
+        self._resolv_conf_refresh()
+
+    def _resolv_conf_refresh(self) -> None:
+        """Rewrite the managed resolv.conf if the attached PvDs' search domains changed."""
+        if self.resolv_conf is None or not self.resolv_conf.active:
+            return
+        domains = [d for p in self.registry if p.attached for d in p.spec.search_domains]
+        self.resolv_conf.update(domains)
 
     # ================================================================== control
     async def handle_control(self, req: dict[str, Any]) -> Any:
@@ -343,7 +456,10 @@ class Daemon:
                     state = CaptiveState(req.get("state"))
                 except ValueError:
                     raise ControlError("captive state must be captive, open or unknown") from None
-                self._apply(reg.set_captive(name, state))
+                if self.prober is not None:
+                    self.prober.operator(name, state)
+                else:
+                    self._apply(reg.set_captive(name, state))
                 return self.pvd_json(reg.get(name))
             if cmd == "reload":
                 return await self.reload()
@@ -357,30 +473,47 @@ class Daemon:
 
     def _upsert(self, spec: PvdSpec) -> dict[str, Any]:
         assert self.links is not None and self.loop is not None
+        current = self.registry.find(spec.name)
+        if current is not None and current.spec == spec:  # a DHCP renewal: nothing changed
+            return self.pvd_json(current)
+        previous = current.spec.interface if current is not None else None
         self._apply(self.registry.upsert(spec, now=self.loop.time(),
                                          link_up=self._usable(spec.interface)))
         self._on_link(spec.interface)
+        if previous is not None and previous != spec.interface:
+            self._on_link(previous)
         return self.pvd_json(self.registry.get(spec.name))
 
     def _resolvconf(self, req: dict[str, Any]) -> Any:
-        from ..resolvconf import spec_from_resolvconf
+        """``mifdns resolvconf -a/-d``: records are runtime PvDs of origin "resolvconf"; a
+        record never replaces or removes a PvD of another origin."""
+        from ..resolvconf import check_record, spec_from_resolvconf
 
         record = req.get("record")
         if not isinstance(record, str) or not record:
             raise ControlError("resolvconf: missing record (IFACE[.PROTO])")
-        name = record
+        check_record(record)
+        current = self.registry.find(record)
+        if current is not None and current.spec.origin != "resolvconf":
+            raise ControlError(f"resolvconf: {record!r} is a PvD from {current.spec.origin}, "
+                               "not a resolvconf record; use another record name")
         action = req.get("action")
-        if action == "delete":
-            if name not in self.registry:
-                return {"removed": None}
-            self._apply(self.registry.remove(name, cause=f"resolvconf -d {record}"))
-            return {"removed": name}
+        if action not in ("add", "delete"):
+            raise ControlError("resolvconf: action must be add or delete")
+        spec = None
         if action == "add":
+            own = {str(la.address) for la in self.config.listen}
             spec = spec_from_resolvconf(record, str(req.get("text", "")),
                                         exclusive=bool(req.get("exclusive")),
-                                        private=bool(req.get("private")))
+                                        private=bool(req.get("private")), skip=own)
+        if spec is not None:
             return self._upsert(spec)
-        raise ControlError("resolvconf: action must be add or delete")
+        if current is None:
+            return {"removed": None}
+        cause = f"resolvconf -d {record}" if action == "delete" else \
+            f"resolvconf -a {record} without a usable nameserver"
+        self._apply(self.registry.remove(record, cause=cause))
+        return {"removed": record}
 
     # ================================================================== views
     def pvd_json(self, p: Pvd) -> dict[str, Any]:
@@ -399,6 +532,9 @@ class Daemon:
             "exclusive": spec.exclusive,
             "captive": p.captive.value,
             "nat64_prefixes": [str(n) for n in p.nat64_prefixes],
+            "captive_portal": spec.captive_portal,
+            "captive_domains": [str(d) for d in spec.captive_domains],
+            **(self.prober.info(p.name) if self.prober is not None else {}),
             "dns64": {"prefix": spec.dns64.prefix, "synthesize": spec.dns64.synthesize},
             "origin": spec.origin,
             "admin_detached": p.admin_down,
@@ -443,7 +579,9 @@ class Daemon:
                 "per_pvd": {p.name: res.cache.size_of(p.tag) for p in self.registry},
                 "awaiting_free": res.cache.garbage,
             },
-            "purges": res.purge_log[-20:],
+            # purge_log times are the core's (monotonic): shown as wall-clock, like lifecycle
+            "purges": [{**p, "time": round(time.time() - (self.loop.time() - p["time"]), 3)}
+                       for p in res.purge_log[-20:]],
             "inflight": len(res.inflight),
             "tcp_clients": sum(len(t.clients) for t in self.tcp),
             "limits": {
@@ -460,6 +598,11 @@ class Daemon:
                 },
             },
             "lifecycle": self.lifecycle[-20:],
+            "control_socket": self.config.control_socket or None,
+            "metrics": (f"http://{self.metrics.address}/metrics"
+                        if self.metrics is not None else None),
+            "query_log": self.config.query_log,
+            "monitor": {"subscribers": self.hub.subscribers, "dropped": self.hub.dropped},
         }
 
 
@@ -477,6 +620,16 @@ def spec_to_mapping(spec: PvdSpec) -> dict[str, Any]:
         "captive_portal": spec.captive_portal,
         "captive_domains": [str(d) for d in spec.captive_domains],
     }
+
+
+def _quietly(fn: Any, *args: Any) -> None:
+    """Run one shutdown step; log its failure and go on with the next."""
+    if fn is None:
+        return
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("during shutdown")
 
 
 def _name(req: dict[str, Any]) -> str:

@@ -2,11 +2,13 @@
 
 Subscribe first, then dump, then reconcile (systemd-resolved's ``manager_rtnl_listen``): a raw
 NETLINK_ROUTE socket joined to the link and address groups wakes us on any change; a short
-debounce later pyroute2 dumps links and addresses (in a worker thread: ~3 ms) and the new view
+debounce later pyroute2 dumps links and addresses (in a worker thread: ~2 ms) and the new view
 is compared with the old one, interface by interface (mark and sweep, by *name*, so a renamed
 or re-created interface is followed). Every interface whose view changed is reported to the
-daemon, which turns it into attach/detach events. Errors are logged and retried; they never stop
-the daemon.
+daemon, which turns it into attach/detach events. Measured end to end (``ip link set down`` to
+the detach and purge): 25-45 ms. Errors never stop the daemon: a failed dump keeps the last view
+and is retried (0.5 s, doubling up to 30 s); lost events (ENOBUFS) just cause a fresh dump; a
+failing handler is logged and the other interfaces are still reported.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..core.pvd import IPNetwork
 
@@ -29,25 +31,20 @@ IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
 IFA_F_TENTATIVE = 0x40
 IFA_F_DADFAILED = 0x08
-DEBOUNCE = 0.02
+DEBOUNCE = 0.02  # coalesce a burst (link down flushes every address: one event each)
+RETRY = 0.5  # first retry after a failed dump; doubled up to RETRY_MAX
+RETRY_MAX = 30.0
 
 
 @dataclass(frozen=True)
 class LinkView:
     index: int
     up: bool
-    addresses: tuple[tuple[str, int], ...] = ()  # (address, prefixlen), usable ones only
+    addresses: tuple[tuple[str, int], ...] = ()  # (local address, prefixlen), usable ones only
+    nets: tuple[IPNetwork, ...] = ()  # on-link prefixes (IFA_ADDRESS/len), no link-local/loopback
 
     def prefixes(self) -> tuple[IPNetwork, ...]:
-        out: list[IPNetwork] = []
-        for addr, plen in self.addresses:
-            ip = ipaddress.ip_address(addr)
-            if ip.is_link_local or ip.is_loopback:
-                continue
-            net = ipaddress.ip_network(f"{addr}/{plen}", strict=False)
-            if net not in out:
-                out.append(net)
-        return tuple(out)
+        return self.nets
 
     def usable(self, link_local_ok: bool = False) -> bool:
         if not self.up:
@@ -79,27 +76,48 @@ class StaticLinks:
 
 
 def dump() -> dict[str, LinkView]:
+    """Links and addresses, one netlink dump each (pyroute2, blocking: run it in a thread)."""
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
-        links = ipr.get_links()
-        addrs = ipr.get_addr()
+        links = list(ipr.get_links())
+        addrs = list(ipr.get_addr())
     by_index: dict[int, list[tuple[str, int]]] = {}
+    nets: dict[int, list[IPNetwork]] = {}
     for a in addrs:
         flags = a.get_attr("IFA_FLAGS") or a["flags"]
         if flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
             continue
-        addr = a.get_attr("IFA_ADDRESS") or a.get_attr("IFA_LOCAL")
-        if addr:
-            by_index.setdefault(a["index"], []).append((addr, a["prefixlen"]))
+        # IFA_LOCAL is our address; IFA_ADDRESS is the peer's on a point-to-point link, and the
+        # prefix length belongs to it (``ip addr add 10.8.0.2 peer 10.8.0.1/32``)
+        peer = a.get_attr("IFA_ADDRESS")
+        local = a.get_attr("IFA_LOCAL") or peer
+        if not local:
+            continue
+        idx, plen = a["index"], a["prefixlen"]
+        by_index.setdefault(idx, []).append((local, plen))
+        try:
+            net = ipaddress.ip_network(f"{peer or local}/{plen}", strict=False)
+        except ValueError:
+            continue
+        if not (net.network_address.is_link_local or net.network_address.is_loopback) \
+                and net not in nets.setdefault(idx, []):
+            nets[idx].append(net)
     out = {}
     for link in links:
         name = link.get_attr("IFLA_IFNAME")
         flags = link["flags"]
         oper = link.get_attr("IFLA_OPERSTATE")
+        # IFF_UP and carrier; "UNKNOWN" operstate (tun, wireguard, dummy) counts as carrier
         up = bool(flags & IFF_UP) and (bool(flags & IFF_LOWER_UP) or oper == "UNKNOWN")
-        out[name] = LinkView(link["index"], up, tuple(sorted(by_index.get(link["index"], []))))
+        idx = link["index"]
+        out[name] = LinkView(idx, up, tuple(sorted(by_index.get(idx, []))),
+                             tuple(sorted(nets.get(idx, []), key=_net_key)))
     return out
+
+
+def _net_key(net: IPNetwork) -> tuple[int, int, int]:
+    return (net.version, int(net.network_address), net.prefixlen)
 
 
 class LinkMonitor:
@@ -112,6 +130,8 @@ class LinkMonitor:
         self._task: asyncio.Task[None] | None = None
         self._again = False
         self.errors = 0
+        self.overruns = 0
+        self.reconciles = 0
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -128,7 +148,8 @@ class LinkMonitor:
             self.links = await asyncio.to_thread(dump)
         except Exception as exc:  # noqa: BLE001 - never fatal
             self.errors += 1
-            log.error("netlink dump failed: %s", exc)
+            log.error("netlink dump failed: %s (retrying)", exc)
+            self._pending = self._loop.call_later(RETRY, self._kick)
 
     async def stop(self) -> None:
         if self._pending is not None:
@@ -161,8 +182,9 @@ class LinkMonitor:
                     break
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as exc:  # ENOBUFS: we lost events; the dump catches up
-                log.debug("netlink recv: %s", exc)
+            except OSError as exc:  # ENOBUFS: events were lost; the dump catches up
+                self.overruns += 1
+                log.info("netlink: %s; re-reading links and addresses", exc.strerror or exc)
                 break
         if self._pending is None:
             self._pending = self._loop.call_later(DEBOUNCE, self._kick)
@@ -176,22 +198,28 @@ class LinkMonitor:
         self._task = self._loop.create_task(self._reconcile())
 
     async def _reconcile(self) -> None:
+        failures = 0
         while True:
             self._again = False
             try:
                 new = await asyncio.to_thread(dump)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - never fatal: keep the last view, retry
                 self.errors += 1
-                log.error("netlink dump failed: %s (will retry)", exc)
-                await asyncio.sleep(0.5)
-                self._again = True
-                new = self.links
+                delay = min(RETRY * 2**failures, RETRY_MAX)
+                failures += 1
+                log.error("netlink dump failed: %s (retrying in %.1f s)", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            if failures:
+                log.info("netlink dump works again")
+            failures = 0
+            self.reconciles += 1
             old, self.links = self.links, new
             for name in sorted(set(old) | set(new)):
                 if old.get(name) != new.get(name):
                     try:
                         self.on_change(name)
-                    except Exception:  # noqa: BLE001 - a handler bug must not stop monitoring
+                    except Exception:  # a handler bug must not stop the monitoring
                         log.exception("link change handler failed for %s", name)
             if not self._again:
                 return

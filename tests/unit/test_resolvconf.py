@@ -1,0 +1,147 @@
+"""The resolvconf(8) front end without a daemon: command lines as the real callers write them,
+resolv.conf parsing, records -> PvD specs."""
+
+from __future__ import annotations
+
+import pytest
+
+from mifdns.errors import ConfigError
+from mifdns.resolvconf import (
+    UsageError,
+    interface_of,
+    parse_args,
+    parse_resolv_conf,
+    spec_from_resolvconf,
+)
+
+
+def only(*names: str):  # type: ignore[no-untyped-def]
+    return lambda n: n in names
+
+
+# -- command lines ----------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, action, records, exclusive", [
+    (["-a", "eth0.dhclient"], "add", ["eth0.dhclient"], False),  # dhclient (Debian hook)
+    (["-d", "eth0.dhclient"], "delete", ["eth0.dhclient"], False),
+    (["-a", "eth0"], "add", ["eth0"], False),  # dhcpcd's 20-resolv.conf
+    (["-d", "eth0", "-f"], "delete", ["eth0"], False),
+    (["-a", "tun0.openvpn"], "add", ["tun0.openvpn"], False),  # update-resolv-conf
+    (["-a", "tun.wg0", "-m", "0", "-x"], "add", ["tun.wg0"], True),  # wg-quick
+    (["-d", "tun.wg0", "-f"], "delete", ["tun.wg0"], False),
+    (["-x", "-a", "wg0"], "add", ["wg0"], True),  # systemd's shim: -a is a flag
+    (["-a", "-x", "wg0"], "add", ["wg0"], True),
+    (["-d", "a.dhcp", "b.dhcp"], "delete", ["a.dhcp", "b.dhcp"], False),  # openresolv: several
+])
+def test_command_lines_of_the_real_callers(argv, action, records, exclusive):  # type: ignore[no-untyped-def]
+    a = parse_args(argv, {})
+    assert (a.action, a.records, a.exclusive) == (action, records, exclusive)
+
+
+def test_exclusive_and_private_from_the_environment_as_openresolv_reads_them() -> None:
+    assert parse_args(["-a", "wg0"], {"IF_EXCLUSIVE": "1"}).exclusive
+    assert parse_args(["-a", "wg0"], {"IF_PRIVATE": "1"}).private
+
+
+def test_socket_option_both_forms() -> None:
+    assert parse_args(["--socket", "/x.sock", "-d", "a"], {}).socket == "/x.sock"
+    assert parse_args(["--socket=/y.sock", "-d", "a"], {}).socket == "/y.sock"
+
+
+@pytest.mark.parametrize("argv", [["-u"], ["-I"], ["--enable-updates"],
+                                  ["--updates-are-enabled"]])
+def test_update_options_do_nothing(argv):  # type: ignore[no-untyped-def]
+    assert parse_args(argv, {}).action == "noop"
+
+
+@pytest.mark.parametrize("argv", [[], ["-a"], ["-a", "x", "y"], ["-z"], ["-a", "x", "-d", "y"],
+                                  ["-m"]])
+def test_bad_command_lines_are_usage_errors(argv):  # type: ignore[no-untyped-def]
+    with pytest.raises(UsageError):
+        parse_args(argv, {})
+
+
+def test_list_with_pattern() -> None:
+    a = parse_args(["-l", "eth0*"], {})
+    assert (a.action, a.pattern) == ("list", "eth0*")
+    assert parse_args(["-i"], {}).action == "names"
+
+
+# -- which interface a record names ---------------------------------------------------------
+@pytest.mark.parametrize("record, existing, iface", [
+    ("eth0.dhclient", ("eth0",), "eth0"),
+    ("eth0.ip6.dhclient", ("eth0",), "eth0"),
+    ("eth0.100.dhclient", ("eth0", "eth0.100"), "eth0.100"),  # a VLAN interface
+    ("tun.wg0", ("wg0",), "wg0"),  # wg-quick with Debian's interface-order prefix
+    ("tun.wg0", (), "wg0"),  # ... also before the interface exists
+    ("wg0", (), "wg0"),
+    ("wlan0.dhcp6", (), "wlan0"),
+    ("lo.dnsmasq", ("lo",), "lo"),
+])
+def test_interface_of_a_record(record, existing, iface):  # type: ignore[no-untyped-def]
+    assert interface_of(record, only(*existing)) == iface
+
+
+# -- resolv.conf text -------------------------------------------------------------------------
+def test_parse_keeps_domain_and_search_and_ignores_comments_and_unknown_lines() -> None:
+    conf = parse_resolv_conf(
+        "# generated\n; also a comment\ndomain corp.example\nsearch a.example Corp.Example.\n"
+        "nameserver 192.0.2.1 # inline\nnameserver 2001:db8::53\nnameserver 192.0.2.1\n"
+        "sortlist 10.0.0.0/255.0.0.0\noptions rotate timeout:1\n"
+    )
+    assert conf.servers == ["192.0.2.1", "2001:db8::53"]
+    assert conf.search == ["corp.example", "a.example"]
+    assert conf.options == ["rotate", "timeout:1"]
+    assert conf.problems == []
+
+
+def test_spec_from_a_dhclient_feed() -> None:
+    spec = spec_from_resolvconf("eth0.dhclient", "domain corp.example\nsearch corp.example\n"
+                                "nameserver 192.0.2.1\nnameserver fe80::1\n", exists=only("eth0"))
+    assert spec is not None
+    assert (spec.name, spec.interface, spec.origin) == ("eth0.dhclient", "eth0", "resolvconf")
+    assert [str(s) for s in spec.servers] == ["192.0.2.1", "fe80::1%eth0"]
+    assert [str(d) for d in spec.domains] == ["corp.example"]
+    assert spec.effective_default_route and not spec.exclusive
+
+
+def test_exclusive_feed_takes_the_root_and_private_feed_is_routing_only() -> None:
+    x = spec_from_resolvconf("tun.wg0", "nameserver 10.0.0.1\nsearch vpn.example\n",
+                             exclusive=True, exists=only("wg0"))
+    assert x is not None and x.interface == "wg0"
+    assert [str(d) for d in x.domains] == ["vpn.example", "~."]
+    assert x.exclusive and x.default_route is True
+    p = spec_from_resolvconf("tun0", "nameserver 10.0.0.1\nsearch corp.example\n",
+                             private=True, exists=only("tun0"))
+    assert p is not None and [str(d) for d in p.domains] == ["~corp.example"]
+    assert p.effective_default_route is False
+
+
+def test_loopback_and_own_addresses_are_never_servers_of_a_network() -> None:
+    spec = spec_from_resolvconf("eth0.dhclient", "nameserver 127.0.0.53\nnameserver ::1\n"
+                                "nameserver 10.0.0.53\nnameserver 192.0.2.1\n",
+                                skip={"10.0.0.53"}, exists=only("eth0"))
+    assert spec is not None and [str(s) for s in spec.servers] == ["192.0.2.1"]
+    assert spec_from_resolvconf("eth0.dhclient", "nameserver 127.0.0.1\n",
+                                exists=only("eth0")) is None
+    on_lo = spec_from_resolvconf("lo.dnsmasq", "nameserver 127.0.0.1\n", exists=only("lo"))
+    assert on_lo is not None and on_lo.interface == "lo"
+
+
+def test_a_feed_without_nameservers_is_no_pvd() -> None:
+    assert spec_from_resolvconf("eth0.dhclient", "", exists=only("eth0")) is None
+    assert spec_from_resolvconf("eth0.dhclient", "search corp.example\n",
+                                exists=only("eth0")) is None
+
+
+@pytest.mark.parametrize("record", ["", "-x", ".eth0", "a/b", "a b", "x" * 65, "eth0*"])
+def test_bad_record_names_are_refused(record):  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError):
+        spec_from_resolvconf(record, "nameserver 192.0.2.1\n", exists=only())
+
+
+def test_bad_addresses_and_domains_are_one_line_each() -> None:
+    with pytest.raises(ConfigError) as err:
+        spec_from_resolvconf("eth0", "nameserver 10.0.0.300\nnameserver a b\nsearch bad..name\n",
+                             exists=only("eth0"))
+    assert len(err.value.problems) == 3
+    assert "10.0.0.300" in err.value.problems[1]
