@@ -588,8 +588,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "namespaces (needs root). Exit status 0 only if every scenario passes "
                     "(an xfail scenario that fails counts as passing; one that passes, not).",
     )  # fmt: skip
-    p.add_argument("paths", nargs="+", metavar="FILE|DIR",
-                   help="scenario files, or directories of *.yaml")
+    p.add_argument("paths", nargs="*", metavar="FILE|DIR",
+                   help="scenario files, or directories of *.yaml (default: the library "
+                        "shipped with mifdns)")
     p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
     p.add_argument("-v", "--verbose", action="store_true", help="show every step")
     p.add_argument("-k", metavar="TEXT", dest="filter",
@@ -602,7 +603,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="only load and validate the files (no root needed)")
     args = p.parse_args(argv)
 
-    files = discover(args.paths)
+    from .scenario import library
+
+    files = discover(args.paths or [library()])
     missing = [str(f) for f in files if not f.exists()]
     if missing or not files:
         print(f"mifdns replay: no such file or no scenarios: {', '.join(missing) or args.paths}",

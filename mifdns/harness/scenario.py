@@ -7,7 +7,7 @@ the line of every mapping and refuses duplicate keys, then hands the data to
 ``scenario_check.Checker``, which checks every section by hand so that each problem is one line
 naming the file, the line, the step and the key path::
 
-    tests/scenarios/x.yaml:42: steps[3] (query): expect.rcode: 'NOERRO' is not an rcode
+    x.yaml:42: steps[3] (query): expect.rcode: 'NOERRO' is not an rcode
 
 Everything that can be checked without a network is checked there, once: step arguments,
 names and types, rdata in expectations (parsed with dnspython), recorded responses (decoded and
@@ -269,6 +269,11 @@ class Scenario:
 
 
 # -- discovery -----------------------------------------------------------------------------------
+def library() -> Path:
+    """The scenario library shipped with the package (``mifdns replay`` with no arguments)."""
+    return Path(__file__).resolve().parent.parent / "scenarios"
+
+
 def discover(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Files named on the command line, and *.yaml / *.yml directly inside named directories
     (sorted; subdirectories such as recordings/ are not entered)."""

@@ -19,8 +19,8 @@ from mifdns.harness.pcap import dns_messages, read_packets
 from mifdns.harness.scenario import ScenarioError, load, loads
 
 REPO = Path(__file__).resolve().parents[2]
-LIBRARY = REPO / "tests" / "scenarios"
-RECORDINGS = LIBRARY / "recordings"
+LIBRARY = REPO / "mifdns" / "scenarios"
+RECORDINGS = REPO / "tests" / "scenarios" / "recordings"
 SCHEMA = json.loads((REPO / "mifdns" / "harness" / "scenario.schema.json").read_text())
 LIBRARY_FILES = sorted(LIBRARY.glob("*.yaml"))
 

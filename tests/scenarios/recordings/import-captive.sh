@@ -13,6 +13,6 @@ for scenario in captive-portal-avoided captive-portal-login captive-portal-detec
         --meta "server=$SERVER" \
         --meta "config=tests/scenarios/recordings/dnsmasq-captive.conf before login, dnsmasq-open.conf after" \
         --meta "how=tests/scenarios/recordings/record-captive.sh: dnsmasq in a network namespace, asked by mifdns record --live (tcpdump)" \
-        --template "$REPO/tests/scenarios/$scenario.yaml" \
-        --out "$REPO/tests/scenarios/$scenario.yaml"
+        --template "$REPO/mifdns/scenarios/$scenario.yaml" \
+        --out "$REPO/mifdns/scenarios/$scenario.yaml"
 done

@@ -12,6 +12,6 @@ for scenario in rfc6418-6-dns64 dns64-synthesized-kind dns64-discovery dns64-nat
         --meta "server=$SERVER" \
         --meta "config=tests/scenarios/recordings/named-dns64.conf with example.net.zone" \
         --meta "how=tests/scenarios/recordings/record-dns64.sh: named in a network namespace, asked by mifdns record --live (tcpdump)" \
-        --template "$REPO/tests/scenarios/$scenario.yaml" \
-        --out "$REPO/tests/scenarios/$scenario.yaml"
+        --template "$REPO/mifdns/scenarios/$scenario.yaml" \
+        --out "$REPO/mifdns/scenarios/$scenario.yaml"
 done
