@@ -204,25 +204,60 @@ class Demo:
         p("Done. Everything the demo created (namespaces, links, processes) is removed now.")
 
 
+TOUR = ("rfc6418-5-detach-purge", "captive-portal-login", "rfc6418-6-dns64")
+
+
+def tour(names: tuple[str, ...] = TOUR, out: Any = sys.stdout) -> bool:
+    """Replay a few library scenarios (recorded from real servers) with a step-by-step table."""
+    from .replay import Replay
+    from .scenario import library, load
+
+    ok = True
+    for name in names:
+        sc = load(library() / f"{name}.yaml")
+        story = " ".join(sc.story.split())
+        first = story.split(". ")[0].rstrip(".") + "."
+        print(f"\nScenario {name}: {first}", file=out, flush=True)
+
+        def show(step: Any, result: Any) -> None:
+            mark = "ok  " if result.ok else "FAIL"
+            line = f"  {mark} {result.label[:40]:40s} {result.summary[:60]}"
+            print(line, file=out, flush=True)
+            if result.note:
+                print(f"         why: {' '.join(result.note.split())[:90]}", file=out, flush=True)
+
+        res = Replay(sc, on_step=show).run()
+        ok = ok and res.ok
+        print(f"  => {res.status} in {res.seconds:.1f} s", file=out, flush=True)
+    return ok
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mifdns demo", description=__doc__.splitlines()[0])
-    parser.parse_args(argv)
+    parser.add_argument("--no-tour", action="store_true",
+                        help="skip replaying library scenarios after the live part")
+    args = parser.parse_args(argv)
     from .netns import available
 
     ok, why = available()
     if not ok:
         print(f"mifdns demo: needs root and network namespaces ({why})", file=sys.stderr)
         return 1
-    demo = Demo()
     try:
-        demo.build()
-        demo.run()
-        return 0
+        demo = Demo()
+        try:
+            demo.build()
+            demo.run()
+        finally:
+            demo.close()
+        if args.no_tour:
+            return 0
+        print("\nPart 2: scenarios from the library, replayed on fresh simulated networks "
+              "(mifdns replay)")
+        return 0 if tour() else 1
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the demo reports, never tracebacks
         print(f"mifdns demo: failed: {exc}", file=sys.stderr)
         return 1
-    finally:
-        demo.close()
