@@ -146,9 +146,10 @@ class MetricsConfig:
     """The Prometheus endpoint."""
 
     listen: str | None = _key(
-        "ADDR:PORT of an HTTP endpoint serving Prometheus metrics, e.g. `127.0.0.1:9153` or "
-        "`[::1]:9153`; null: off.", None,
-        type="string (ADDR:PORT) or null", load="metrics_listen")
+        "ADDR:PORT of an HTTP endpoint serving Prometheus metrics at `/metrics`, e.g. "
+        "`127.0.0.1:9153` or `[::1]:9153`; a port alone (`9153`) means `127.0.0.1:PORT`, so it "
+        "stays on loopback unless an address says otherwise; null: off.", None,
+        type="string (ADDR:PORT or PORT) or null", load="metrics_listen")
 
     @property
     def address(self) -> ListenAddr | None:
@@ -281,7 +282,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MIFDNS_CONTROL_SOCKET": ("control_socket", "a path"),
     "MIFDNS_NETLINK": ("netlink", "`true` or `false` (also 1/0, yes/no, on/off)"),
     "MIFDNS_QUERY_LOG": ("query_log", "`true` or `false` (also 1/0, yes/no, on/off)"),
-    "MIFDNS_METRICS_LISTEN": ("metrics.listen", "`ADDR:PORT`, or `none` / `off` to turn off"),
+    "MIFDNS_METRICS_LISTEN": ("metrics.listen",
+                              "`ADDR:PORT`, `PORT` (loopback), or `none` / `off` to turn off"),
 }
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -607,10 +609,12 @@ class _Loader:
             return _BAD
 
     def load_metrics_listen(self, value: Any, path: str) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # `listen: 9153`
         if value is None or self.expect(value, str, path, optional=True) is _BAD:
             return None if value is None else _BAD
         try:
-            return str(ListenAddr.parse(value, None))
+            return _metrics_listen(value)
         except ValueError as exc:
             self.problem(path, str(exc))
             return _BAD
@@ -751,6 +755,14 @@ def _range_text(meta: Mapping[str, Any], *, doc: bool = False) -> str:
     return " and ".join(parts)
 
 
+def _metrics_listen(text: str) -> str:
+    """``metrics.listen`` in canonical form; a bare port means loopback."""
+    text = text.strip()
+    if re.fullmatch(r":?[0-9]{1,5}", text):
+        text = "127.0.0.1:" + text.lstrip(":")
+    return str(ListenAddr.parse(text, None))
+
+
 def _server(text: str, interface: str | None) -> ServerAddr:
     server = parse_server(text, interface)
     if server.address.is_unspecified or server.address.is_multicast:
@@ -874,7 +886,7 @@ def apply_env(config: Config, environ: Mapping[str, str]) -> Config:
                 changes["control_socket"] = _unix_path(text)
             elif var == "MIFDNS_METRICS_LISTEN":
                 off = text.lower() in ("none", "off")
-                listen = None if off else str(ListenAddr.parse(text, None))
+                listen = None if off else _metrics_listen(text)
                 changes["metrics"] = replace(config.metrics, listen=listen)
             elif (value := flag(var)) is not None:
                 changes[ENV_VARS[var][0]] = value

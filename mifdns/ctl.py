@@ -422,10 +422,27 @@ def _server_text(server: Any) -> str:
         srtt_ms = server["srtt"] * 1000.0  # seconds
     if isinstance(srtt_ms, (int, float)):
         extra.append(f"srtt {srtt_ms:.1f} ms")
+    elif "srtt_ms" in server and not server.get("answers"):
+        extra.append("no answer yet")
     if server.get("failures") is not None:
         n = server["failures"]
         extra.append(f"{n} failure{'' if n == 1 else 's'}")
+    if isinstance(server.get("answers"), int) and server["answers"]:
+        extra.append(_count(server["answers"], "answer"))
+    held = server.get("held_back_s")
+    if isinstance(held, (int, float)) and held > 0:
+        extra.append(f"held back {held:g} s")
     return _server_addr(server) + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _with_health(pvd: dict[str, Any]) -> list[Any]:
+    """The PvD's servers, each merged with its ``server_health`` entry when there is one."""
+    health = pvd.get("server_health")
+    servers = pvd.get("servers") or []
+    if not isinstance(health, dict) or not isinstance(servers, list):
+        return servers if isinstance(servers, list) else [servers]
+    return [{"address": s, **health[s]} if isinstance(s, str) and isinstance(health.get(s), dict)
+             else s for s in servers]
 
 
 def _clock(t: Any, *, millis: bool = False) -> str:
@@ -513,8 +530,7 @@ def format_pvd(pvd: dict[str, Any]) -> str:
     if pvd.get("origin"):
         head += f"  [{pvd['origin']}]"
     pairs: list[tuple[str, Any]] = [("Interface", pvd.get("interface", "-"))]
-    servers = pvd.get("servers") or []
-    pairs.append(("DNS servers", [_server_text(s) for s in servers] or "-"))
+    pairs.append(("DNS servers", [_server_text(s) for s in _with_health(pvd)] or "-"))
     pairs.append(("Domains", _list(pvd.get("domains"))))
     if pvd.get("networks") is not None:
         pairs.append(("Networks", _list(pvd.get("networks"))))
@@ -533,6 +549,11 @@ def format_pvd(pvd: dict[str, Any]) -> str:
         pairs.append(("Captive domains", _list(pvd["captive_domains"])))
     if pvd.get("cache_entries") is not None:
         pairs.append(("Cache entries", pvd["cache_entries"]))
+    if pvd.get("upstream_queries") is not None:
+        text = f"{pvd['upstream_queries']} sent"
+        if pvd.get("upstream_failures"):
+            text += f", {pvd['upstream_failures']} transactions failed"
+        pairs.append(("Upstream queries", text))
     return "\n".join([head, *_fields(pairs)])
 
 
@@ -544,7 +565,14 @@ def format_status(result: Any) -> str:
         head += f" {result['version']}"
     if result.get("uptime_s") is not None:
         head += f", up {_duration(result['uptime_s'])}"
+    if result.get("pid") is not None:
+        head += f", pid {result['pid']}"
     pairs: list[tuple[str, Any]] = [("Listen", _list(result.get("listen")))]
+    if "config" in result:
+        pairs.append(("Config", result.get("config") or "built-in defaults"))
+    counters = result.get("counters")
+    if isinstance(counters, dict) and "queries" in counters:
+        pairs.append(("Queries", _query_summary(counters, result.get("inflight"))))
     cache = result.get("cache")
     if isinstance(cache, dict):
         text = f"{cache.get('entries', '?')} entries"
@@ -556,12 +584,24 @@ def format_status(result: Any) -> str:
         pairs.append(("Cache", text))
     if result.get("control_socket"):
         pairs.append(("Control", result["control_socket"]))
+    if "metrics" in result:
+        pairs.append(("Metrics", result.get("metrics") or "off"))
+    if "query_log" in result:
+        pairs.append(("Query log", "on" if result.get("query_log") else "off"))
+    monitor = result.get("monitor")
+    if isinstance(monitor, dict):
+        pairs.append(("Monitors", (f"{monitor.get('subscribers', 0)} watching, "
+                                   f"{monitor.get('dropped', 0)} events dropped")))
     blocks = ["\n".join([head, *_fields(pairs)])]
     pvds = result.get("pvds") or []
     if pvds:
         blocks.extend(format_pvd(p) if isinstance(p, dict) else str(p) for p in pvds)
     else:
         blocks.append("No PvDs.")
+    per_pvd = {k: result[k] for k in ("upstream_queries", "upstream_failures")
+               if isinstance(result.get(k), dict) and result[k]}
+    if per_pvd:
+        blocks.append("\n".join(["Upstream, per PvD:", *_tree(per_pvd)]))
     if result.get("counters"):
         blocks.append("\n".join(["Counters:", *_tree(result["counters"])]))
     purges = result.get("purges") or []
@@ -572,7 +612,32 @@ def format_status(result: Any) -> str:
         blocks.append("Recent purges:\n" + "\n".join("  " + ln for ln in table.splitlines()))
     if result.get("limits"):
         blocks.append("\n".join(["Limits:", *_tree(result["limits"])]))
+    events = [e for e in result.get("lifecycle") or [] if isinstance(e, dict)][-10:]
+    if events:
+        blocks.append("\n".join(["Recent events:",
+                                 *("  " + format_event(e) for e in events)]))
     return "\n\n".join(blocks)
+
+
+def _count(n: Any, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def _query_summary(c: dict[str, Any], inflight: Any) -> str:
+    """``120 (100 cache hits (83%), 20 misses, 1 SERVFAIL), 2 in flight``."""
+    total = c.get("queries", 0)
+    hits = c.get("cache_hits", 0)
+    parts = [_count(hits, "cache hit") + (f" ({100 * hits / total:.0f}%)"
+                                          if isinstance(total, int) and total and
+                                          isinstance(hits, int) else "")]
+    parts.append(_count(c.get("cache_misses", 0), "miss", "misses"))
+    parts.append(f"{c.get('servfail', 0)} SERVFAIL")
+    if c.get("local"):
+        parts.append(f"{c['local']} local")
+    text = f"{total} ({', '.join(parts)})"
+    if isinstance(inflight, int):
+        text += f", {inflight} in flight"
+    return text
 
 
 def format_pvds(result: Any) -> str:
