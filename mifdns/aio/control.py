@@ -19,12 +19,14 @@ subscriber later reads ``{"event": "dropped", "count": N}`` where the gap was.
 Events the daemon publishes (all carry ``"event"`` and ``"time"``, Unix seconds; the ``mifdns ctl
 monitor`` formatter reads these keys and prints any other event as ``key=value`` pairs):
 
-- ``query``: ``name``, ``type``, ``pvd`` (the answering PvD or null), ``cache`` (hit/miss/
-  coalesced), ``kind`` (positive/nxdomain/nodata/synthesized/captive/servfail/...), ``rcode``,
-  ``ms``, ``candidates`` ([{pvd, grade, reason}]), ``local`` and ``refused`` (reason or null).
-- ``attach`` / ``detach``: ``pvd``, ``cause``; ``detach`` also ``purged`` (entries dropped).
-- ``purge``: ``pvd``, ``entries``, ``cause``. Others (``update``, ``captive``, ``nat64``...)
-  free-form.
+- ``query``: ``name``, ``type``, ``pvd`` (the answering PvD or null), ``cache`` (hit, miss,
+  or ``-`` for local answers), ``kind`` (positive/nxdomain/nodata/synthesized/captive/local/
+  servfail), ``rcode``, ``ms``, ``candidates`` ([{pvd, grade, reason}]), ``local`` and
+  ``refused`` (reason or null).
+- ``attached``: ``pvd``, ``cause``. ``detached`` and ``purged``: ``pvd``, ``cause``,
+  ``purged`` (cache entries dropped), ``cancelled`` (queries in flight). ``changed``: ``pvd``,
+  ``what``. ``reload``: ``added``, ``removed``, ``changed``, ``unchanged``, ``notes``.
+  Others (captive, NAT64 discovery) are free-form.
 
 Every line is bounded (1 MiB); the number of clients is bounded (``max_clients``); the socket is
 owner-only (0600) from the moment it exists, and it is never listening before it is.

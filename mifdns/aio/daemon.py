@@ -118,6 +118,13 @@ class Daemon:
             await self.metrics.start()
         if self.query_log.level == logging.NOTSET:  # query_log: true logs at any --log-level
             self.query_log.setLevel(logging.INFO)
+        if not self.query_log.handlers:
+            # one JSON object per line on stderr, no log prefix: journald, docker and kubectl logs
+            # take it as is; rotation is the platform's job
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            self.query_log.addHandler(handler)
+            self.query_log.propagate = False
         self._gc = loop.call_later(0.05, self._collect)
         # last: resolv.conf points at us only once we answer and can be controlled
         self._resolv_conf_take_over(cfg)
