@@ -1,0 +1,3 @@
+from . import config_reference_markdown
+
+print(config_reference_markdown(), end="")
