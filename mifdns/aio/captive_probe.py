@@ -41,7 +41,8 @@ from ..core import captive as cap
 from ..core import dns64, wire
 from ..core.pvd import CaptiveState, Pvd, PvdSpec
 from ..core.registry import Event, PvdAttached, PvdChanged, PvdDetached, PvdPurged, Registry
-from ..core.resolver import ProbeResult, Resolver
+from ..core.inflight import ProbeResult
+from ..core.resolver import Resolver
 from .upstream import bind_to_device
 
 log = logging.getLogger("mifdns.probe")

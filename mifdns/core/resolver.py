@@ -34,7 +34,10 @@ from typing import Any, Callable
 
 from . import dns64, wire
 from .cache import Cache, Entry, Key, Kind
+from . import introspect
 from .health import Health
+from .inflight import ProbeResult, Resolution, Synth, _Probe
+from .local import is_nxdomain, local_answer
 from .stats import Stats
 from .pvd import CaptiveState, IPNetwork, Pvd
 from .registry import Event, PvdAttached, PvdChanged, PvdDetached, PvdPurged, Registry
@@ -45,8 +48,6 @@ EDE_OTHER = 0
 EDE_NETWORK_ERROR = 23
 EDE_NOT_SUPPORTED = 21
 
-LOCAL_SOA = (3600, 1200, 604800, 10800)  # refresh, retry, expire, minimum (RFC 6303 section 3)
-IPV4ONLY = (bytes([192, 0, 0, 170]), bytes([192, 0, 0, 171]))
 MEMO_MAX = 65536  # answer memo entries; cleared whole when full
 
 
@@ -82,96 +83,6 @@ class Release:
 
 
 Action = Send | Reply | Release
-
-
-class Resolution:
-    """One client question being answered from one or more PvDs.
-
-    ``pending`` holds what it still waits for: transactions, and synthesis jobs (:class:`Synth`).
-    ``synthesized``: positive answers marked synthesized, held back (like ``negatives``) for a
-    bounded time while another PvD may still give a native one.
-    """
-
-    __slots__ = (
-        "query", "client", "decision", "pending", "negatives", "failures", "started", "done",
-        "wait_until", "key", "synthesized",
-    )
-
-    def __init__(self, query: wire.Query, client: object, decision: Decision, key: Key, now: float):
-        self.query = query
-        self.client = client
-        self.decision = decision
-        self.key = key
-        self.pending: list[Transaction | Synth] = []
-        self.negatives: list[tuple[str, Entry]] = []
-        self.synthesized: list[tuple[str, Entry]] = []
-        self.failures: list[tuple[str, str]] = []
-        self.started = now
-        self.done = False
-        self.wait_until: float | None = None
-
-
-class Synth:
-    """A local DNS64 synthesis in progress on one PvD (RFC 6147): an AAAA question whose answer
-    had no usable AAAA, waiting for the A answer of the same name (``kind`` "aaaa"), or a PTR
-    question under the NAT64 prefix waiting for the embedded IPv4 address's in-addr.arpa PTR
-    (``kind`` "ptr", ``target`` that name). Resolutions wait on it as on a transaction; it waits
-    on the transaction for ``target`` (coalesced with clients' identical questions)."""
-
-    __slots__ = ("key", "kind", "negative", "pvd", "tag", "target", "waiters")
-
-    def __init__(self, kind: str, pvd: str, tag: int, key: Key, target: bytes,
-                 negative: tuple[bytes, wire.ResponseInfo] | None = None) -> None:
-        self.kind = kind
-        self.pvd = pvd
-        self.tag = tag
-        self.key = key
-        self.target = target
-        self.negative = negative  # the AAAA answer without usable AAAA: the fallback answer
-        self.waiters: list[Resolution] = []
-
-
-class ProbeResult:
-    """The completion of :meth:`Resolver.probe`: one question asked of one PvD for mifdns itself
-    (NAT64 discovery, the captive-portal hijack probe, the portal API's host). Collected in
-    ``Resolver.probe_results`` for the adapter to drain. ``outcome`` is the transaction's
-    (answer, nodata, nxdomain, failed, timeout, cancelled, no-servers); ``response`` and
-    ``info`` are set for the first three."""
-
-    __slots__ = ("info", "outcome", "pvd", "qname", "qtype", "response", "tag", "token")
-
-    def __init__(self, token: int, pvd: str, tag: int, qname: bytes, qtype: int, outcome: str,
-                 response: bytes | None = None, info: wire.ResponseInfo | None = None) -> None:
-        self.token = token
-        self.pvd = pvd
-        self.tag = tag
-        self.qname = qname
-        self.qtype = qtype
-        self.outcome = outcome
-        self.response = response
-        self.info = info
-
-    def addresses(self) -> list[str]:
-        """The A and AAAA addresses in the answer section."""
-        data, info = self.response, self.info
-        if data is None or info is None:
-            return []
-        out = []
-        for rtype, _ttl, off, length in info.answers:
-            if (rtype, length) in ((wire.A, 4), (wire.AAAA, 16)):
-                out.append(str(ipaddress.ip_address(data[off:off + length])))
-        return out
-
-    def __repr__(self) -> str:
-        return (f"ProbeResult({self.token}, {self.pvd}, {wire.qname_to_text(self.qname)!r}, "
-                f"{self.qtype}, {self.outcome})")
-
-
-class _Probe:
-    __slots__ = ("token",)
-
-    def __init__(self, token: int) -> None:
-        self.token = token
 
 
 class _RandomIds:
@@ -240,13 +151,13 @@ class Resolver:
         c["queries"] += 1
         memo = self._memo.get(data[2:])
         if memo is not None and not self.monitoring:
-            entry, version, elapsed, reply, cap = memo
+            hit, version, elapsed, reply, cap = memo
             if (
                 version == self.registry.version
                 and cap == max_udp
-                and not entry.dead
-                and entry.expires > now
-                and int(now - entry.stored) == elapsed
+                and not hit.dead
+                and hit.expires > now
+                and int(now - hit.stored) == elapsed
             ):
                 c["cache_hits"] += 1
                 return data[:2] + reply[2:]
@@ -751,27 +662,9 @@ class Resolver:
         return wire.error_reply(data, wire.SERVFAIL, query=q, opt=self._opt_for(q, ede))
 
     def _local(self, q: wire.Query, decision: Decision) -> bytes:
-        rule = decision.local or ""
-        opt = self._opt_for(q)
-        zone = decision.zone
-        soa = (zone, LOCAL_SOA[3], wire.soa_rdata(zone, b"\x06nobody\x07invalid\x00", 1, *LOCAL_SOA))
-        if rule == "localhost":
-            if q.qtype == wire.A:
-                return wire.local_reply(q, 0, [(wire.A, 0, bytes([127, 0, 0, 1]))], opt=opt)
-            if q.qtype == wire.AAAA:
-                return wire.local_reply(q, 0, [(wire.AAAA, 0, bytes(15) + b"\x01")], opt=opt)
-            return wire.local_reply(q, 0, [], authority_soa=soa, opt=opt)
-        if rule == "ipv4only":  # RFC 8880: only A records; other types here are NODATA
-            ans = [(wire.A, 86400, a) for a in IPV4ONLY] if q.key == zone and q.qtype == wire.A \
-                else []
-            rc = 0 if q.key == zone else wire.NXDOMAIN
-            return wire.local_reply(q, rc, ans, authority_soa=None if ans else soa, opt=opt)
-        if rule.startswith("rfc6303") and q.key == zone:
-            if q.qtype == wire.SOA:
-                return wire.local_reply(q, 0, [(wire.SOA, soa[1], soa[2])], opt=opt)
-            return wire.local_reply(q, 0, [], authority_soa=soa, opt=opt)
-        self.counters["nxdomain"] += 1
-        return wire.local_reply(q, wire.NXDOMAIN, [], authority_soa=soa, opt=opt)
+        if is_nxdomain(q, decision):
+            self.counters["nxdomain"] += 1
+        return local_answer(q, decision, self._opt_for(q))
 
     # ================================================================== lifecycle
     def apply(self, events: list[Event], now: float) -> list[dict[str, Any]]:
@@ -810,59 +703,17 @@ class Resolver:
 
     # ================================================================== introspection
     def explain(self, name: str, qtype: int = wire.A) -> dict[str, Any]:
-        key = wire.text_to_qname(name).lower()
-        decision = self.router.route(key)
-        if decision.local == "ipv4only" and qtype != wire.A:
-            decision = self.router.table.ipv4only(qtype, key == decision.zone)
-        return decision.to_json()
+        return introspect.explain(self.router, name, qtype)
 
     def cache_listing(self, now: float, pvd: str | None = None) -> list[dict[str, Any]]:
-        import dns.rdatatype  # introspection only, never on the query path
-
-        rows = []
-        for part in self.cache.partitions():
-            owner = self.registry.tag_owner(part.tag)
-            if owner is None or (pvd is not None and owner.name != pvd):
-                continue
-            for (name, qtype, qclass, flags), entry, covers in self.cache.items(part.tag, now):
-                rows.append({
-                    "name": wire.qname_to_text(name),
-                    "type": "*" if covers else dns.rdatatype.to_text(qtype),
-                    "pvd": owner.name,
-                    "kind": entry.kind.value,
-                    "ttl": entry.ttl_left(now),
-                    "rcode": {0: "NOERROR", 3: "NXDOMAIN"}.get(entry.rcode, str(entry.rcode)),
-                    "dnssec_ok": bool(flags & 1),
-                })
-        rows.sort(key=lambda r: (r["pvd"], r["name"], r["type"]))
-        return rows
+        return introspect.cache_listing(self.cache, self.registry, now, pvd)
 
     def _event_query(
         self, q: wire.Query, decision: Decision, pvd: str | None, source: str, kind: str,
         started: float, now: float, error: str | None = None,
     ) -> None:
-        """One monitor/query-log record (only built while someone is watching). The adapter
-        stamps the wall-clock ``time``; the keys are those mifdns.aio.control documents."""
-        import dns.rdatatype
-
-        self.events.append({
-            "event": "query",
-            "name": wire.qname_to_text(q.qname),
-            "type": dns.rdatatype.to_text(q.qtype),
-            "pvd": pvd,
-            "cache": "hit" if source == "hit" else ("-" if source == "local" else "miss"),
-            "kind": kind,
-            "rcode": _RCODES.get(kind, "NOERROR"),
-            "ms": round((now - started) * 1000, 3),
-            "candidates": [{"pvd": c.pvd, "grade": c.grade, "reason": c.reason}
-                           for c in decision.candidates],
-            "local": decision.local if source == "local" else None,
-            "refused": decision.ede[1] if decision.ede is not None else None,
-            **({"error": error} if error else {}),
-        })
-
-
-_RCODES = {"nxdomain": "NXDOMAIN", "servfail": "SERVFAIL"}
+        self.events.append(introspect.query_event(q, decision, pvd, source, kind, started, now,
+                                                  error))
 
 
 def _stale(item: tuple[float, int, object]) -> bool:
