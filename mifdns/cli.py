@@ -104,14 +104,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
             resolv_conf=config.resolv_conf.path if config.resolv_conf.manage else None,
             control_socket=config.control_socket or None,
         )
-    try:
-        import uvloop  # type: ignore[import-not-found]
+    loop_factory = None
+    if os.environ.get("MIFDNS_UVLOOP", "1") != "0":
+        try:
+            import uvloop  # type: ignore[import-not-found]
 
-        if os.environ.get("MIFDNS_UVLOOP", "1") != "0":
-            uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(serve(config, user=account))
+            # only the daemon's loop: installing uvloop's policy would also hand pyroute2's
+            # worker-thread loop to uvloop, which cannot open AF_NETLINK sockets
+            loop_factory = uvloop.new_event_loop
+        except ImportError:
+            pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(config, user=account))
     return 0
 
 

@@ -7,7 +7,9 @@ are answered inline; the resolver's outbox is drained once per batch.
 
 TCP (RFC 7766): several queries per connection, answered as they complete (out of order), an
 idle timeout, a cap on connections and on queries in flight per connection; a frame longer than
-the data sent is never waited for past the idle timeout.
+the data sent is never waited for past the idle timeout. A connection at its in-flight cap is
+not read from (back-pressure: the rest of its queries wait in our buffer and the kernel's) until
+an answer goes out; a query is never dropped, since a TCP client does not retry it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 log = logging.getLogger("mifdns.listener")
 
@@ -26,6 +28,11 @@ LOOPBACK_UDP_MAX = 65494
 NETWORK_UDP_MAX = 1232
 
 HandleQuery = Callable[[bytes, object, float, "int | None"], "bytes | None"]
+
+# an idle TCP connection with queries in flight is kept open while they may still be answered;
+# past this many seconds without a byte either way it is closed all the same (a query that is
+# never answered must not pin a connection slot for ever)
+TCP_STUCK_AFTER = 60.0
 
 
 class UdpListener:
@@ -124,7 +131,7 @@ class TcpServer:
         self.clients: set[TcpClient] = set()
         self.server: asyncio.base_events.Server | None = None
         self.counters = {"accepted": 0, "refused_limit": 0, "idle_closed": 0,
-                         "oversize": 0, "inflight_limit": 0}
+                         "oversize": 0, "inflight_limit": 0, "responses_dropped": 0}
 
     async def start(self) -> None:
         self.server = await self.loop.create_server(
@@ -155,17 +162,21 @@ class TcpClient(asyncio.BufferedProtocol):
         self.inflight = 0
         self.closed = False
         self.eof = False
+        self.paused = False  # at the in-flight cap: not reading, frames wait in ``buf``
+        self.resuming = False  # a _resume is scheduled
         self.idle: asyncio.TimerHandle | None = None
+        self.active = server.loop.time()  # last byte received or answer sent
 
     # -- asyncio protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # duck-typed: uvloop's TCPTransport has the whole Transport API but does not derive
+        # from asyncio.Transport (an isinstance check here killed every TCP client under uvloop)
+        self.transport = cast(asyncio.Transport, transport)
         srv = self.srv
         if len(srv.clients) >= srv.max_clients:
             srv.counters["refused_limit"] += 1
             self.closed = True
-            transport.abort()
+            self.transport.abort()
             return
         srv.clients.add(self)
         srv.counters["accepted"] += 1
@@ -182,13 +193,14 @@ class TcpClient(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.fill += nbytes
+        self.active = self.srv.loop.time()
         self._arm_idle()
         self._parse()
 
     def eof_received(self) -> bool:
         # half-close: answer what is in flight, then close (RFC 7766 section 6.2.3)
         self.eof = True
-        if self.inflight == 0 and self.transport is not None:
+        if self.inflight == 0 and not self.paused and self.transport is not None:
             self.transport.close()
         return True
 
@@ -212,11 +224,15 @@ class TcpClient(asyncio.BufferedProtocol):
                 return
             if self.fill - pos - 2 < length:
                 break
-            msg = bytes(buf[pos + 2 : pos + 2 + length])
-            pos += 2 + length
             if self.inflight >= self.srv.max_inflight:
                 self.srv.counters["inflight_limit"] += 1
-                continue  # shed: the client retries
+                self._pause()  # the frame stays in buf until an answer frees a slot
+                break
+            msg = bytes(buf[pos + 2 : pos + 2 + length])
+            pos += 2 + length
+            if msg[2] & 0x80:  # a response (QR=1): never answered, so never in flight
+                self.srv.counters["responses_dropped"] += 1
+                continue
             self.inflight += 1
             handled = True
             try:
@@ -239,8 +255,32 @@ class TcpClient(asyncio.BufferedProtocol):
         if self.closed or self.transport is None:
             return
         self.transport.write(len(data).to_bytes(2, "big") + data)
-        if self.eof and self.inflight == 0:
+        self.active = self.srv.loop.time()
+        if self.paused:
+            if self.inflight < self.srv.max_inflight and not self.resuming:
+                self.resuming = True  # parse the waiting frames on the next loop turn: never
+                self.srv.loop.call_soon(self._resume)  # re-enter the resolver from here
+        elif self.eof and self.inflight == 0:
             self.transport.close()  # flushes what was written, then closes
+
+    def _pause(self) -> None:
+        self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()  # a no-op if it is not reading
+
+    def _resume(self) -> None:
+        self.resuming = False
+        if self.closed or self.transport is None:
+            return
+        self.paused = False
+        self._parse()
+        if self.paused:
+            return
+        if self.eof:
+            if self.inflight == 0:
+                self.transport.close()
+        else:
+            self.transport.resume_reading()  # a no-op if it is reading
 
     def abort(self) -> None:
         self.closed = True
@@ -253,7 +293,7 @@ class TcpClient(asyncio.BufferedProtocol):
         self.idle = self.srv.loop.call_later(self.srv.idle_timeout, self._on_idle)
 
     def _on_idle(self) -> None:
-        if self.inflight:
+        if self.inflight and self.srv.loop.time() - self.active < TCP_STUCK_AFTER:
             self._arm_idle()
             return
         self.srv.counters["idle_closed"] += 1

@@ -1,10 +1,15 @@
 """Upstream sockets: every query leaves through a socket bound to its PvD's interface.
 
-UDP: a small pool of sockets per (interface, family), each bound with SO_BINDTODEVICE and to a
-kernel-chosen random port, retired after ``REUSE`` queries so source ports keep changing. A reply
-is handed to the transaction registered under its query ID on the socket it arrived on; the core
-then checks ID, question and source. TCP (after TC, or when asked): one connection per attempt,
-bound the same way, at most ``max_tcp`` at once.
+UDP: one socket per attempt (RFC 5452 section 9.2: a fresh, kernel-chosen random source port
+per query, like Unbound, dnsmasq and systemd-resolved), bound with SO_BINDTODEVICE and
+connect()ed to the server. Connecting does two jobs: the kernel drops datagrams from any other
+source (the core still checks ID, question and source), and ICMP errors (port or host
+unreachable) come back as a socket error, so a server that is down fails the attempt at once
+instead of after a timeout. The socket is closed when the attempt ends (reply, retry, release).
+A long-lived pool would give each port many queries, and an off-path attacker who finds an
+open port (SAD DNS, CVE-2020-25705) many chances; a socket costs ~12 us, on misses only. TCP
+(after TC, or when asked): one connection per attempt, bound the same way, at most ``max_tcp``
+at once.
 
 Binding to a device needs CAP_NET_RAW (or root). Without it the daemon refuses to start
 (``check_bind_capability``): silently sending through the default route would be the leak that
@@ -16,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import resource
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 from ..core.pvd import ServerAddr
 from ..core.transaction import Send, Transaction
@@ -25,9 +31,8 @@ from ..errors import StartupError
 
 log = logging.getLogger("mifdns.upstream")
 
-POOL = 8  # live sockets per (interface, family)
-REUSE = 64  # queries per socket before it is retired
-BATCH = 64  # datagrams drained per wake-up
+BATCH = 8  # datagrams drained per wake-up (one attempt's socket: the reply, maybe spoofs)
+WANT_FILES = 65536  # open-file limit asked for: every query in flight holds a socket
 
 OnReply = Callable[[Transaction, bytes, tuple[str, int], bool], None]
 OnError = Callable[[Transaction, str], None]
@@ -55,6 +60,20 @@ def check_bind_capability(interface: str = "lo") -> None:
         s.close()
 
 
+def raise_file_limit(want: int = WANT_FILES) -> int:
+    """Raise the soft RLIMIT_NOFILE towards ``want`` (never above the hard limit); return it."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        return soft
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-file limit: %s", exc)
+        return -1
+
+
 def sockaddr(server: ServerAddr, interface: str) -> tuple:  # type: ignore[type-arg]
     if server.family == 6:
         scope = 0
@@ -68,14 +87,16 @@ def sockaddr(server: ServerAddr, interface: str) -> tuple:  # type: ignore[type-
 
 
 class _UdpSock:
-    __slots__ = ("sock", "pending", "uses", "key", "retired")
+    """The socket of one UDP attempt of one transaction."""
 
-    def __init__(self, sock: socket.socket, key: tuple[str, int]) -> None:
+    __slots__ = ("closed", "fd", "sock", "txid", "txn")
+
+    def __init__(self, sock: socket.socket, txn: Transaction, txid: int) -> None:
         self.sock = sock
-        self.pending: dict[int, Transaction] = {}
-        self.uses = 0
-        self.key = key
-        self.retired = False
+        self.fd = sock.fileno()
+        self.txn = txn
+        self.txid = txid
+        self.closed = False
 
 
 class Upstreams:
@@ -88,12 +109,12 @@ class Upstreams:
         self.on_error = on_error
         self.after_io = after_io  # the daemon drains the resolver's outbox after a batch
         self.max_tcp = max_tcp
-        self._pools: dict[tuple[str, int], list[_UdpSock]] = {}
         self._where: dict[Transaction, _UdpSock] = {}
         self._tcp: dict[Transaction, asyncio.Task[None]] = {}
         self._buf = bytearray(65535)
         self.counters = {"udp_sent": 0, "tcp_sent": 0, "send_errors": 0, "tcp_limit": 0,
-                         "stray": 0}
+                         "stray": 0, "icmp_errors": 0}
+        raise_file_limit()
 
     # ------------------------------------------------------------------ sending
     def send(self, send: Send) -> None:
@@ -108,19 +129,28 @@ class Upstreams:
             task = self.loop.create_task(self._tcp_exchange(send))
             self._tcp[txn] = task
             return
+        af = socket.AF_INET6 if send.server.family == 6 else socket.AF_INET
         try:
-            us = self._socket_for(txn.interface, send.server.family, send.txid)
-            us.sock.sendto(send.wire, sockaddr(send.server, txn.interface))
+            sock = socket.socket(af, socket.SOCK_DGRAM)
+        except OSError as exc:  # EMFILE/ENFILE under load: this attempt fails, nothing leaks
+            self.counters["send_errors"] += 1
+            self.loop.call_soon(self._error_later, txn, f"socket: {exc.strerror or exc}")
+            return
+        try:
+            sock.setblocking(False)
+            bind_to_device(sock, txn.interface)
+            sock.bind(("::" if af == socket.AF_INET6 else "0.0.0.0", 0))  # random port
+            sock.connect(sockaddr(send.server, txn.interface))
+            sock.send(send.wire)
         except OSError as exc:
+            sock.close()
             self.counters["send_errors"] += 1
             self.loop.call_soon(self._error_later, txn, f"send: {exc.strerror or exc}")
             return
-        us.pending[send.txid] = txn
-        us.uses += 1
+        us = _UdpSock(sock, txn, send.txid)
         self._where[txn] = us
+        self.loop.add_reader(us.fd, self._readable, us)
         self.counters["udp_sent"] += 1
-        if us.uses >= REUSE:
-            self._retire(us)
 
     def release(self, txn: Transaction) -> None:
         self._forget(txn)
@@ -129,13 +159,13 @@ class Upstreams:
         for task in self._tcp.values():
             task.cancel()
         self._tcp.clear()
-        for pool in self._pools.values():
-            for us in pool:
-                self._close(us)
-        self._pools.clear()
-        for us in set(self._where.values()):
+        for us in list(self._where.values()):
             self._close(us)
         self._where.clear()
+
+    @property
+    def open_sockets(self) -> int:
+        return len(self._where)
 
     # ------------------------------------------------------------------ internals
     def _error_later(self, txn: Transaction, reason: str) -> None:
@@ -146,56 +176,17 @@ class Upstreams:
     def _forget(self, txn: Transaction) -> None:
         us = self._where.pop(txn, None)
         if us is not None:
-            if us.pending.get(txn.txid) is txn:
-                del us.pending[txn.txid]
-            else:  # the txid changed since (a retry): find it
-                for k, v in list(us.pending.items()):
-                    if v is txn:
-                        del us.pending[k]
-            if us.retired and not us.pending:
-                self._close(us)
+            self._close(us)
         task = self._tcp.pop(txn, None)
         if task is not None and not task.done():
             task.cancel()
 
-    def _socket_for(self, interface: str, family: int, txid: int) -> _UdpSock:
-        key = (interface, family)
-        pool = self._pools.setdefault(key, [])
-        for us in pool:
-            if txid not in us.pending:
-                if len(pool) >= POOL or not us.pending:
-                    pool.remove(us)
-                    pool.append(us)  # round robin
-                    return us
-        us = self._open(interface, family)
-        pool.append(us)
-        return us
-
-    def _open(self, interface: str, family: int) -> _UdpSock:
-        af = socket.AF_INET6 if family == 6 else socket.AF_INET
-        sock = socket.socket(af, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            bind_to_device(sock, interface)
-            sock.bind(("::" if family == 6 else "0.0.0.0", 0))  # random port from the kernel
-        except OSError:
-            sock.close()
-            raise
-        us = _UdpSock(sock, (interface, family))
-        self.loop.add_reader(sock.fileno(), self._readable, us)
-        return us
-
-    def _retire(self, us: _UdpSock) -> None:
-        pool = self._pools.get(us.key, [])
-        if us in pool:
-            pool.remove(us)
-        us.retired = True
-        if not us.pending:
-            self._close(us)
-
     def _close(self, us: _UdpSock) -> None:
+        if us.closed:
+            return
+        us.closed = True
         try:
-            self.loop.remove_reader(us.sock.fileno())
+            self.loop.remove_reader(us.fd)
         except (ValueError, OSError):
             pass
         us.sock.close()
@@ -203,27 +194,33 @@ class Upstreams:
     def _readable(self, us: _UdpSock) -> None:
         buf = self._buf
         recv = us.sock.recvfrom_into
+        txn = us.txn
         handled = False
         for _ in range(BATCH):
+            if us.closed or self._where.get(txn) is not us:
+                break
             try:
                 n, addr = recv(buf)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError:
+            except OSError as exc:
+                # an ICMP error for this attempt (port/host unreachable): fail it now, not
+                # after the timeout; the core moves on to the PvD's next server
+                self.counters["icmp_errors"] += 1
+                self._forget(txn)
+                if not txn.done:
+                    self.on_error(txn, f"udp: {exc.strerror or exc}")
+                    handled = True
                 break
-            if n < 12:
-                self.counters["stray"] += 1
-                continue
-            txn = us.pending.get(buf[0] << 8 | buf[1])
-            if txn is None:
+            if n < 12 or (buf[0] << 8 | buf[1]) != us.txid:
                 self.counters["stray"] += 1
                 continue
             self.on_reply(txn, bytes(buf[:n]), addr, False)
             handled = True
+            if txn.done or txn.txid != us.txid:
+                break  # accepted (or the attempt moved on): the rest is not for it
         if handled:
             self.after_io()
-        if us.retired and not us.pending and us.sock.fileno() >= 0:
-            self._close(us)
 
     async def _tcp_exchange(self, send: Send) -> None:
         txn = send.txn

@@ -1,6 +1,7 @@
 """Upstream server health: smoothed RTT and failures per (PvD, server).
 
-A server that fails ``DEAD_AFTER`` attempts in a row is held back for a back-off that doubles up
+A server whose last attempt failed is tried after the servers whose last attempt worked. One
+that fails ``DEAD_AFTER`` attempts in a row is held back for a back-off that doubles up
 to ``MAX_BACKOFF``; until then it is tried only after the healthy servers of its PvD, so a query
 never waits a whole timeout on a server known dead while another one works. When the back-off
 ends it is probed again by ordinary traffic (it moves back to its RTT rank).
@@ -51,13 +52,15 @@ class Health:
         if len(servers) < 2:
             return list(servers)
 
-        def rank(item: tuple[int, ServerAddr]) -> tuple[bool, float, int]:
+        def rank(item: tuple[int, ServerAddr]) -> tuple[bool, bool, float, int]:
             i, s = item
             st = self._stats.get((pvd, s))
             if st is None:
-                return (False, UNKNOWN_RTT, i)
+                return (False, False, UNKNOWN_RTT, i)
             held = st.dead_until > now
-            return (held, st.srtt if st.srtt is not None else UNKNOWN_RTT, i)
+            # a server whose last attempt failed goes after those whose last attempt worked,
+            # whatever its RTT was before: the next question must not wait a whole timeout on it
+            return (held, st.failures > 0, st.srtt if st.srtt is not None else UNKNOWN_RTT, i)
 
         return [s for _, s in sorted(enumerate(servers), key=rank)]
 
