@@ -15,7 +15,7 @@ import pytest
 
 from mifdns.harness import netns
 from mifdns.harness.replay import Replay, run_file
-from mifdns.harness.scenario import loads
+from mifdns.harness.scenario import library, loads
 
 HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.netns
@@ -55,7 +55,7 @@ def _ours() -> set[str]:
 
 
 def test_a_copy_with_one_expected_answer_changed_fails_with_a_diff(tmp_path: Path):
-    original = (HERE / "rfc6418-1-private-name.yaml").read_text()
+    original = (library() / "rfc6418-1-private-name.yaml").read_text()
     changed = original.replace("answers: [10.8.0.80]", "answers: [10.8.0.81]", 1)
     assert changed != original
     copy = tmp_path / "changed.yaml"
