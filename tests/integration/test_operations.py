@@ -171,7 +171,7 @@ async def test_status_shows_each_pvd_its_servers_health_and_the_counters(
         "Cache entries: 2", f"Upstream queries: {corp['upstream_queries']} sent",
         "PvD wifi: attached", "Queries: ", "cache hit", "SERVFAIL", "upstream_queries: ",
         f"corp={corp['upstream_queries']}", f"wifi={st['upstream_queries']['wifi']}",
-        "Recent purges:", "1 entries", "flushed by operator", "Limits:", "hits: inflight=0",
+        "Recent purges:", "1 entries", "flushed by operator", "Limits:", "hits: ", "inflight=0",
         "Recent events:",
     ):
         assert needle in text, f"{needle!r} not in:\n{text}"
