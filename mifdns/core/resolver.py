@@ -49,6 +49,7 @@ EDE_NETWORK_ERROR = 23
 EDE_NOT_SUPPORTED = 21
 
 MEMO_MAX = 65536  # answer memo entries; cleared whole when full
+TIMERS_COMPACT_MIN = 1024  # timer heap entries before stale ones are swept out
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,7 @@ class Resolver:
         self.inflight: dict[tuple[int, Key], Transaction] = {}
         self.outbox: list[Action] = []
         self._timers: list[tuple[float, int, object]] = []
+        self._timers_compact_at = TIMERS_COMPACT_MIN
         self._seq = 0
         self._rand = rand16 or _RandomIds()
         self._opt = wire.opt_rr(settings.edns_udp_size)
@@ -140,7 +142,9 @@ class Resolver:
         self.upstream_queries: dict[str, int] = {}
         self.upstream_failures: dict[str, int] = {}
         self.purge_log: list[dict[str, Any]] = []
-        self._memo: dict[bytes, tuple[Entry, int, int, bytes, int | None]] = {}
+        # answer memo: query bytes after the ID -> (entry, registry version, valid until,
+        # reply after the ID, the listener's UDP cap); see _memoize
+        self._memo: dict[bytes, tuple[Entry, int, float, bytes, int | None]] = {}
 
     # ================================================================== client side
     def handle_query(
@@ -150,17 +154,17 @@ class Resolver:
         c = self.counters
         c["queries"] += 1
         memo = self._memo.get(data[2:])
-        if memo is not None and not self.monitoring:
-            hit, version, elapsed, reply, cap = memo
+        if memo is not None:
+            hit, version, until, tail, cap = memo
             if (
-                version == self.registry.version
+                now < until
+                and version == self.registry.version
                 and cap == max_udp
                 and not hit.dead
-                and hit.expires > now
-                and int(now - hit.stored) == elapsed
+                and not self.monitoring
             ):
                 c["cache_hits"] += 1
-                return data[:2] + reply[2:]
+                return data[:2] + tail
         try:
             q = wire.parse_query(data)
         except wire.WireError as exc:
@@ -253,7 +257,10 @@ class Resolver:
         memo = self._memo
         if len(memo) >= MEMO_MAX:
             memo.clear()
-        memo[data[2:]] = (entry, self.registry.version, int(now - entry.stored), reply, max_udp)
+        # valid until the entry expires or its TTLs age by another second, whichever is first
+        stored = entry.stored
+        until = min(entry.expires, stored + (int(now - stored) if now > stored else 0) + 1)
+        memo[data[2:]] = (entry, self.registry.version, until, reply[2:], max_udp)
         return reply
 
     def _start(self, res: Resolution, cands: tuple[Any, ...], now: float) -> bytes | None:
@@ -396,7 +403,15 @@ class Resolver:
 
     def _push_timer(self, when: float, obj: object) -> None:
         self._seq += 1
-        heapq.heappush(self._timers, (when, self._seq, obj))
+        timers = self._timers
+        heapq.heappush(timers, (when, self._seq, obj))
+        if len(timers) > self._timers_compact_at:
+            # most entries are deadlines of transactions answered since (dropped lazily, when
+            # they reach the top): drop them in one pass, so that an answered transaction, its
+            # resolution and its answer are freed now rather than a timeout later
+            timers[:] = [t for t in timers if not _stale(t)]
+            heapq.heapify(timers)
+            self._timers_compact_at = max(TIMERS_COMPACT_MIN, 2 * len(timers))
 
     def _after_step(self, txn: Transaction, send: Send | None, now: float) -> None:
         for server, rtt in txn.samples:

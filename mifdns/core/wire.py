@@ -564,6 +564,21 @@ def soa_rdata(
     return mname + rname + struct.pack("!5I", serial, refresh, retry, expire, minimum)
 
 
+_SHARED: dict[tuple[int, ...], tuple[int, ...]] = {}
+_SHARED_MAX = 4096
+
+
+def _shared(t: tuple[int, ...]) -> tuple[int, ...]:
+    """One object for equal TTL and offset tuples: most cached answers share a few (one record,
+    the zone's TTL), and a tuple with its ints costs ~60 bytes per cache entry."""
+    got = _SHARED.get(t)
+    if got is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        _SHARED[t] = got = t
+    return got
+
+
 def make_cacheable(
     data: bytes, info: ResponseInfo
 ) -> tuple[bytes, tuple[int, ...], tuple[int, ...]]:
@@ -572,12 +587,13 @@ def make_cacheable(
     When the OPT is not the last RR, the compression pointers of the RRs after it that point
     past it are moved back (owner names, and rdata names of the types parse_response checks).
     WireError only if a pointer points into the OPT RR itself (legal, absurd).
+    The tuples may be shared with other entries (they are immutable).
     """
     raw = (_unpack_i(data, off)[0] for off in info.ttl_offsets)
-    ttls = tuple(t if t < 0x80000000 else 0 for t in raw)
+    ttls = _shared(tuple(t if t < 0x80000000 else 0 for t in raw))
     start, end = info.opt_start, info.opt_end
     if start is None or end is None:
-        return b"\0\0" + data[2:], tuple(info.ttl_offsets), ttls
+        return b"\0\0" + data[2:], _shared(tuple(info.ttl_offsets)), ttls
     cut = end - start
     body = bytearray(data[:start])
     body += data[end:]
@@ -597,7 +613,7 @@ def make_cacheable(
                     _shift_pointers(body, _shift_pointers(body, rdata, start, cut), start, cut)
         except (IndexError, struct.error):  # parse_response validated it: cannot happen
             raise WireError("response is truncated") from None
-    offsets = tuple(o if o < start else o - cut for o in info.ttl_offsets)
+    offsets = _shared(tuple(o if o < start else o - cut for o in info.ttl_offsets))
     return bytes(body), offsets, ttls
 
 
