@@ -113,6 +113,12 @@ def _netns_gate(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture
+def corp_net(topology: Topology) -> Network:
+    """One corporate network behind corp0 (hostile-input and limit tests)."""
+    return topology.add_network("corp", "corp0")
+
+
+@pytest.fixture
 def topology(request: pytest.FixtureRequest) -> Iterator[Topology]:
     _require_netns(request.node.nodeid)
     with Topology() as topo:

@@ -287,3 +287,22 @@ async def settle(*upstreams: Any, quiet: float = 0.25, limit: float = 2.0) -> No
 
 def counter(daemon: Any, name: str) -> int:
     return int(daemon.ctl("status")["counters"].get(name, 0))
+
+
+# -- a running daemon with one corporate PvD (hostile-input and limit tests) --------------------
+STUB = ("127.0.0.53", 53)
+
+
+async def start_corp(topology: Any, corp_net: Any, upstream_factory: Any, mifdns_factory: Any,
+                     **top: Any) -> tuple[Any, Any]:
+    up = await upstream_factory(corp_net, CORP_ZONE)
+    d = await mifdns_factory(topology, config(corp_pvd(), **top))
+    return up, d
+
+
+async def still_serving(d: Any) -> None:
+    """The daemon is alive, answers over UDP and TCP, and logged no traceback."""
+    assert d.proc.poll() is None, d.stderr()
+    assert addrs(await d.aquery("www.corp.example")) == ["10.8.0.80"]
+    assert addrs(await d.aquery("intranet.corp.example", tcp=True)) == ["10.8.0.81"]
+    assert "Traceback" not in d.stderr(), d.stderr()

@@ -18,6 +18,9 @@ import time
 import dns.message
 import pytest
 from splitdns_helpers import (
+    STUB,
+    start_corp,
+    still_serving,
     CORP_ZONE,
     addrs,
     config,
@@ -32,38 +35,10 @@ from splitdns_helpers import (
 )
 
 from mifdns.harness import netns
-from mifdns.harness.topology import Topology
 
 pytestmark = [pytest.mark.netns, pytest.mark.asyncio]
 
 
-@pytest.fixture(autouse=True)
-def _stock_asyncio_loop(monkeypatch):
-    """Run the daemon on the stock asyncio loop: with uvloop installed, `mifdns run` installs
-    it and the netlink monitor cannot dump links (see test_transport's uvloop tests), so every
-    PvD would stay detached. These tests are about split DNS; the uvloop tests are separate."""
-    monkeypatch.setenv("MIFDNS_UVLOOP", "0")
-
-
-STUB = ("127.0.0.53", 53)
-
-
-@pytest.fixture
-def corp_net(topology: Topology):
-    return topology.add_network("corp", "corp0")
-
-
-async def _daemon(topology, corp_net, upstream_factory, mifdns_factory, **top):
-    up = await upstream_factory(corp_net, CORP_ZONE)
-    d = await mifdns_factory(topology, config(corp_pvd(), **top))
-    return up, d
-
-
-async def _still_serving(d) -> None:
-    assert d.proc.poll() is None, d.stderr()
-    assert addrs(await d.aquery("www.corp.example")) == ["10.8.0.80"]
-    assert addrs(await d.aquery("intranet.corp.example", tcp=True)) == ["10.8.0.81"]
-    assert "Traceback" not in d.stderr(), d.stderr()
 
 
 def _query(name: str = "www.corp.example", qid: int = 0x1234) -> bytes:
@@ -94,21 +69,21 @@ def _udp_exchange(
 async def test_random_bytes_over_udp_never_stop_the_service(
     topology, corp_net, upstream_factory, mifdns_factory
 ):
-    _, d = await _daemon(topology, corp_net, upstream_factory, mifdns_factory)
+    _, d = await start_corp(topology, corp_net, upstream_factory, mifdns_factory)
     rng = random.Random(6418)
     junk = [bytes(rng.getrandbits(8) for _ in range(rng.choice([1, 5, 12, 13, 40, 300, 1400])))
             for _ in range(500)]  # fmt: skip
     replies = await asyncio.to_thread(_udp_exchange, topology.host, junk, 0.5)
     for r in replies:  # whatever is answered is an answer (QR=1) to a query we sent
         assert len(r) >= 12 and r[2] & 0x80
-    await _still_serving(d)
+    await still_serving(d)
     assert d.ctl("status")["counters"]["udp_received"] >= 500
 
 
 async def test_malformed_queries_get_formerr_or_nothing(
     topology, corp_net, upstream_factory, mifdns_factory
 ):
-    up, d = await _daemon(topology, corp_net, upstream_factory, mifdns_factory)
+    up, d = await start_corp(topology, corp_net, upstream_factory, mifdns_factory)
     good = _query(qid=0x0101)
     edns = dns.message.make_query("www.corp.example", "A", use_edns=0, id=0x0101).to_wire()
     hdr = bytearray(good[:12])
@@ -145,28 +120,28 @@ async def test_malformed_queries_get_formerr_or_nothing(
         r = replies[0]
         assert r[:2] == payload[:2] and r[2] & 0x80, what  # our ID, QR set
         assert r[3] & 0x0F == 1, (what, r[3] & 0x0F)  # FORMERR
-    await _still_serving(d)
+    await still_serving(d)
     assert set(names_seen(up)) == {"www.corp.example.", "intranet.corp.example."}
 
 
 async def test_compression_loop_in_an_additional_record_is_formerr(
     topology, corp_net, upstream_factory, mifdns_factory
 ):
-    _, d = await _daemon(topology, corp_net, upstream_factory, mifdns_factory)
+    _, d = await start_corp(topology, corp_net, upstream_factory, mifdns_factory)
     q = bytearray(_query(qid=0x2222))
     q[10:12] = b"\x00\x01"  # ARCOUNT 1: a record whose owner points at itself
     at = len(q)
     q += bytes([0xC0 | (at >> 8), at & 0xFF]) + struct.pack("!HHIH", 1, 1, 0, 4) + b"\x01" * 4
     (r,) = await asyncio.to_thread(_udp_exchange, topology.host, [bytes(q)], 2.0, 1)
     assert rcode(dns.message.from_wire(r, question_only=True)) == "FORMERR"
-    await _still_serving(d)
+    await still_serving(d)
 
 
 # -- TCP ------------------------------------------------------------------------------------------
 async def test_huge_tcp_length_prefix_and_half_open_connections_do_not_block_anyone(
     topology, corp_net, upstream_factory, mifdns_factory
 ):
-    _, d = await _daemon(topology, corp_net, upstream_factory, mifdns_factory,
+    _, d = await start_corp(topology, corp_net, upstream_factory, mifdns_factory,
                           limits={"tcp_idle_timeout": 1.0})  # fmt: skip
     ns = topology.host
 
@@ -193,7 +168,7 @@ async def test_huge_tcp_length_prefix_and_half_open_connections_do_not_block_any
 
     held = await asyncio.to_thread(attack)
     try:
-        await _still_serving(d)  # while the hostile connections are still open
+        await still_serving(d)  # while the hostile connections are still open
 
         # a TCP client that sends a query and half-closes still gets its answer (RFC 7766)
         def half_close() -> dns.message.Message:
@@ -224,7 +199,7 @@ async def test_huge_tcp_length_prefix_and_half_open_connections_do_not_block_any
     finally:
         for s in held:
             s.close()
-    await _still_serving(d)
+    await still_serving(d)
     status = d.ctl("status")
     assert status["tcp_clients"] == 0
 
@@ -232,7 +207,7 @@ async def test_huge_tcp_length_prefix_and_half_open_connections_do_not_block_any
 async def test_tcp_connection_flood_is_capped_and_service_recovers(
     topology, corp_net, upstream_factory, mifdns_factory
 ):
-    _, d = await _daemon(topology, corp_net, upstream_factory, mifdns_factory,
+    _, d = await start_corp(topology, corp_net, upstream_factory, mifdns_factory,
                           limits={"max_tcp_clients": 8})  # fmt: skip
 
     def flood() -> list[socket.socket]:
@@ -249,13 +224,13 @@ async def test_tcp_connection_flood_is_capped_and_service_recovers(
         for s in held:
             s.close()
     await asyncio.sleep(0.2)
-    await _still_serving(d)
+    await still_serving(d)
 
 
 async def test_many_pipelined_queries_on_one_connection_are_all_answered(
     topology, corp_net, upstream_factory, mifdns_factory
 ):
-    _, d = await _daemon(topology, corp_net, upstream_factory, mifdns_factory)
+    _, d = await start_corp(topology, corp_net, upstream_factory, mifdns_factory)
     names = [f"n{i}.corp.example" for i in range(100)] + ["www.corp.example"] * 100
 
     def pipeline() -> list[dns.message.Message]:
@@ -268,7 +243,7 @@ async def test_many_pipelined_queries_on_one_connection_are_all_answered(
     by_id = {r.id: r for r in replies}
     assert all(rcode(by_id[i]) == "NXDOMAIN" for i in range(100))
     assert all(addrs(by_id[i]) == ["10.8.0.80"] for i in range(100, 200))
-    await _still_serving(d)
+    await still_serving(d)
 
 
 # -- hostile upstreams ----------------------------------------------------------------------------
@@ -352,7 +327,7 @@ async def test_malformed_upstream_reply_is_not_cached_and_next_server_answers(
         assert addrs(r) == ["10.8.0.80"]  # never 6.6.6.6
         assert bad.seen >= 1 and good.saw("www.corp.example")
         assert [row["name"] for row in d.ctl("cache")] == ["www.corp.example."]
-        await _still_serving(d)
+        await still_serving(d)
     finally:
         bad.close()
 

@@ -16,10 +16,10 @@ import time
 import dns.message
 import pytest
 from splitdns_helpers import (
-    CORP_ZONE,
+    STUB,
+    start_corp,
+    still_serving,
     addrs,
-    config,
-    corp_pvd,
     frame,
     rcode,
     recv_frame,
@@ -27,29 +27,9 @@ from splitdns_helpers import (
     udp_socket,
 )
 
-from mifdns.harness.topology import Topology
 
 pytestmark = [pytest.mark.netns, pytest.mark.asyncio]
 
-STUB = ("127.0.0.53", 53)
-
-
-@pytest.fixture
-def corp_net(topology: Topology):
-    return topology.add_network("corp", "corp0")
-
-
-async def _daemon(topology, corp_net, upstream_factory, mifdns_factory, **top):
-    up = await upstream_factory(corp_net, CORP_ZONE)
-    d = await mifdns_factory(topology, config(corp_pvd(), **top))
-    return up, d
-
-
-async def _still_serving(d) -> None:
-    assert d.proc.poll() is None, d.stderr()
-    assert addrs(await d.aquery("www.corp.example")) == ["10.8.0.80"]
-    assert addrs(await d.aquery("intranet.corp.example", tcp=True)) == ["10.8.0.81"]
-    assert "Traceback" not in d.stderr(), d.stderr()
 
 
 def _query(name: str, qid: int = 0x1234) -> bytes:
@@ -86,7 +66,7 @@ def _udp_flood(ns: str, payloads: list[bytes], quiet: float = 0.5, limit: float 
 async def test_inflight_limit_answers_servfail_at_once_and_service_continues(
     topology, corp_net, upstream_factory, mifdns_factory
 ):
-    up, d = await _daemon(topology, corp_net, upstream_factory, mifdns_factory,
+    up, d = await start_corp(topology, corp_net, upstream_factory, mifdns_factory,
                           limits={"max_inflight": 8})  # fmt: skip
     up.set(delay=0.4)  # the first 8 stay in flight while the flood arrives
     names = [f"n{i}.corp.example" for i in range(300)]
@@ -103,13 +83,13 @@ async def test_inflight_limit_answers_servfail_at_once_and_service_continues(
     assert st["counters"]["limit_inflight"] == st["limits"]["hits"]["inflight"]
     assert st["inflight"] <= 8
     up.set(delay=0.0)
-    await _still_serving(d)
+    await still_serving(d)
 
 
 async def test_udp_ingress_flood_is_counted_datagram_for_datagram_and_service_continues(
     topology, corp_net, upstream_factory, mifdns_factory
 ):
-    _, d = await _daemon(topology, corp_net, upstream_factory, mifdns_factory,
+    _, d = await start_corp(topology, corp_net, upstream_factory, mifdns_factory,
                           limits={"ingress_batch": 8})  # fmt: skip
     assert addrs(await d.aquery("www.corp.example")) == ["10.8.0.80"]  # cached: the flood hits
     before = d.ctl("status")["counters"]
@@ -124,13 +104,13 @@ async def test_udp_ingress_flood_is_counted_datagram_for_datagram_and_service_co
     assert received + dropped == sent, (received, dropped, sent)
     assert after["limits"]["ingress_batch"] == 8
     assert after["limits"]["hits"]["ingress_drops"] == c["udp_ingress_drops"]
-    await _still_serving(d)
+    await still_serving(d)
 
 
 async def test_tcp_connection_and_pipelining_floods_are_capped_and_nothing_is_lost(
     topology, corp_net, upstream_factory, mifdns_factory
 ):
-    up, d = await _daemon(topology, corp_net, upstream_factory, mifdns_factory,
+    up, d = await start_corp(topology, corp_net, upstream_factory, mifdns_factory,
                           limits={"max_tcp_clients": 6, "max_tcp_queries_per_connection": 4})
     up.set(delay=0.2)
     ns = topology.host
@@ -174,13 +154,13 @@ async def test_tcp_connection_and_pipelining_floods_are_capped_and_nothing_is_lo
     up.set(delay=0.0)
     await asyncio.sleep(0.2)
     assert d.ctl("status")["tcp_clients"] == 0
-    await _still_serving(d)
+    await still_serving(d)
 
 
 async def test_cache_entry_bound_evicts_and_counts(
     topology, corp_net, upstream_factory, mifdns_factory
 ):
-    _, d = await _daemon(topology, corp_net, upstream_factory, mifdns_factory,
+    _, d = await start_corp(topology, corp_net, upstream_factory, mifdns_factory,
                           cache={"max_entries": 50})  # fmt: skip
     names = [f"e{i}.corp.example" for i in range(400)]
     sent, replies = await asyncio.to_thread(
@@ -189,13 +169,13 @@ async def test_cache_entry_bound_evicts_and_counts(
     st = d.ctl("status")
     assert st["cache"]["max_entries"] == 50 and st["cache"]["entries"] <= 50
     assert st["limits"]["hits"]["cache_evictions"] >= 350
-    await _still_serving(d)
+    await still_serving(d)
 
 
 async def test_upstream_tcp_limit_sheds_and_service_continues(
     topology, corp_net, upstream_factory, mifdns_factory
 ):
-    up, d = await _daemon(topology, corp_net, upstream_factory, mifdns_factory,
+    up, d = await start_corp(topology, corp_net, upstream_factory, mifdns_factory,
                           limits={"max_upstream_tcp": 1})  # fmt: skip
     up.set(truncate_udp=True, delay=0.3)  # every answer needs TCP, and each one takes a while
     names = [f"t{i}.corp.example" for i in range(10)]
@@ -207,4 +187,4 @@ async def test_upstream_tcp_limit_sheds_and_service_continues(
     assert st["limits"]["max_upstream_tcp"] == 1
     assert st["limits"]["hits"]["upstream_tcp"] >= 1
     up.set(truncate_udp=False, delay=0.0)
-    await _still_serving(d)
+    await still_serving(d)

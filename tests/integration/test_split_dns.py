@@ -36,14 +36,6 @@ from mifdns.harness.topology import Topology
 pytestmark = [pytest.mark.netns, pytest.mark.asyncio]
 
 
-@pytest.fixture(autouse=True)
-def _stock_asyncio_loop(monkeypatch):
-    """Run the daemon on the stock asyncio loop: with uvloop installed, `mifdns run` installs
-    it and the netlink monitor cannot dump links (see test_transport's uvloop tests), so every
-    PvD would stay detached. These tests are about split DNS; the uvloop tests are separate."""
-    monkeypatch.setenv("MIFDNS_UVLOOP", "0")
-
-
 LL_SERVER = ["192.0.2.53/24", "2001:db8:1::53/64", "fe80::53/64"]
 
 

@@ -39,14 +39,6 @@ from mifdns.harness.topology import Topology
 pytestmark = [pytest.mark.netns, pytest.mark.asyncio]
 
 
-@pytest.fixture(autouse=True)
-def _stock_asyncio_loop(monkeypatch):
-    """Run the daemon on the stock asyncio loop: with uvloop installed, `mifdns run` installs
-    it and the netlink monitor cannot dump links (see test_transport's uvloop tests), so every
-    PvD would stay detached. These tests are about split DNS; the uvloop tests are separate."""
-    monkeypatch.setenv("MIFDNS_UVLOOP", "0")
-
-
 TWO_SERVERS = ["192.0.2.53/24", "192.0.2.54/24", "2001:db8:1::53/64"]
 BIG = many_a("10.9.1", 60)  # ~1 KB: more than 512, less than 1232
 HUGE = many_a("10.9.2", 120)  # ~2 KB: more than the 1232 mifdns advertises upstream
@@ -358,7 +350,7 @@ async def test_daemon_on_uvloop_answers_over_udp_and_tcp(
     topology, vpn_and_wifi, upstream_factory, mifdns_factory, monkeypatch
 ):
     pytest.importorskip("uvloop")
-    monkeypatch.delenv("MIFDNS_UVLOOP")
+    monkeypatch.delenv("MIFDNS_UVLOOP", raising=False)
     corp, wifi = vpn_and_wifi
     await upstream_factory(corp, CORP_ZONE, truncate_udp=True)
     await upstream_factory(wifi, PUBLIC_ZONE)
@@ -373,7 +365,7 @@ async def test_pvds_attach_through_netlink_on_uvloop(
     topology, vpn_and_wifi, upstream_factory, mifdns_factory, monkeypatch
 ):
     pytest.importorskip("uvloop")
-    monkeypatch.delenv("MIFDNS_UVLOOP")
+    monkeypatch.delenv("MIFDNS_UVLOOP", raising=False)
     corp, wifi = vpn_and_wifi
     await upstream_factory(corp, CORP_ZONE)
     await upstream_factory(wifi, PUBLIC_ZONE)
