@@ -367,7 +367,19 @@ def test_close_ends_processes_left_inside_the_namespaces():
         net = topo.add_network("a", "a0")
         # started behind the topology's back, as a daemon of a crashed test might be
         stray = subprocess.Popen(["ip", "netns", "exec", net.ns, "sleep", "60"])
-    assert stray.wait(5) is not None
+        try:
+            deadline = time.monotonic() + 10  # under load `ip netns exec` takes a while to enter
+            while str(stray.pid) not in netns.run(None, ["ip", "netns", "pids", net.ns]).stdout:
+                assert time.monotonic() < deadline, "the stray process never entered the namespace"
+                time.sleep(0.02)
+        except BaseException:
+            stray.kill()
+            raise
+    try:
+        assert stray.wait(5) is not None
+    finally:
+        if stray.poll() is None:
+            stray.kill()
 
 
 def test_topologies_get_unique_names():
