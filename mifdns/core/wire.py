@@ -541,7 +541,13 @@ def build_query(
 ) -> bytes:
     """An upstream query: RD=1, one question, an OPT RR (version 0, no options)."""
     header = _pack_header(txid, RD | CD if cd else RD, 1, 0, 0, 1)
-    return header + qname + _HH.pack(qtype, qclass) + opt_rr(udp_size, do=do)
+    opt = _QUERY_OPT.get((udp_size, do))
+    if opt is None:
+        opt = _QUERY_OPT[(udp_size, do)] = opt_rr(udp_size, do=do)
+    return header + qname + _HH.pack(qtype, qclass) + opt
+
+
+_QUERY_OPT: dict[tuple[int, bool], bytes] = {}  # (udp_size, do) -> OPT RR: a handful at most
 
 
 def opt_rr(
