@@ -31,21 +31,20 @@ from mifdns.core.resolver import Release, Reply, Resolver, Send
 
 # the realistic setup of bench/run.sh: wifi (default route, the benchmark's upstream), a VPN
 # with 33 routing domains and 2 reverse networks, a lab network with 15 domains
-REALISTIC = """
+_VPN = ", ".join([f'"~corp{i}.example"' for i in range(30)]
+                 + ['"~corp.example"', '"~internal.example.com"', '"~vpn.example.net"'])
+_LAB = ", ".join([f'"~lab{i}.test.example"' for i in range(14)] + ['"~k8s.example.org"'])
+REALISTIC = f"""
 listen: ["127.0.0.53:53"]
 netlink: false
 pvds:
-  - {name: wifi, interface: lo, servers: ["127.0.0.2"], default_route: true,
-     domains: ["home.arpa", "~lan"]}
-  - {name: vpn, interface: vpn0, servers: ["10.99.0.53", "10.99.0.54"], exclusive: true,
+  - {{name: wifi, interface: lo, servers: ["127.0.0.2"], default_route: true,
+     domains: ["home.arpa", "~lan"]}}
+  - {{name: vpn, interface: vpn0, servers: ["10.99.0.53", "10.99.0.54"], exclusive: true,
      networks: ["10.99.0.0/16", "172.20.0.0/14"],
-     domains: [%s]}
-  - {name: lab, interface: eth9, servers: ["192.0.2.53"], domains: [%s]}
-""" % (
-    ", ".join([f'"~corp{i}.example"' for i in range(30)]
-              + ['"~corp.example"', '"~internal.example.com"', '"~vpn.example.net"']),
-    ", ".join([f'"~lab{i}.test.example"' for i in range(14)] + ['"~k8s.example.org"']),
-)
+     domains: [{_VPN}]}}
+  - {{name: lab, interface: eth9, servers: ["192.0.2.53"], domains: [{_LAB}]}}
+"""
 
 
 def _query(name: str, qid: int = 0x1234) -> bytes:
@@ -148,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the path K times untimed (instruction counts: run twice "
                         "under callgrind with two K and divide the difference)")
     args = parser.parse_args(argv)
-    text = open(args.config).read() if args.config else REALISTIC
+    if args.config:
+        with open(args.config) as f:
+            text = f.read()
+    else:
+        text = REALISTIC
     res = build(text)
     for name, us in bench(res, args.number, args.only, args.raw).items():
         print(f"{name:36s} {us:8.2f} us")

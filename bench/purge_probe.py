@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import socket
 import statistics
@@ -83,8 +84,8 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
     gc.enable()
     sock.close()
     td = result.get("t_detach", end)
-    quiet = [b - a for a, b in zip(stamps, stamps[1:]) if t0 + 0.05 < a and b < td]
-    during = [b - a for a, b in zip(stamps, stamps[1:]) if b > td]
+    quiet = [b - a for a, b in itertools.pairwise(stamps) if t0 + 0.05 < a and b < td]
+    during = [b - a for a, b in itertools.pairwise(stamps) if b > td]
     status = request(args.control, {"cmd": "status"})
     purged = [p for p in status.get("purges", []) if p.get("pvd") == args.pvd]
     return {

@@ -214,7 +214,8 @@ show("median reply gap (client resolution)", col("median_gap_ms"))
 show("detach request round trip", col("detach_ms"))
 last = rows[-1].get("loop_stalls") or {} if rows else {}
 print(f"  daemon's longest steps since start: apply {last.get('apply_ms')} ms, "
-      f"collect chunk {last.get('collect_ms')} ms")
+      f"collect chunk {last.get('collect_ms')} ms, GC pause {last.get('gc_ms')} ms, "
+      f"full GC pause {last.get('gc_full_ms')} ms (the 1M fill included)")
 worst = max(col("max_gap_ms_detach") or [0])
 print(f"  target: event loop blocked <= 30 ms -> {'met' if worst <= 30 else 'MISSED'} "
       f"(worst round {worst:.1f} ms)")
