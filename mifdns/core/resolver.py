@@ -459,6 +459,7 @@ class Resolver:
                 if not res.done and txn in res.pending:
                     res.pending[res.pending.index(txn)] = entry
                     entry.waiters.append(res)
+            txn.waiters = []
             return
         for w in waiters:
             if type(w) is Synth:
@@ -466,16 +467,19 @@ class Resolver:
             else:
                 assert isinstance(w, Resolution)
                 self._deliver(w, txn, txn.pvd, entry, why, now)
+        # break the txn <-> resolution cycle so reference counting frees both at once, not the
+        # cyclic collector (whose full passes over a large cache pause the loop)
+        txn.waiters = []
 
     def _deliver(self, res: Resolution, item: Transaction | Synth, pvd: str, entry: Entry | None,
                  why: str, now: float) -> None:
         """One of the things ``res`` waits for is done: answer, or wait (bounded) for the rest.
         The first positive answer wins, except a synthesized one while another PvD may still
         answer natively; negatives wait for the others."""
-        if res.done:
-            return
         if item in res.pending:
             res.pending.remove(item)
+        if res.done:
+            return
         if entry is not None and _positive(entry):
             if entry.kind is not Kind.SYNTHESIZED:
                 self._answer(res, pvd, entry, now, source="upstream")
@@ -581,6 +585,7 @@ class Resolver:
             why = f"{job.kind} synthesis: {txn.outcome.value if txn.outcome else 'failed'}"
         for res in job.waiters:
             self._deliver(res, job, job.pvd, entry, why, now)
+        job.waiters = []
 
     def _synth_entry(self, job: Synth, data: bytes, info: wire.ResponseInfo, now: float,
                      elapsed: int = 0) -> Entry:
