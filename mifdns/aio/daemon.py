@@ -74,7 +74,9 @@ class Daemon:
         self.query_log = logging.getLogger("mifdns.query")
         # the longest the event loop was held by lifecycle work: applying registry events
         # (purge, cancel, re-route) and freeing a chunk of purged entries (ms, since start)
-        self.stalls = {"apply_ms": 0.0, "collect_ms": 0.0}
+        # and the longest pause of the garbage collector (young, and full: ``gc_full_ms``)
+        self.stalls = {"apply_ms": 0.0, "collect_ms": 0.0, "gc_ms": 0.0, "gc_full_ms": 0.0}
+        self._gc_started = 0.0
 
     # ================================================================== start / stop
     async def start(self) -> None:
@@ -133,6 +135,7 @@ class Daemon:
             self.query_log.propagate = False
         self._gc = loop.call_later(0.05, self._collect)
         _tune_gc()
+        gc.callbacks.append(self._gc_pause)
         # last: resolv.conf points at us only once we answer and can be controlled
         self._resolv_conf_take_over(cfg)
         log.info("listening on %s; PvDs: %s", ", ".join(str(a) for a in cfg.listen),
@@ -186,6 +189,8 @@ class Daemon:
         for h in (self._timer, self._gc):
             if h is not None:
                 h.cancel()
+        if self._gc_pause in gc.callbacks:
+            gc.callbacks.remove(self._gc_pause)
 
     def flush_quietly(self) -> None:
         try:
@@ -249,6 +254,13 @@ class Daemon:
             assert self.loop is not None
             self._timer_at = when
             self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _gc_pause(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started:
+            self._slowest("gc_full_ms" if info.get("generation") == 2 else "gc_ms",
+                          self._gc_started)
 
     def _slowest(self, what: str, t0: float) -> None:
         ms = (time.perf_counter() - t0) * 1000

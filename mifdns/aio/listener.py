@@ -39,7 +39,8 @@ import ipaddress
 import logging
 import os
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("mifdns.listener")
 
@@ -270,8 +271,23 @@ class _Acceptor:
 class TcpClient:
     """One client connection; the ``client`` handed to the resolver, answered by ``send``."""
 
-    __slots__ = ("srv", "sock", "fd", "loop", "tail", "out", "inflight", "closed", "eof",
-                 "paused", "resuming", "reading", "closing", "active", "idle")
+    __slots__ = (
+        "active",
+        "closed",
+        "closing",
+        "eof",
+        "fd",
+        "idle",
+        "inflight",
+        "loop",
+        "out",
+        "paused",
+        "reading",
+        "resuming",
+        "sock",
+        "srv",
+        "tail",
+    )
 
     def __init__(self, server: TcpServer, sock: socket.socket) -> None:
         self.srv = server

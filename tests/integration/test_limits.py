@@ -17,16 +17,15 @@ import dns.message
 import pytest
 from splitdns_helpers import (
     STUB,
-    start_corp,
-    still_serving,
     addrs,
     frame,
     rcode,
     recv_frame,
+    start_corp,
+    still_serving,
     tcp_connect,
     udp_socket,
 )
-
 
 pytestmark = [pytest.mark.netns, pytest.mark.asyncio]
 
@@ -163,7 +162,7 @@ async def test_cache_entry_bound_evicts_and_counts(
     _, d = await start_corp(topology, corp_net, upstream_factory, mifdns_factory,
                           cache={"max_entries": 50})  # fmt: skip
     names = [f"e{i}.corp.example" for i in range(400)]
-    sent, replies = await asyncio.to_thread(
+    _, replies = await asyncio.to_thread(
         _udp_flood, topology.host, [_query(n, i) for i, n in enumerate(names)], 1.0)
     assert len(replies) == 400 and {rcode(r) for r in replies} == {"NXDOMAIN"}
     st = d.ctl("status")
@@ -179,7 +178,7 @@ async def test_upstream_tcp_limit_sheds_and_service_continues(
                           limits={"max_upstream_tcp": 1})  # fmt: skip
     up.set(truncate_udp=True, delay=0.3)  # every answer needs TCP, and each one takes a while
     names = [f"t{i}.corp.example" for i in range(10)]
-    sent, replies = await asyncio.to_thread(
+    _, replies = await asyncio.to_thread(
         _udp_flood, topology.host, [_query(n, i) for i, n in enumerate(names)], 4.0)
     assert len(replies) == 10  # answered (over TCP) or SERVFAIL, never silence
     assert {rcode(r) for r in replies} <= {"NXDOMAIN", "SERVFAIL"}

@@ -105,7 +105,7 @@ async def settle(cond: Any, timeout: float = 2.0) -> None:
 
 # -- TCP -----------------------------------------------------------------------------------------
 async def test_pipelined_queries_split_across_reads_are_all_answered(tcp):
-    srv, res = tcp
+    srv, _res = tcp
     reader, writer = await connect(srv)
     data = b"".join(frame(query(f"n{i}.example", qid=i)) for i in range(3))
     for i in range(0, len(data), 7):  # a frame arrives in pieces, and pieces span frames
@@ -160,7 +160,7 @@ async def test_half_closed_connection_gets_its_answers_then_is_closed(tcp):
 
 
 async def test_idle_connection_is_closed_after_the_idle_timeout(tcp):
-    srv, res = tcp  # idle_timeout=0.5
+    srv, _res = tcp  # idle_timeout=0.5
     reader, writer = await connect(srv)
     writer.write(b"\x00")  # half a length prefix, then silence
     loop = asyncio.get_running_loop()
@@ -171,7 +171,7 @@ async def test_idle_connection_is_closed_after_the_idle_timeout(tcp):
 
 
 async def test_traffic_keeps_a_connection_open_past_the_idle_timeout(tcp):
-    srv, res = tcp
+    srv, _res = tcp
     reader, writer = await connect(srv)
     for i in range(8):  # 1.2 s of traffic, a query every 0.15 s
         writer.write(frame(query(qid=i)))
@@ -182,7 +182,7 @@ async def test_traffic_keeps_a_connection_open_past_the_idle_timeout(tcp):
 
 
 async def test_connections_past_the_cap_are_refused_and_counted(tcp):
-    srv, res = tcp  # max_clients=4
+    srv, _res = tcp  # max_clients=4
     conns = [await connect(srv) for _ in range(6)]
     await settle(lambda: srv.counters["accepted"] + srv.counters["refused_limit"] == 6)
     assert len(srv.clients) == 4 and srv.counters["refused_limit"] == 2
@@ -196,7 +196,7 @@ async def test_connections_past_the_cap_are_refused_and_counted(tcp):
 
 
 async def test_frame_too_short_for_a_dns_header_closes_the_connection(tcp):
-    srv, res = tcp
+    srv, _res = tcp
     reader, writer = await connect(srv)
     writer.write(b"\x00\x05hello")
     assert await closed_by_server(reader)
@@ -204,7 +204,7 @@ async def test_frame_too_short_for_a_dns_header_closes_the_connection(tcp):
 
 
 async def test_responses_sent_as_queries_are_dropped_not_held(tcp):
-    srv, res = tcp
+    srv, _res = tcp
     reader, writer = await connect(srv)
     writer.write(frame(answer(query(qid=3))) + frame(query(qid=4)))
     assert (await read_reply(reader)).id == 4
@@ -214,7 +214,7 @@ async def test_responses_sent_as_queries_are_dropped_not_held(tcp):
 
 
 async def test_a_crashing_query_does_not_stop_the_connection(tcp):
-    srv, res = tcp
+    srv, _res = tcp
     reader, writer = await connect(srv)
     writer.write(frame(query("crash.example", qid=1)) + frame(query(qid=2)))
     assert (await read_reply(reader)).id == 2
@@ -224,7 +224,7 @@ async def test_a_crashing_query_does_not_stop_the_connection(tcp):
 async def test_client_that_does_not_read_is_not_read_either(tcp, monkeypatch):
     monkeypatch.setattr(listener, "OUT_HIGH", 4096)
     monkeypatch.setattr(listener, "OUT_LOW", 1024)
-    srv, res = tcp
+    srv, _res = tcp
     srv.idle_timeout = 5.0  # nothing moves while both sides wait: not idle for this test
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
@@ -264,7 +264,7 @@ async def test_client_that_does_not_read_is_not_read_either(tcp, monkeypatch):
 
 
 async def test_stop_accepting_keeps_open_connections_answered(tcp):
-    srv, res = tcp
+    srv, _res = tcp
     reader, writer = await connect(srv)
     assert srv.server is not None
     srv.server.close()
