@@ -81,7 +81,9 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$POLICY_CREATED" = 1 ] && { rm -f /usr/sbin/policy-rc.d; POLICY_CREATED=0; }
 fi
 [ -f "$COMPARE" ] || { echo "the referee is missing: $COMPARE" >&2; exit 2; }
-"$PY" -c 'import mifdns' 2>/dev/null || { echo "$PY cannot import mifdns (set PYTHON)" >&2; exit 2; }
+# this checkout's mifdns, whatever the directory the referee starts it in
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+(cd / && "$PY" -c 'import mifdns') 2>/dev/null || { echo "$PY cannot import mifdns from $REPO" >&2; exit 2; }
 
 [ -n "$WORK" ] || WORK=$(mktemp -d /tmp/mifdns-bench.XXXXXX)
 mkdir -p "$WORK"

@@ -86,7 +86,8 @@ class Daemon:
         check_bind_capability()
         self.upstreams = Upstreams(
             loop, self._on_upstream_reply, self._on_upstream_error,
-            max_tcp=cfg.limits.max_upstream_tcp, after_io=self.flush,
+            max_tcp=cfg.limits.max_upstream_tcp, queries_per_port=cfg.upstream.queries_per_port,
+            after_io=self.flush,
         )
         self.prober = Prober(self.resolver, self.registry, loop, self._apply, self.flush)
         # links first: a PvD is attached only if its interface is usable
@@ -388,6 +389,9 @@ class Daemon:
             self.resolver.settings = settings_from(new)
             self.resolver.cache.max_entries = new.cache.max_entries
             self.resolver.cache.max_bytes = new.cache.max_bytes
+        if self.upstreams is not None:
+            self.upstreams.max_tcp = new.limits.max_upstream_tcp
+            self.upstreams.queries_per_port = new.upstream.queries_per_port
         running = self.config
         self.config = replace(new, listen=running.listen, control_socket=running.control_socket,
                               netlink=running.netlink)
@@ -595,6 +599,7 @@ class Daemon:
         if self.upstreams is not None:
             for k, v in self.upstreams.counters.items():
                 counters[f"upstream_{k}"] = v
+            counters["upstream_udp_open"] = self.upstreams.open_sockets  # ports open now
         counters["cache_evictions"] = res.cache.evictions
         lim = self.config.limits
         return {

@@ -1,19 +1,21 @@
 """Upstream sockets: every query leaves through a socket bound to its PvD's interface.
 
-UDP: one socket per attempt (RFC 5452 section 9.2: a fresh, kernel-chosen random source port
-per query, like Unbound, dnsmasq and systemd-resolved), bound with SO_BINDTODEVICE and
-connect()ed to the server. Connecting does two jobs: the kernel drops datagrams from any other
-source (the core still checks ID, question and source), and ICMP errors (port or host
-unreachable) come back as a socket error, so a server that is down fails the attempt at once
-instead of after a timeout. The socket is closed when the attempt ends (reply, retry, release).
-The attempts' sockets sit in a private epoll set whose own descriptor is the only one the event
-loop watches: registering a socket is one epoll_ctl and closing it unregisters it, where
-asyncio's add_reader/remove_reader would cost a selector key, a handle and two more system
-calls per miss. connect() picks the random port (no separate bind).
-A long-lived pool would give each port many queries, and an off-path attacker who finds an
-open port (SAD DNS, CVE-2020-25705) many chances; a socket costs ~12 us, on misses only. TCP
-(after TC, or when asked): one connection per attempt, bound the same way, at most ``max_tcp``
-at once.
+UDP: connected sockets with kernel-chosen random source ports (RFC 5452 section 9.2), bound
+with SO_BINDTODEVICE. A socket ("port") is opened for an attempt and closed as soon as no
+attempt waits on it; attempts to the same server through the same interface that are in flight
+at the same time share it, up to ``queries_per_port`` attempts per port (then a fresh one is
+opened). So a lone query gets a port of its own, as with Unbound, while under load the socket
+set-up (socket, SO_BINDTODEVICE, connect, epoll_ctl, close: ~12 us) is paid once per that many
+queries, as dnsmasq shares its random sockets. A port never stays open without a query waiting
+on it, and never carries more than ``queries_per_port`` IDs: an off-path attacker who finds an
+open port (SAD DNS, CVE-2020-25705) still has to match the ID and question of a query in flight.
+``queries_per_port: 1`` gives every attempt its own port.
+Connecting does two jobs: the kernel drops datagrams from any other source (the core still
+checks ID, question and source), and ICMP errors (port or host unreachable) come back as a
+socket error, so a server that is down fails its attempts at once instead of after a timeout.
+The ports sit in a private epoll set whose own descriptor is the only one the event loop
+watches: registering a socket is one epoll_ctl and closing it unregisters it. TCP (after TC, or
+when asked): one connection per attempt, bound the same way, at most ``max_tcp`` at once.
 
 Binding to a device needs CAP_NET_RAW (or root). Without it the daemon refuses to start
 (``check_bind_capability``): silently sending through the default route would be the leak that
@@ -37,7 +39,7 @@ from ..errors import StartupError
 
 log = logging.getLogger("mifdns.upstream")
 
-BATCH = 8  # datagrams drained per socket per wake-up (one attempt: the reply, maybe spoofs)
+BATCH = 64  # datagrams drained per port per wake-up
 READY_MAX = 256  # attempts' sockets served per wake-up of the epoll set
 _NONBLOCK = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 WANT_FILES = 65536  # open-file limit asked for: every query in flight holds a socket
@@ -94,38 +96,43 @@ def sockaddr(server: ServerAddr, interface: str) -> tuple:  # type: ignore[type-
     return (server.host, server.port)
 
 
-class _UdpSock:
-    """The socket of one UDP attempt of one transaction."""
+class _Port:
+    """One connected UDP socket (random port) to one server through one interface, and the
+    attempts waiting on it, by query ID."""
 
-    __slots__ = ("closed", "fd", "sock", "txid", "txn")
+    __slots__ = ("closed", "fd", "key", "pending", "sock", "uses")
 
-    def __init__(self, sock: _socket.socket, txn: Transaction, txid: int) -> None:
+    def __init__(self, sock: _socket.socket, key: tuple[str, str, int]) -> None:
         self.sock = sock
         self.fd = sock.fileno()
-        self.txn = txn
-        self.txid = txid
+        self.key = key
+        self.pending: dict[int, Transaction] = {}
+        self.uses = 0
         self.closed = False
 
 
 class Upstreams:
     def __init__(
         self, loop: asyncio.AbstractEventLoop, on_reply: OnReply, on_error: OnError,
-        *, max_tcp: int = 64, after_io: Callable[[], None] = lambda: None,
+        *, max_tcp: int = 64, queries_per_port: int = 16,
+        after_io: Callable[[], None] = lambda: None,
     ) -> None:
         self.loop = loop
         self.on_reply = on_reply
         self.on_error = on_error
         self.after_io = after_io  # the daemon drains the resolver's outbox after a batch
         self.max_tcp = max_tcp
-        self._where: dict[Transaction, _UdpSock] = {}
-        self._by_fd: dict[int, _UdpSock] = {}
+        self.queries_per_port = queries_per_port
+        self._where: dict[Transaction, tuple[_Port, int]] = {}
+        self._by_fd: dict[int, _Port] = {}
+        self._current: dict[tuple[str, str, int], _Port] = {}  # the port new attempts join
         self._ifnames: dict[str, bytes] = {}
         self._ep = select.epoll()
         loop.add_reader(self._ep.fileno(), self._ready)
         self._tcp: dict[Transaction, asyncio.Task[None]] = {}
         self._buf = bytearray(65535)
-        self.counters = {"udp_sent": 0, "tcp_sent": 0, "send_errors": 0, "tcp_limit": 0,
-                         "stray": 0, "icmp_errors": 0}
+        self.counters = {"udp_sent": 0, "udp_ports": 0, "tcp_sent": 0, "send_errors": 0,
+                         "tcp_limit": 0, "stray": 0, "icmp_errors": 0}
         raise_file_limit()
 
     # ------------------------------------------------------------------ sending
@@ -142,6 +149,31 @@ class Upstreams:
             self._tcp[txn] = task
             return
         server = send.server
+        txid = send.txid
+        key = (txn.interface, server.host, server.port)
+        port = self._current.get(key)
+        if port is None or port.uses >= self.queries_per_port or txid in port.pending:
+            port = self._open(key, send)
+            if port is None:
+                return
+        port.pending[txid] = txn
+        port.uses += 1
+        try:
+            port.sock.send(send.wire)
+        except OSError as exc:
+            del port.pending[txid]
+            if not port.pending:
+                self._close(port)
+            self.counters["send_errors"] += 1
+            self.loop.call_soon(self._error_later, txn, f"send: {exc.strerror or exc}")
+            return
+        self._where[txn] = (port, txid)
+        self.counters["udp_sent"] += 1
+
+    def _open(self, key: tuple[str, str, int], send: Send) -> _Port | None:
+        """A new port for ``key``: it becomes the one new attempts join (the previous one
+        takes no more and closes when its last attempt ends)."""
+        txn, server = send.txn, send.server
         af = socket.AF_INET6 if server.family == 6 else socket.AF_INET
         try:
             # the C socket type: socket.socket's Python __init__ and close cost ~2 us per miss
@@ -149,7 +181,7 @@ class Upstreams:
         except OSError as exc:  # EMFILE/ENFILE under load: this attempt fails, nothing leaks
             self.counters["send_errors"] += 1
             self.loop.call_soon(self._error_later, txn, f"socket: {exc.strerror or exc}")
-            return
+            return None
         ifname = self._ifnames.get(txn.interface)
         if ifname is None:
             ifname = self._ifnames[txn.interface] = txn.interface.encode()
@@ -158,18 +190,17 @@ class Upstreams:
             # connect() binds a random port (RFC 5452 9.2) and filters other sources
             sock.connect(sockaddr(server, txn.interface) if af == socket.AF_INET6
                          else (server.host, server.port))
-            sock.send(send.wire)
-            fd = sock.fileno()
-            self._ep.register(fd, select.EPOLLIN)
+            self._ep.register(sock.fileno(), select.EPOLLIN)
         except OSError as exc:
             sock.close()
             self.counters["send_errors"] += 1
             self.loop.call_soon(self._error_later, txn, f"send: {exc.strerror or exc}")
-            return
-        us = _UdpSock(sock, txn, send.txid)
-        self._where[txn] = us
-        self._by_fd[fd] = us
-        self.counters["udp_sent"] += 1
+            return None
+        port = _Port(sock, key)
+        self._by_fd[port.fd] = port
+        self._current[key] = port
+        self.counters["udp_ports"] += 1
+        return port
 
     def release(self, txn: Transaction) -> None:
         self._forget(txn)
@@ -178,10 +209,11 @@ class Upstreams:
         for task in self._tcp.values():
             task.cancel()
         self._tcp.clear()
-        for us in list(self._where.values()):
-            self._close(us)
+        for port in list(self._by_fd.values()):
+            self._close(port)
         self._where.clear()
         self._by_fd.clear()
+        self._current.clear()
         try:
             self.loop.remove_reader(self._ep.fileno())
         except (ValueError, OSError, RuntimeError):
@@ -190,7 +222,7 @@ class Upstreams:
 
     @property
     def open_sockets(self) -> int:
-        return len(self._where)
+        return len(self._by_fd)
 
     # ------------------------------------------------------------------ internals
     def _error_later(self, txn: Transaction, reason: str) -> None:
@@ -199,61 +231,70 @@ class Upstreams:
             self.after_io()
 
     def _forget(self, txn: Transaction) -> None:
-        us = self._where.pop(txn, None)
-        if us is not None:
-            self._close(us)
+        where = self._where.pop(txn, None)
+        if where is not None:
+            port, txid = where
+            pending = port.pending
+            if pending.get(txid) is txn:
+                del pending[txid]
+                if not pending:
+                    self._close(port)  # no port stays open without a query waiting on it
         task = self._tcp.pop(txn, None)
         if task is not None and not task.done():
             task.cancel()
 
-    def _close(self, us: _UdpSock) -> None:
-        if us.closed:
+    def _close(self, port: _Port) -> None:
+        if port.closed:
             return
-        us.closed = True
-        if self._by_fd.get(us.fd) is us:
-            del self._by_fd[us.fd]
-        us.sock.close()  # also leaves the epoll set (the last reference to the file is gone)
+        port.closed = True
+        if self._by_fd.get(port.fd) is port:
+            del self._by_fd[port.fd]
+        if self._current.get(port.key) is port:
+            del self._current[port.key]
+        port.sock.close()  # also leaves the epoll set (the last reference to the file is gone)
 
     def _ready(self) -> None:
-        """The epoll set has readable attempts: serve them, then drain the outbox once."""
+        """The epoll set has readable ports: serve them, then drain the outbox once."""
         handled = False
         by_fd = self._by_fd
         for fd, _ in self._ep.poll(0, READY_MAX):
-            us = by_fd.get(fd)
-            if us is not None and self._readable(us):
+            port = by_fd.get(fd)
+            if port is not None and self._readable(port):
                 handled = True
         if handled:
             self.after_io()
 
-    def _readable(self, us: _UdpSock) -> bool:
-        """Read what arrived for one attempt; True if the core was given something."""
+    def _readable(self, port: _Port) -> bool:
+        """Read what arrived on one port; True if the core was given something."""
         buf = self._buf
-        recv = us.sock.recvfrom_into
-        txn = us.txn
+        recv = port.sock.recvfrom_into
+        pending = port.pending
+        on_reply = self.on_reply
         handled = False
         for _ in range(BATCH):
-            if us.closed:
+            if port.closed:
                 break
             try:
                 n, addr = recv(buf)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                # an ICMP error for this attempt (port/host unreachable): fail it now, not
-                # after the timeout; the core moves on to the PvD's next server
+                # an ICMP error (port or host unreachable): every attempt on this port went to
+                # the same server, so all of them fail now, not after the timeout; the core
+                # moves each on to the PvD's next server
                 self.counters["icmp_errors"] += 1
-                self._forget(txn)
-                if not txn.done:
-                    self.on_error(txn, f"udp: {exc.strerror or exc}")
-                    handled = True
+                for txn in list(pending.values()):
+                    self._forget(txn)
+                    if not txn.done:
+                        self.on_error(txn, f"udp: {exc.strerror or exc}")
+                        handled = True
                 break
-            if n < 12 or (buf[0] << 8 | buf[1]) != us.txid:
+            txn = pending.get(buf[0] << 8 | buf[1]) if n >= 12 else None
+            if txn is None or txn.done:
                 self.counters["stray"] += 1
                 continue
-            self.on_reply(txn, bytes(buf[:n]), addr, False)
+            on_reply(txn, bytes(buf[:n]), addr, False)
             handled = True
-            if txn.done or txn.txid != us.txid:
-                break  # accepted (or the attempt moved on): the rest is not for it
         return handled
 
     async def _tcp_exchange(self, send: Send) -> None:

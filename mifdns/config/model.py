@@ -137,6 +137,11 @@ class UpstreamConfig:
     edns_udp_size: int = _key(
         "EDNS UDP payload size advertised to upstream servers (1232: DNS Flag Day 2020).",
         1232, min=512, max=4096)
+    queries_per_port: int = _key(
+        "Most queries in flight at the same time that share one UDP source port to one server "
+        "(a port is closed as soon as no query waits on it; a lone query always gets a fresh "
+        "random port). 1: a fresh port for every attempt, at ~12 us more CPU per cache miss.",
+        16, min=1, max=256)
 
 
 @dataclass(frozen=True, slots=True)

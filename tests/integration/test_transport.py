@@ -6,6 +6,7 @@ and replies that must not be accepted (wrong ID, wrong source, wrong question).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from splitdns_helpers import (
     CORP_ZONE,
     PUBLIC_ZONE,
+    STUB,
     addrs,
     client_log,
     config,
@@ -30,6 +32,8 @@ from splitdns_helpers import (
     start_nsd,
     tcp_connect,
     truncated,
+    udp_socket,
+    wait_for,
     wifi_pvd,
 )
 
@@ -234,6 +238,54 @@ async def test_upstream_queries_use_random_ids_and_source_ports(
         # every query advertises EDNS with 1232 bytes (RFC 6891; DNS flag day 2020)
         msg = dns.message.from_wire(raw[0][0])
         assert msg.edns == 0 and msg.payload == 1232
+    finally:
+        await up.stop()
+
+
+def _burst(ns: str, names: list[str], wait: float) -> list[dns.message.Message]:
+    """Send a query for each name at once from one socket; collect the replies."""
+    out = []
+    with udp_socket(ns, timeout=wait) as s:
+        for i, name in enumerate(names):
+            q = dns.message.make_query(name, "A")
+            q.id = i
+            s.sendto(q.to_wire(), STUB)
+        with contextlib.suppress(TimeoutError):
+            while len(out) < len(names):
+                out.append(dns.message.from_wire(s.recv(65535)))
+    return out
+
+
+@pytest.mark.parametrize("per_port", [16, 1])
+async def test_queries_in_flight_together_share_a_port_up_to_the_limit_and_ports_close(
+    topology, vpn_and_wifi, server_loop, mifdns_factory, per_port
+):
+    corp, _ = vpn_and_wifi
+    up = RecordingUpstream(corp.ns, ["192.0.2.53"], zone=CORP_ZONE, name="corp")
+    await server_loop.acall(up.start())
+    try:
+        d = await mifdns_factory(topology, config(corp_pvd(),
+                                                  upstream={"queries_per_port": per_port}))
+        up.set(delay=0.3)  # all 64 are in flight at once
+        names = [f"b{i}.corp.example" for i in range(64)]
+        replies = await asyncio.to_thread(_burst, topology.host, names, 5.0)
+        assert sorted(r.id for r in replies) == list(range(64))
+        assert {rcode(r) for r in replies} == {"NXDOMAIN"}
+        ports = [src[1] for data, _, src in up.raw
+                 if dns.message.from_wire(data).question[0].name.to_text().startswith("b")]
+        assert len(ports) == 64
+        per = {p: ports.count(p) for p in set(ports)}
+        assert max(per.values()) <= per_port, per
+        if per_port > 1:  # shared under load: far fewer sockets than queries
+            assert len(per) <= 64 // per_port + 4, per
+        # a lone query after the burst gets a port no earlier query used: none stayed open
+        up.set(delay=0)
+        r = await d.aquery("lone.corp.example")
+        assert rcode(r) == "NXDOMAIN"
+        lone = [src[1] for data, _, src in up.raw
+                if dns.message.from_wire(data).question[0].name.to_text() == "lone.corp.example."]
+        assert lone and lone[0] not in per
+        await wait_for(lambda: counter(d, "upstream_udp_open") == 0, what="ports closed")
     finally:
         await up.stop()
 

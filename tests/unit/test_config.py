@@ -168,6 +168,7 @@ SAMPLES = {
     "upstream.total_timeout": ("4", lambda c: c.upstream.total_timeout, 4.0),
     "upstream.negative_wait": ("0.25", lambda c: c.upstream.negative_wait, 0.25),
     "upstream.edns_udp_size": ("1400", lambda c: c.upstream.edns_udp_size, 1400),
+    "upstream.queries_per_port": ("1", lambda c: c.upstream.queries_per_port, 1),
     "limits.max_inflight": ("10", lambda c: c.limits.max_inflight, 10),
     "limits.max_tcp_clients": ("11", lambda c: c.limits.max_tcp_clients, 11),
     "limits.max_tcp_queries_per_connection": (
@@ -363,6 +364,7 @@ def test_str_of_the_error_is_the_problem_lines_without_a_traceback():
     ("cache.negative_max_ttl", "-1", "must be between 0 and 86400, got -1"),
     ("upstream.timeout", "0", "must be greater than 0 and at most 30, got 0.0"),
     ("upstream.edns_udp_size", "100", "must be between 512 and 4096, got 100"),
+    ("upstream.queries_per_port", "0", "must be between 1 and 256, got 0"),
     ("limits.tcp_idle_timeout", "-2.5", "must be greater than 0 and at most 3600, got -2.5"),
     ("limits.max_tcp_clients", "70000", "must be between 1 and 65535, got 70000"),
     ("upstream.timeout", ".nan", "expected a finite number, got nan"),
