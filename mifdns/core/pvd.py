@@ -41,10 +41,16 @@ class ServerAddr:
     scope: str | None = None
     host: str = field(init=False, compare=False, repr=False)  # str(address), precomputed
     family: int = field(init=False, compare=False, repr=False)
+    _hash: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "host", self.address.compressed)
         object.__setattr__(self, "family", self.address.version)
+        # hashed on every upstream answer (server health): ipaddress hashes in Python
+        object.__setattr__(self, "_hash", hash((self.host, self.port, self.scope)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def sockaddr(self) -> tuple[str, int]:
         return (self.host, self.port)

@@ -315,12 +315,14 @@ class Resolver:
         """Start a transaction for ``key`` on ``pvd``; ``shared``: registered in ``inflight`` so
         identical questions coalesce on it. None if the PvD has no servers."""
         s = self.settings
+        spec = pvd.spec
+        servers = spec.servers
+        qname, qtype, qclass, flags = key
         txn = Transaction(
-            pvd=pvd.name, tag=pvd.tag, interface=pvd.spec.interface,
-            servers=self.health.order(pvd.name, pvd.spec.servers, now),
-            qname=key[0], qtype=key[1], qclass=key[2], do=bool(key[3] & 1),
-            cd=bool(key[3] & 2), now=now, timeout=s.timeout, total_timeout=s.total_timeout,
-            rand16=self._rand, udp_size=s.edns_udp_size,
+            pvd.name, pvd.tag, spec.interface,
+            self.health.order(pvd.name, servers, now) if len(servers) > 1 else servers,
+            qname, qtype, qclass, flags & 1 == 1, flags & 2 == 2, now, s.timeout,
+            s.total_timeout, self._rand, s.edns_udp_size,
         )
         send = txn.start(now)
         if send is None:
@@ -522,7 +524,7 @@ class Resolver:
             kind = Kind.CAPTIVE
             cap = min(cap, s.captive_max_ttl)
         ttl = 0 if ttl is None else min(ttl, cap)
-        if any(t > cap for t in ttls):
+        if ttls and max(ttls) > cap:
             ttls = tuple(min(t, cap) for t in ttls)
         entry = Entry(body, offsets, ttls, now, now + ttl, kind, info.rcode)
         if ttl > 0 and pvd is not None and pvd.attached and pvd.tag == tag:
