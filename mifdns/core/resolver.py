@@ -27,21 +27,20 @@ still the PvD's current one: an answer fetched before a detach or purge is never
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from . import dns64, wire
+from . import dns64, introspect, synthesis, wire
 from .cache import Cache, Entry, Key, Kind
-from . import introspect
 from .health import Health
 from .inflight import ProbeResult, Resolution, Synth, _Probe
 from .local import is_nxdomain, local_answer
-from .stats import Stats
-from .pvd import CaptiveState, IPNetwork, Pvd
+from .pvd import CaptiveState, Pvd
 from .registry import Event, PvdAttached, PvdChanged, PvdDetached, PvdPurged, Registry
 from .routing import EDE_NO_REACHABLE_AUTHORITY, Candidate, Decision, Router, wire_to_text
+from .stats import Stats
 from .transaction import Outcome, Send, Transaction
 
 EDE_OTHER = 0
@@ -285,8 +284,8 @@ class Resolver:
                 if q.qtype == wire.PTR and pvd.spec.dns64.synthesize and pvd.nat64_prefixes:
                     target = dns64.ptr_target(q.key, dns64.v6_prefixes(pvd.nat64_prefixes))
                     if target is not None:  # RFC 6147 5.3.1: ask the embedded IPv4's name
-                        got = self._synthesis(Synth("ptr", pvd.name, pvd.tag, res.key, target),
-                                              now)
+                        got = synthesis.start(self, Synth("ptr", pvd.name, pvd.tag, res.key, target),
+                                          now)
                         if isinstance(got, Synth):
                             got.waiters.append(res)
                             res.pending.append(got)
@@ -446,7 +445,7 @@ class Resolver:
         why = ""
         if outcome in (Outcome.ANSWER, Outcome.NODATA, Outcome.NXDOMAIN):
             if txn.qtype == wire.AAAA and outcome is not Outcome.NXDOMAIN:
-                entry = self._local_dns64(txn, now)
+                entry = synthesis.local_dns64(self, txn, now)
             if entry is None:
                 entry = self._store(txn, now)
         else:
@@ -465,7 +464,7 @@ class Resolver:
             return
         for w in waiters:
             if type(w) is Synth:
-                self._synth_done(w, txn, now)
+                synthesis.done(self, w, txn, now)
             else:
                 assert isinstance(w, Resolution)
                 self._deliver(w, txn, txn.pvd, entry, why, now)
@@ -516,7 +515,7 @@ class Resolver:
             if synthesized:
                 kind = Kind.SYNTHESIZED
             elif pvd is not None and pvd.nat64_prefixes and key[1] == wire.AAAA:
-                if _any_in_prefixes(data, info, pvd.nat64_prefixes):
+                if synthesis.any_in_prefixes(data, info, pvd.nat64_prefixes):
                     kind = Kind.SYNTHESIZED
         else:
             kind, ttl, cap = Kind.NODATA, info.soa_ttl, s.negative_max_ttl
@@ -531,96 +530,6 @@ class Resolver:
             covers = kind == Kind.NXDOMAIN and info.ancount == 0
             self.cache.insert(tag, pvd.name, key, entry, covers_name=covers)
         return entry
-
-    # ------------------------------------------------------------------ local DNS64 (RFC 6147)
-    def _local_dns64(self, txn: Transaction, now: float) -> Synth | Entry | None:
-        """An AAAA answer from a PvD that synthesizes locally: drop AAAA in the excluded ranges;
-        if no AAAA is left (NODATA, a bare CNAME chain, or only excluded ones), synthesize from
-        the A answer of the same PvD. None: store the answer as it is."""
-        pvd = self.registry.find(txn.pvd)
-        if (pvd is None or pvd.tag != txn.tag or not pvd.spec.dns64.synthesize
-                or not pvd.nat64_prefixes or txn.cd):
-            return None  # CD: a validating client synthesizes itself (RFC 6147 section 5.5)
-        data, info = txn.response, txn.info
-        assert data is not None and info is not None
-        filtered = dns64.filter_excluded(data, info)
-        if filtered is not None:
-            txn.response, txn.info = data, info = filtered, wire.parse_response(filtered)
-        if dns64.has_aaaa(info):
-            return None
-        key = (txn.qname, txn.qtype, txn.qclass, txn.do | (txn.cd << 1))
-        job = Synth("aaaa", pvd.name, pvd.tag, key, txn.qname, negative=(data, info))
-        got = self._synthesis(job, now)
-        return got if got is not None else self._negative(job, now)
-
-    def _synthesis(self, job: Synth, now: float) -> Synth | Entry | None:
-        """Start ``job``: finish it now if the target's answer is cached in the PvD's partition,
-        else wait on the target's transaction (coalesced). None: no transaction could start."""
-        pvd = self.registry.find(job.pvd)
-        if pvd is None or pvd.tag != job.tag:
-            return None
-        key = (job.target, wire.A if job.kind == "aaaa" else wire.PTR, job.key[2], job.key[3])
-        hit = self.cache.lookup(job.tag, key, now)
-        if hit is not None:
-            body = hit.body
-            return self._synth_entry(job, body, wire.parse_response(body), now,
-                                     elapsed=max(0, int(now - hit.stored)))
-        txn = self.inflight.get((job.tag, key))
-        if txn is None:
-            txn = self._launch(pvd, key, now)
-            if txn is None:
-                return None
-        txn.waiters.append(job)
-        self._synth[(job.tag, job.key)] = job
-        return job
-
-    def _synth_done(self, job: Synth, txn: Transaction, now: float) -> None:
-        if self._synth.get((job.tag, job.key)) is job:
-            del self._synth[(job.tag, job.key)]
-        entry: Entry | None = None
-        why = ""
-        if txn.response is not None and txn.info is not None:
-            entry = self._synth_entry(job, txn.response, txn.info, now)
-        elif txn.outcome is not Outcome.CANCELLED and job.negative is not None:
-            entry = self._negative(job, now)  # no A answer: the AAAA NODATA stands (not cached)
-        else:
-            why = f"{job.kind} synthesis: {txn.outcome.value if txn.outcome else 'failed'}"
-        for res in job.waiters:
-            self._deliver(res, job, job.pvd, entry, why, now)
-        job.waiters = []
-
-    def _synth_entry(self, job: Synth, data: bytes, info: wire.ResponseInfo, now: float,
-                     elapsed: int = 0) -> Entry:
-        """The answer of a synthesis from the target's answer; stored under the job's key."""
-        pvd = self.registry.find(job.pvd)
-        prefixes = dns64.v6_prefixes(pvd.nat64_prefixes) \
-            if pvd is not None and pvd.tag == job.tag else ()
-        qname, _, qclass, _ = job.key
-        if job.kind == "ptr":
-            out = dns64.synthesize_ptr_response(qname, qclass, job.target, data, info, elapsed)
-        elif not prefixes or info.rcode != wire.NOERROR:
-            out = None
-        else:
-            assert job.negative is not None
-            out = dns64.synthesize_aaaa_response(qname, qclass, data, info, prefixes[0],
-                                                 job.negative[1].soa_ttl, elapsed)
-        if out is None:
-            return self._negative(job, now, store=True)
-        self.counters["synthesized"] += 1
-        synth_info = wire.parse_response(out)
-        return self._store_response(job.pvd, job.tag, job.key, out, synth_info, now,
-                                    synthesized=synth_info.ancount > 0)
-
-    def _negative(self, job: Synth, now: float, store: bool = False) -> Entry:
-        """The AAAA answer that had no usable AAAA, as the answer (stored only if the A answer
-        confirmed there is nothing to synthesize from)."""
-        assert job.negative is not None
-        data, info = job.negative
-        if store:
-            return self._store_response(job.pvd, job.tag, job.key, data, info, now)
-        body, offsets, ttls = wire.make_cacheable(data, info)
-        kind = Kind.NODATA if not info.ancount else Kind.POSITIVE
-        return Entry(body, offsets, ttls, now, now, kind, info.rcode)
 
     def _answer(self, res: Resolution, pvd: str, entry: Entry, now: float, source: str) -> None:
         res.done = True
@@ -760,15 +669,6 @@ def _best_negative(negatives: list[tuple[str, Entry]]) -> tuple[str, Entry]:
         if entry.rcode == wire.NOERROR:
             return pvd, entry
     return negatives[0]
-
-
-def _any_in_prefixes(data: bytes, info: wire.ResponseInfo, prefixes: tuple[IPNetwork, ...]) -> bool:
-    for rtype, _ttl, off, length in info.answers:
-        if rtype == wire.AAAA and length == 16:
-            addr = ipaddress.IPv6Address(data[off : off + 16])
-            if any(addr in p for p in prefixes):
-                return True
-    return False
 
 
 __all__ = ["Resolver", "Settings", "Reply", "Release", "Send", "Resolution", "wire_to_text",
