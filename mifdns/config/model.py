@@ -8,7 +8,7 @@ from dataclasses import MISSING, dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
-from mifdns.core.pvd import PvdSpec
+from mifdns.core.pvd import PvdSpec, parse_port, split_host_port
 
 MiB = 1024 * 1024
 
@@ -38,18 +38,7 @@ class ListenAddr:
 
         ``default_port=None`` makes the port mandatory."""
         text = text.strip()
-        host, port_text, bracketed = text, None, text.startswith("[")
-        if bracketed:
-            end = text.find("]")
-            if end < 0:
-                raise ValueError(f"{text!r}: unbalanced '['")
-            host, rest = text[1:end], text[end + 1 :]
-            if rest:
-                if not rest.startswith(":"):
-                    raise ValueError(f"{text!r}: expected ':PORT' after ']'")
-                port_text = rest[1:]
-        elif text.count(":") == 1:
-            host, port_text = text.split(":")
+        host, port_text, bracketed = split_host_port(text)
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
@@ -60,9 +49,7 @@ class ListenAddr:
             if default_port is None:
                 raise ValueError(f"{text!r}: missing ':PORT'")
             return cls(address, default_port)
-        if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 < int(port_text) < 65536:
-            raise ValueError(f"{text!r}: port must be 1-65535")
-        return cls(address, int(port_text))
+        return cls(address, parse_port(port_text, text))
 
     def sockaddr(self) -> tuple[str, int]:
         return (str(self.address), self.port)

@@ -64,23 +64,37 @@ class ServerAddr:
         return host if self.port == 53 else f"{host}:{self.port}"
 
 
-def parse_server(text: str, interface: str | None = None) -> ServerAddr:
-    """Parse ``ADDR``, ``ADDR:PORT``, ``[ADDR]:PORT`` or ``ADDR%IFACE``; raise ValueError."""
-    text = text.strip()
-    port = 53
-    host = text
+def split_host_port(text: str) -> tuple[str, str | None, bool]:
+    """Split ``HOST``, ``HOST:PORT``, ``[HOST]`` or ``[HOST]:PORT`` into (host, port text or
+    None, bracketed); raise ValueError. A bare IPv6 address (several colons) has no port."""
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
             raise ValueError(f"{text!r}: unbalanced '['")
         host, rest = text[1:end], text[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"{text!r}: expected ':PORT' after ']'")
-            port = _port(rest[1:], text)
-    elif text.count(":") == 1:
-        host, p = text.split(":")
-        port = _port(p, text)
+        if not rest:
+            return host, None, True
+        if not rest.startswith(":"):
+            raise ValueError(f"{text!r}: expected ':PORT' after ']'")
+        return host, rest[1:], True
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return host, port, False
+    return text, None, False
+
+
+def parse_port(port: str, text: str) -> int:
+    """A port number 1-65535 in ASCII digits; ValueError naming ``text`` otherwise."""
+    if not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+        raise ValueError(f"{text!r}: port must be 1-65535")
+    return int(port)
+
+
+def parse_server(text: str, interface: str | None = None) -> ServerAddr:
+    """Parse ``ADDR``, ``ADDR:PORT``, ``[ADDR]:PORT`` or ``ADDR%IFACE``; raise ValueError."""
+    text = text.strip()
+    host, port_text, _ = split_host_port(text)
+    port = 53 if port_text is None else parse_port(port_text, text)
     scope = None
     if "%" in host:
         host, scope = host.split("%", 1)
@@ -95,12 +109,6 @@ def parse_server(text: str, interface: str | None = None) -> ServerAddr:
     else:
         scope = None
     return ServerAddr(addr, port, scope)
-
-
-def _port(p: str, text: str) -> int:
-    if not p.isdigit() or not 0 < int(p) < 65536:
-        raise ValueError(f"{text!r}: port must be 1-65535")
-    return int(p)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from mifdns.config import (
     parse_config,
     pvd_spec_from_mapping,
 )
-from mifdns.core.pvd import Dns64Spec, Domain, PvdSpec, ServerAddr
+from mifdns.core.pvd import Dns64Spec, Domain, PvdSpec, ServerAddr, parse_server
 from mifdns.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -469,6 +469,17 @@ def test_listen_addr_canonical_form_always_has_the_port():
 def test_listen_addr_rejects_bad_forms(text, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         ListenAddr.parse(text)
+
+
+@pytest.mark.parametrize("port", ["\uff15\uff13", "0053535", "65536", "-1", ""])
+def test_listen_and_server_addresses_share_one_port_rule(port):
+    """Both forms go through split_host_port/parse_port: full-width digits, six digits and
+    out-of-range ports are refused the same way."""
+    for parse in (ListenAddr.parse, parse_server):
+        with pytest.raises(ValueError, match="port must be 1-65535"):
+            parse(f"192.0.2.1:{port}")
+        with pytest.raises(ValueError, match="port must be 1-65535"):
+            parse(f"[2001:db8::1]:{port}")
 
 
 def test_listen_list_must_not_be_empty_nor_repeat_an_address():
