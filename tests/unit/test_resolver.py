@@ -1,8 +1,11 @@
 """The resolver core end to end in memory: routing, partitioned cache, ties, purge."""
 
+from dataclasses import replace
+
+import dns.message
 import dns.rcode
 
-from mifdns.core.pvd import CaptiveState
+from mifdns.core.pvd import CaptiveState, Domain
 from mifdns.core.resolver import Settings
 
 from .coredriver import Driver, answers, spec
@@ -191,12 +194,42 @@ def test_captive_pvd_is_skipped_for_default_names_while_another_default_exists()
     assert d.worlds["hotel"].seen == []
 
 
-def test_purged_tag_answer_in_flight_is_not_cached():
+def _reply_to(d, client):
+    return next(dns.message.from_wire(data) for c, data in d.replies if c == client)
+
+
+def test_purge_drops_the_answer_in_flight_and_asks_again_under_the_new_tag():
     d = vpn_and_wifi()
-    d.query("www.example.com", pump=False)
-    d.apply(d.registry.purge("wifi", cause="test"))
+    d.query("www.example.com", client="c1", pump=False)
+    d.query("www.example.com", client="c2", pump=False)  # coalesced on the same transaction
+    recs = d.apply(d.registry.purge("wifi", cause="test"))
+    assert recs[0]["cancelled"] == 1 and recs[0]["reasked"] == 2
     d.pump()
-    assert d.cache("wifi") == []
+    # both clients get the answer of the question asked again, not SERVFAIL
+    assert answers(_reply_to(d, "c1")) == answers(_reply_to(d, "c2")) == ["203.0.113.80"]
+    assert d.worlds["wifi"].seen == [("www.example.com.", "A")] * 2
+    assert len(d.cache("wifi")) == 1  # stored once: the old transaction's answer was dropped
+
+
+def test_changed_pvd_whose_domains_no_longer_claim_the_name_fails_the_question():
+    d = vpn_and_wifi()
+    d.query("intranet.corp.example", client="c1", pump=False)
+    corp = d.registry.get("corp").spec
+    d.apply(d.registry.upsert(replace(corp, domains=(Domain("other.example", True),)),
+                              now=d.now))
+    d.pump()
+    r = _reply_to(d, "c1")
+    assert r.rcode() == dns.rcode.SERVFAIL  # the client asks again and is routed anew
+    assert d.worlds["corp"].seen == [("intranet.corp.example.", "A")]
+
+
+def test_detach_fails_the_questions_in_flight():
+    d = vpn_and_wifi()
+    d.query("intranet.corp.example", client="c1", pump=False)
+    d.apply(d.registry.admin_detach("corp"))
+    d.pump()
+    assert _reply_to(d, "c1").rcode() == dns.rcode.SERVFAIL
+    assert d.cache("corp") == []
 
 
 def test_max_entries_evicts_least_recently_used():
