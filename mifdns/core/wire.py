@@ -654,10 +654,11 @@ def render_reply(
     """A stored body made into the reply to ``query``; truncated() if over query.udp_size.
 
     The caller guarantees the body answers query.key (so the names have the same length).
-    RD and CD are copied from the query, RA is set.
+    RD and CD are copied from the query, RA is set, AA is cleared.
     """
     out = bytearray(body)
-    flags = ((out[2] << 8) | out[3]) & ~(RD | CD) | (query.flags & (RD | CD)) | RA
+    # AA cleared: mifdns is not the authority, whatever the upstream was (as Unbound, dnsmasq)
+    flags = ((out[2] << 8) | out[3]) & ~(RD | CD | AA) | (query.flags & (RD | CD)) | RA
     if clear_ad:
         flags &= ~AD
     _pack_into_hh(out, 0, query.id, flags)

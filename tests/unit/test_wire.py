@@ -583,6 +583,18 @@ def test_render_reply_copies_rd_and_cd() -> None:
     assert m.flags & dns.flags.RD and m.flags & dns.flags.CD and m.edns < 0
 
 
+def test_render_reply_clears_the_upstreams_aa_flag() -> None:
+    data = bytearray(response_for(make_query("www.example.com.", use_edns=0), *CNAME_CHAIN)
+                     .to_wire())  # fmt: skip
+    data[2] |= 0x04  # the upstream was authoritative
+    assert dns.message.from_wire(bytes(data)).flags & dns.flags.AA
+    body, offsets, ttls = wire.make_cacheable(bytes(data), wire.parse_response(bytes(data)))
+    q = wire.parse_query(make_query("www.example.com.", use_edns=0))
+    assert not dns.message.from_wire(wire.render_reply(body, offsets, ttls, 0, q)).flags & (
+        dns.flags.AA
+    )
+
+
 def big_answer() -> tuple[str, str, int, str, str]:
     return ("answer", "www.example.com.", 60, "A", "|".join(f"10.0.0.{i}" for i in range(40)))
 
