@@ -100,12 +100,15 @@ class _Port:
     """One connected UDP socket (random port) to one server through one interface, and the
     attempts waiting on it, by query ID."""
 
-    __slots__ = ("closed", "fd", "key", "pending", "sock", "uses")
+    __slots__ = ("closed", "fd", "key", "pending", "sock", "source", "uses")
 
     def __init__(self, sock: _socket.socket, key: tuple[str, str, int]) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.key = key
+        # connected: the kernel delivers only datagrams from the server, so the source of
+        # every datagram is known without asking recvfrom for it (and building its tuple)
+        self.source = (key[1], key[2])
         self.pending: dict[int, Transaction] = {}
         self.uses = 0
         self.closed = False
@@ -130,7 +133,6 @@ class Upstreams:
         self._ep = select.epoll()
         loop.add_reader(self._ep.fileno(), self._ready)
         self._tcp: dict[Transaction, asyncio.Task[None]] = {}
-        self._buf = bytearray(65535)
         self.counters = {"udp_sent": 0, "udp_ports": 0, "tcp_sent": 0, "send_errors": 0,
                          "tcp_limit": 0, "stray": 0, "icmp_errors": 0}
         raise_file_limit()
@@ -261,7 +263,6 @@ class Upstreams:
         handled = False
         by_fd = self._by_fd
         poll = self._ep.poll
-        buf = self._buf
         on_reply = self.on_reply
         for _ in range(ROUNDS):
             ready = poll(0, READY_MAX)
@@ -272,18 +273,18 @@ class Upstreams:
                 if port is None:
                     continue
                 try:
-                    n, addr = port.sock.recvfrom_into(buf)
+                    data = port.sock.recv(65535)  # one allocation, shrunk in place
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:
                     if self._port_failed(port, exc):
                         handled = True
                     continue
-                txn = port.pending.get(buf[0] << 8 | buf[1]) if n >= 12 else None
-                if txn is None or txn.done:
+                txn = port.pending.get(data[0] << 8 | data[1]) if len(data) >= 12 else None
+                if txn is None or txn.outcome is not None:  # unknown ID, or already answered
                     self.counters["stray"] += 1
                     continue
-                on_reply(txn, bytes(buf[:n]), addr, False)
+                on_reply(txn, data, port.source, False)
                 handled = True
         if handled:
             self.after_io()

@@ -134,7 +134,7 @@ class Transaction:
             info.id != self.txid
             or info.qtype != self.qtype
             or info.qclass != self.qclass
-            or not wire.names_equal(info.qname, self.qname)
+            or (info.qname != self.qname and not wire.names_equal(info.qname, self.qname))
         ):
             self.ignored += 1
             return None

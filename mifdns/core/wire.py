@@ -368,7 +368,18 @@ def parse_response(data: bytes) -> ResponseInfo:
     try:
         for i in range(an + ns + ar):
             owner = pos
-            pos = _skip_name(data, pos, known, fixed)
+            # the usual owners inline: the root (OPT), or one pointer to a name already checked
+            # (the question's, mostly); the same checks and bookkeeping as _skip_name
+            c = data[pos]
+            if c == 0:
+                known[pos] = 1
+                pos += 1
+            elif c >= 192 and (k := known.get((c & 0x3F) << 8 | data[pos + 1])) is not None \
+                    and k >> 16 < _MAX_HOPS:
+                known[pos] = k + 0x10000  # one more hop, the same expanded size
+                pos += 2
+            else:
+                pos = _skip_name(data, pos, known, fixed)
             fixed.append(pos)
             rtype, rclass, ttl, rdlen = _unpack_rr(data, pos)
             rdata = pos + 10
@@ -376,7 +387,11 @@ def parse_response(data: bytes) -> ResponseInfo:
             if end > size:
                 raise _Short("RR data runs past the end of the response")
             if rtype == OPT:
-                _check_opt(data, owner, rdata, end, i >= an + ns, info.opt_start is not None)
+                if i < an + ns or info.opt_start is not None or c:
+                    raise WireError(
+                        "bad OPT RR: outside the additional section, twice, or not at the root")
+                if rdlen:
+                    _check_options(data, rdata, end)
                 info.rcode |= (ttl >> 24) << 4
                 info.opt_start, info.opt_end = owner, end
                 pos = end
