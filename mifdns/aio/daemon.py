@@ -101,7 +101,8 @@ class Daemon:
         for la in cfg.listen:
             addr = str(la.address)
             udp = UdpListener(loop, addr, la.port, self.resolver.handle_query, self.flush,
-                              batch=cfg.limits.ingress_batch)
+                              batch=cfg.limits.ingress_batch,
+                              queue_bytes=cfg.limits.ingress_queue_bytes)
             try:
                 udp.start()
             except OSError as exc:
@@ -633,6 +634,9 @@ class Daemon:
                 "max_upstream_tcp": lim.max_upstream_tcp,
                 "tcp_idle_timeout": lim.tcp_idle_timeout,
                 "ingress_batch": lim.ingress_batch,
+                "ingress_queue_bytes": lim.ingress_queue_bytes,
+                # what the kernel granted per UDP socket (less without CAP_NET_ADMIN)
+                "ingress_queue_granted": min((u.queue_granted for u in self.udp), default=0),
                 "hits": {
                     "ingress_drops": counters.get("udp_ingress_drops", 0),
                     "inflight": res.counters["limit_inflight"],

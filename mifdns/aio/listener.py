@@ -68,9 +68,10 @@ ACCEPT_RETRY = 0.1  # out of file descriptors: stop accepting for this long
 class UdpListener:
     def __init__(
         self, loop: asyncio.AbstractEventLoop, address: str, port: int, handle: HandleQuery,
-        after_batch: Callable[[], None], *, batch: int = 64,
+        after_batch: Callable[[], None], *, batch: int = 64, queue_bytes: int = INGRESS_BYTES,
     ) -> None:
         self.loop = loop
+        self.queue_bytes = queue_bytes
         self.address = address
         self.port = port
         self.handle = handle
@@ -91,10 +92,10 @@ class UdpListener:
         if s.family == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:  # the ingress queue: past it the kernel drops (and counts) datagrams
-            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, INGRESS_BYTES)
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.queue_bytes)
         except OSError:  # without CAP_NET_ADMIN: capped at net.core.rmem_max
             try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, INGRESS_BYTES)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.queue_bytes)
             except OSError:
                 pass
         s.bind((self.address, self.port))
@@ -106,6 +107,14 @@ class UdpListener:
         except (ValueError, OSError):
             pass
         self.sock.close()
+
+    @property
+    def queue_granted(self) -> int:
+        """The receive queue the kernel granted (it doubles the request for its bookkeeping)."""
+        try:
+            return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        except OSError:
+            return 0
 
     def refresh_drops(self) -> int:
         """Read the kernel's drop count for this socket (receive queue full) into counters."""

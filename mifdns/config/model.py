@@ -153,6 +153,11 @@ class LimitsConfig:
     ingress_batch: int = _key(
         "Most datagrams read per socket wake-up before the event loop runs other work.",
         64, min=1, max=4096)
+    ingress_queue_bytes: int = _key(
+        "Receive queue of each UDP listening socket (the ingress queue): queries that arrive "
+        "while it is full are dropped by the kernel and counted (`udp_ingress_drops`). Set "
+        "with SO_RCVBUFFORCE, or capped at net.core.rmem_max without CAP_NET_ADMIN; "
+        "`ctl status` shows what the kernel granted.", 4 << 20, min=65536, max=1 << 30)
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,7 +89,7 @@ async def test_udp_ingress_flood_is_counted_datagram_for_datagram_and_service_co
     topology, corp_net, upstream_factory, mifdns_factory
 ):
     _, d = await start_corp(topology, corp_net, upstream_factory, mifdns_factory,
-                          limits={"ingress_batch": 8})  # fmt: skip
+                          limits={"ingress_batch": 8, "ingress_queue_bytes": 262144})  # fmt: skip
     assert addrs(await d.aquery("www.corp.example")) == ["10.8.0.80"]  # cached: the flood hits
     before = d.ctl("status")["counters"]
     flood = [_query("www.corp.example", i & 0xFFFF) for i in range(40_000)]
@@ -102,6 +102,9 @@ async def test_udp_ingress_flood_is_counted_datagram_for_datagram_and_service_co
     # every datagram that left the client was either handled or dropped at our queue, counted
     assert received + dropped == sent, (received, dropped, sent)
     assert after["limits"]["ingress_batch"] == 8
+    # the queue is the configured one (root: SO_RCVBUFFORCE), so a flood overflows it sooner
+    assert after["limits"]["ingress_queue_granted"] == 262144
+    assert dropped > 0
     assert after["limits"]["hits"]["ingress_drops"] == c["udp_ingress_drops"]
     await still_serving(d)
 

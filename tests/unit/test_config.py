@@ -176,6 +176,7 @@ SAMPLES = {
     "limits.tcp_idle_timeout": ("2.5", lambda c: c.limits.tcp_idle_timeout, 2.5),
     "limits.max_upstream_tcp": ("13", lambda c: c.limits.max_upstream_tcp, 13),
     "limits.ingress_batch": ("14", lambda c: c.limits.ingress_batch, 14),
+    "limits.ingress_queue_bytes": ("131072", lambda c: c.limits.ingress_queue_bytes, 131072),
     "query_log": ("true", lambda c: c.query_log, True),
     "pvds[].name": ("x", lambda c: c.pvds[0].name, "x"),
     "pvds[].interface": ("eth1", lambda c: c.pvds[0].interface, "eth1"),
