@@ -143,7 +143,8 @@ class Resolver:
         self.purge_log: list[dict[str, Any]] = []
         # answer memo: query bytes after the ID -> (entry, registry version, valid until,
         # reply after the ID, the listener's UDP cap); see _memoize
-        self._memo: dict[bytes, tuple[Entry, int, float, bytes, int | None]] = {}
+        self._memo: dict[bytes, tuple[Entry, int, float, bytes, int | None, wire.Query,
+                                      tuple[int, Key] | None]] = {}
 
     # ================================================================== client side
     def handle_query(
@@ -154,16 +155,21 @@ class Resolver:
         c["queries"] += 1
         memo = self._memo.get(data[2:])
         if memo is not None:
-            hit, version, until, tail, cap = memo
+            hit, version, until, tail, cap, mq, renew = memo
             if (
-                now < until
-                and version == self.registry.version
+                version == self.registry.version
                 and cap == max_udp
                 and not hit.dead
                 and not self.monitoring
             ):
-                c["cache_hits"] += 1
-                return data[:2] + tail
+                if now < until:
+                    c["cache_hits"] += 1
+                    return data[:2] + tail
+                # only aged (its TTLs moved a second): render the entry again, without the
+                # parse and the route, if the one partition asked still serves this entry
+                if renew is not None and self.cache.lookup(renew[0], renew[1], now) is hit:
+                    c["cache_hits"] += 1
+                    return data[:2] + self._memoize(data, hit, mq, now, max_udp, renew)[2:]
         try:
             q = wire.parse_query(data)
         except wire.WireError as exc:
@@ -210,7 +216,7 @@ class Resolver:
                 if self.monitoring:
                     self._event_query(q, decision, cands[0].pvd, "hit", entry.kind.value, now, now)
                     return self._render(entry, q, now)
-                return self._memoize(data, entry, q, now, max_udp)
+                return self._memoize(data, entry, q, now, max_udp, (cands[0].tag, key))
         else:
             negatives: list[tuple[str, Entry]] = []
             synthesized: list[tuple[str, Entry]] = []
@@ -243,14 +249,18 @@ class Resolver:
         return self._start(Resolution(q, client, decision, key, now), cands, now)
 
     def _memoize(
-        self, data: bytes, entry: Entry, q: wire.Query, now: float, max_udp: int | None
+        self, data: bytes, entry: Entry, q: wire.Query, now: float, max_udp: int | None,
+        renew: tuple[int, Key] | None = None,
     ) -> bytes:
         """Render a hit and remember it under the query's bytes after the ID (the answer memo).
 
         A repeat of the same query bytes is then answered with the ID spliced in, as long as the
         registry version is the same (every attach, detach, purge and routing change moves it,
         so a memo can never outlive its partition or its route), the entry is still in the cache
-        and unexpired, and its TTLs have not aged by another second.
+        and unexpired, and its TTLs have not aged by another second. ``renew`` (the partition
+        and key of a single-candidate hit): once the TTLs aged, the entry is rendered again from
+        the memo's query if that partition still returns it (several candidates: the full path,
+        since another candidate may have gained an answer meanwhile).
         """
         reply = self._render(entry, q, now)
         memo = self._memo
@@ -259,7 +269,7 @@ class Resolver:
         # valid until the entry expires or its TTLs age by another second, whichever is first
         stored = entry.stored
         until = min(entry.expires, stored + (int(now - stored) if now > stored else 0) + 1)
-        memo[data[2:]] = (entry, self.registry.version, until, reply[2:], max_udp)
+        memo[data[2:]] = (entry, self.registry.version, until, reply[2:], max_udp, q, renew)
         return reply
 
     def _start(self, res: Resolution, cands: tuple[Any, ...], now: float) -> bytes | None:

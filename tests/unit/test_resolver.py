@@ -267,3 +267,30 @@ def test_zone_transfer_refused_and_bad_edns_version_badvers():
     q = dns.message.make_query("www.example.com", "A", use_edns=1)
     r = dns.message.from_wire(d.resolver.handle_query(q.to_wire(), "c", d.now))
     assert r.rcode() == dns.rcode.BADVERS
+
+
+def test_repeated_query_from_the_memo_ages_its_ttl_and_keeps_its_entry_recent():
+    d = Driver([spec("a", "eth0")], Settings(max_entries=2))
+    d.worlds["a"].records = {f"h{i}.example": {"A": [f"192.0.2.{i}"]} for i in range(3)}
+    t0 = d.now
+    ttl0 = d.query("h0.example").answer[0].ttl  # a miss: fetched and stored
+    assert d.query("h0.example").answer[0].ttl == ttl0  # a hit, remembered in the answer memo
+    d.query("h1.example")  # h1 is now the most recently used entry
+    for _ in range(3):  # the same query bytes again, TTLs aged by whole seconds
+        d.now += 1.5
+        assert d.query("h0.example").answer[0].ttl == ttl0 - int(d.now - t0)
+    d.query("h2.example")  # evicts the least recently used: h1, since the memo touched h0
+    assert sorted(r["name"] for r in d.cache()) == ["h0.example.", "h2.example."]
+    assert d.worlds["a"].seen.count(("h0.example.", "A")) == 1
+
+
+def test_memo_never_outlives_a_purge_or_the_entry():
+    d = vpn_and_wifi()
+    d.query("www.example.com")
+    d.query("www.example.com")  # remembered
+    d.apply(d.registry.purge("wifi", cause="test"))
+    assert answers(d.query("www.example.com")) == ["203.0.113.80"]
+    assert d.worlds["wifi"].seen.count(("www.example.com.", "A")) == 2  # asked again
+    d.now += 10**6  # far past the TTL
+    assert answers(d.query("www.example.com")) == ["203.0.113.80"]
+    assert d.worlds["wifi"].seen.count(("www.example.com.", "A")) == 3
