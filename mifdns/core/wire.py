@@ -268,9 +268,21 @@ def _skip_name(data: bytes, pos: int, known: dict[int, int], fixed: Sequence[int
     start = limit = pos
     size = 1  # expanded length, counting the root octet
     hops = end = 0
+    bound = 0  # after a jump: the pointer's offset; what the name reads must lie before it
     trail: list[tuple[int, int, int]] | None = None  # (target, size, hops) at each jump
     while True:
         n = data[pos]
+        if bound:
+            # a name reached through a pointer is an earlier name: it must end before the
+            # pointer and must not read an RR's type, class, TTL or length, which the reply
+            # patcher rewrites (TTL aging would change the name, length octets included)
+            last = pos + (n if n < 64 else 1 if n >= 192 else 0)
+            if last >= bound:
+                raise WireError("compressed name runs past the pointer that leads to it")
+            if fixed and pos < fixed[-1] + 10:
+                i = bisect_right(fixed, last)
+                if i and pos < fixed[i - 1] + 10:
+                    raise WireError("compressed name runs into an RR's type, class, TTL, length")
         if n == 0:
             break
         if n < 64:
@@ -305,6 +317,7 @@ def _skip_name(data: bytes, pos: int, known: dict[int, int], fixed: Sequence[int
             if trail is None:
                 trail = []
             trail.append((target, size, hops))
+            bound = pos
             limit = pos = target
         else:
             raise WireError(f"unsupported label type {n:#x}")
