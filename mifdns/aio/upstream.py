@@ -42,6 +42,9 @@ log = logging.getLogger("mifdns.upstream")
 ROUNDS = 64  # polls of the ports' epoll set per wake-up (one datagram per ready port each)
 READY_MAX = 256  # attempts' sockets served per wake-up of the epoll set
 _NONBLOCK = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+# errors a connected UDP socket reports for its peer (from ICMP), on a send or a receive
+_PEER_ERRORS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                          errno.EHOSTDOWN, errno.EPROTO})
 WANT_FILES = 65536  # open-file limit asked for: every query in flight holds a socket
 
 OnReply = Callable[[Transaction, bytes, tuple[str, int], bool], None]
@@ -164,10 +167,17 @@ class Upstreams:
             port.sock.send(send.wire)
         except OSError as exc:
             del port.pending[txid]
-            if not port.pending:
-                self._close(port)
             self.counters["send_errors"] += 1
             self.loop.call_soon(self._error_later, txn, f"send: {exc.strerror or exc}")
+            if not port.pending:
+                self._close(port)
+            elif exc.errno in _PEER_ERRORS:
+                # an ICMP error queued on the socket came out of this send: it concerns every
+                # attempt on the port (all to this server), which would otherwise wait for
+                # their timeouts; no new attempt joins the port
+                if self._current.get(port.key) is port:
+                    del self._current[port.key]
+                self.loop.call_soon(self._fail_port, port, exc)
             return
         self._where[txn] = (port, txid)
         self.counters["udp_sent"] += 1
@@ -289,13 +299,21 @@ class Upstreams:
         if handled:
             self.after_io()
 
+    def _fail_port(self, port: _Port, exc: OSError) -> None:
+        if not port.closed and self._port_failed(port, exc):
+            self.after_io()
+
     def _port_failed(self, port: _Port, exc: OSError) -> bool:
-        """An ICMP error (port or host unreachable) on a port: every attempt on it went to the
-        same server, so all of them fail now, not after the timeout; the core moves each on to
-        the PvD's next server. True if the core was given something."""
+        """An ICMP error (port or host unreachable) on a port: every attempt to that server
+        through that interface fails now, not after its timeout, on this port and on the
+        others still open to it (the kernel rate-limits ICMP errors, so the other ports may
+        never get theirs); the core moves each on to the PvD's next server. True if the core
+        was given something."""
         self.counters["icmp_errors"] += 1
         handled = False
-        for txn in list(port.pending.values()):
+        doomed = [txn for p in list(self._by_fd.values()) if p.key == port.key
+                  for txn in p.pending.values()] if exc.errno in _PEER_ERRORS else []
+        for txn in doomed or list(port.pending.values()):
             self._forget(txn)
             if not txn.done:
                 self.on_error(txn, f"udp: {exc.strerror or exc}")

@@ -177,6 +177,28 @@ async def test_server_without_a_dns_service_is_skipped_at_once_on_icmp_port_unre
     assert counter(d, "upstream_icmp_errors") == before + 1
 
 
+async def test_a_burst_sharing_ports_to_a_dead_server_fails_over_at_once_not_after_timeouts(
+    topology, vpn_and_wifi, upstream_factory, mifdns_factory
+):
+    """48 questions at once share a few ports to the first server, which has no DNS service:
+    one port unreachable per port fails every attempt on it (the kernel rate-limits ICMP, so
+    one per attempt would not come), and all move on to the second server."""
+    corp, _ = vpn_and_wifi
+    gone = await upstream_factory(corp, CORP_ZONE, listen=["192.0.2.53"])
+    alive = await upstream_factory(corp, CORP_ZONE, listen=["192.0.2.54"])
+    d = await mifdns_factory(topology, config(corp_pvd(servers=["192.0.2.53", "192.0.2.54"]),
+                                              upstream={"timeout": 3.0, "total_timeout": 6.0}))
+    await settle(gone, alive)
+    await gone.stop()
+    names = [f"burst{i}.corp.example" for i in range(48)]
+    replies, took = await _timed(asyncio.to_thread(_burst, topology.host, names, 8.0))
+    assert sorted(r.id for r in replies) == list(range(48))
+    assert {rcode(r) for r in replies} == {"NXDOMAIN"}
+    assert all(alive.saw(n) for n in names)
+    assert took < 2.0, took  # a 3 s timeout per attempt otherwise
+    assert counter(d, "upstream_icmp_errors") >= 1
+
+
 async def test_servfail_from_the_first_server_moves_on_without_waiting(
     topology, vpn_and_wifi, upstream_factory, mifdns_factory
 ):
