@@ -29,6 +29,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
@@ -473,7 +474,7 @@ def test_generated_responses_match_dnspython(
         ]
 
 
-def test_name_running_into_a_ttl_is_refused_or_survives_aging() -> None:
+def test_name_running_into_a_ttl_is_refused() -> None:
     # the second owner points at the last octet of the first A record's rdata (7): a label of
     # 7 octets (its own pointer, type, class, the TTL's first octet); the next length octet is
     # the TTL's second: 0x00 at 0x01000000 seconds, 0xff (a pointer) one second later
@@ -482,18 +483,11 @@ def test_name_running_into_a_ttl_is_refused_or_survives_aging() -> None:
     rdata_end = len(head) + len(first) - 1
     second = struct.pack("!HHHIH", 0xC000 | rdata_end, wire.A, 1, 0x01000000, 4)
     data = head + first + second + bytes([192, 0, 2, 8])
-    try:
-        info = wire.parse_response(data)
-    except WireError:
-        return  # refused: fixed that way
-    body, offsets, ttls = wire.make_cacheable(data, info)
-    query = wire.parse_query(wire.build_query(7, b"\x00", wire.A))
-    out = wire.render_reply(body, offsets, ttls, 1, query)
-    again = wire.parse_response(out)
-    assert [t for (_, t, _, _) in again.answers] == [299, 0x00FFFFFF]
+    with pytest.raises(WireError, match="runs past the pointer"):
+        wire.parse_response(data)  # accepted, aging the TTL would rewrite the name
 
 
-def test_rdata_name_reading_an_earlier_ttl_is_refused_or_survives_aging() -> None:
+def test_rdata_name_reading_an_earlier_ttl_is_refused() -> None:
     # the second CNAME's target points at the first owner's pointer octet 0x0c: a label of 12
     # octets over the first RR's type, class, TTL, RDLENGTH and rdata (found by the crafted
     # property in strict mode, shrunk by hypothesis)
@@ -502,13 +496,6 @@ def test_rdata_name_reading_an_earlier_ttl_is_refused_or_survives_aging() -> Non
         "c00c 0005 0001 0000012c 0001 00"  # . CNAME .
         "00 0005 0001 0000012c 0002 c012"  # . CNAME -> 12 octets from offset 19
     )
-    try:
-        info = wire.parse_response(data)
-    except WireError:
-        return  # refused: fixed that way
-    body, offsets, ttls = wire.make_cacheable(data, info)
-    query = wire.parse_query(wire.build_query(7, b"\x00", wire.A))
-    out = wire.render_reply(body, offsets, ttls, 1, query)
-    before = dns.message.from_wire(data).additional
-    after = dns.message.from_wire(out).additional
-    assert [set(rs) for rs in after] == [set(rs) for rs in before]
+    dns.message.from_wire(data)  # dnspython accepts it
+    with pytest.raises(WireError, match="runs into an RR's type, class, TTL"):
+        wire.parse_response(data)  # accepted, aging the TTL would change the CNAME target
