@@ -146,6 +146,7 @@ class ResponseInfo:
     nscount: int
     arcount: int
     ttl_offsets: list[int]
+    ttls: list[int]  # the TTL at each of ttl_offsets (top bit set: 0)
     answers: list[tuple[int, int, int, int]]  # (rtype, ttl, rdata_offset, rdlength)
     min_answer_ttl: int | None
     soa_ttl: int | None
@@ -361,6 +362,7 @@ def parse_response(data: bytes) -> ResponseInfo:
     info.tc, info.aa = bool(flags & TC), bool(flags & AA)
     info.ancount, info.nscount, info.arcount = an, ns, ar
     info.ttl_offsets = offsets = []
+    info.ttls = ttls = []
     info.answers = answers = []
     info.min_answer_ttl = info.soa_ttl = info.opt_start = info.opt_end = None
     try:
@@ -412,6 +414,7 @@ def parse_response(data: bytes) -> ResponseInfo:
             if ttl > 0x7FFFFFFF:
                 ttl = 0
             offsets.append(pos + 4)
+            ttls.append(ttl)
             at = _NAME_AT.get(rtype)
             if at is not None:
                 if _skip_name(data, rdata + at, known, fixed) != end:
@@ -623,8 +626,7 @@ def make_cacheable(
     WireError only if a pointer points into the OPT RR itself (legal, absurd).
     The tuples may be shared with other entries (they are immutable).
     """
-    raw = (_unpack_i(data, off)[0] for off in info.ttl_offsets)
-    ttls = _shared(tuple(t if t < 0x80000000 else 0 for t in raw))
+    ttls = _shared(tuple(info.ttls))
     start, end = info.opt_start, info.opt_end
     if start is None or end is None:
         return b"\0\0" + data[2:], _shared(tuple(info.ttl_offsets)), ttls
@@ -647,7 +649,10 @@ def make_cacheable(
                     _shift_pointers(body, _shift_pointers(body, rdata, start, cut), start, cut)
         except (IndexError, struct.error):  # parse_response validated it: cannot happen
             raise WireError("response is truncated") from None
-    offsets = _shared(tuple(o if o < start else o - cut for o in info.ttl_offsets))
+    if end < len(data):  # RRs after the OPT moved back by its length
+        offsets = _shared(tuple(o if o < start else o - cut for o in info.ttl_offsets))
+    else:
+        offsets = _shared(tuple(info.ttl_offsets))
     return bytes(body), offsets, ttls
 
 
