@@ -134,15 +134,22 @@ async def test_real_nsd_truncation_is_followed_by_tcp(topology, tmp_path, mifdns
     assert counter(d, "upstream_tcp_sent") == tcp_before + 1
 
 
+async def _corp_with_two_servers(topology, corp, upstream_factory, mifdns_factory, **top):
+    """corp on 192.0.2.53 and .54, both answering until the test breaks one: (first, second, d)."""
+    first = await upstream_factory(corp, CORP_ZONE, listen=["192.0.2.53"])
+    second = await upstream_factory(corp, CORP_ZONE, listen=["192.0.2.54"])
+    d = await mifdns_factory(topology, config(corp_pvd(servers=["192.0.2.53", "192.0.2.54"]),
+                                              **top))
+    await settle(first, second)
+    return first, second, d
+
+
 # -- failover and deadlines -----------------------------------------------------------------------
 async def test_failover_to_the_second_server_when_the_first_is_dead(
     topology, vpn_and_wifi, upstream_factory, mifdns_factory
 ):
-    corp, _ = vpn_and_wifi
-    dead = await upstream_factory(corp, CORP_ZONE, listen=["192.0.2.53"])
-    alive = await upstream_factory(corp, CORP_ZONE, listen=["192.0.2.54"])
-    d = await mifdns_factory(topology, config(corp_pvd(servers=["192.0.2.53", "192.0.2.54"])))
-    await settle(dead, alive)
+    dead, alive, d = await _corp_with_two_servers(topology, vpn_and_wifi[0], upstream_factory,
+                                                  mifdns_factory)
     dead.drop = True  # the first server dies (it was healthy: it is still tried first)
 
     r, took = await _timed(d.aquery("www.corp.example", timeout=5))
@@ -164,11 +171,8 @@ async def test_failover_to_the_second_server_when_the_first_is_dead(
 async def test_server_without_a_dns_service_is_skipped_at_once_on_icmp_port_unreachable(
     topology, vpn_and_wifi, upstream_factory, mifdns_factory
 ):
-    corp, _ = vpn_and_wifi
-    gone = await upstream_factory(corp, CORP_ZONE, listen=["192.0.2.53"])
-    alive = await upstream_factory(corp, CORP_ZONE, listen=["192.0.2.54"])
-    d = await mifdns_factory(topology, config(corp_pvd(servers=["192.0.2.53", "192.0.2.54"])))
-    await settle(gone, alive)
+    gone, alive, d = await _corp_with_two_servers(topology, vpn_and_wifi[0], upstream_factory,
+                                                  mifdns_factory)
     await gone.stop()  # the host is up, nothing listens on port 53 any more
     before = counter(d, "upstream_icmp_errors")
     r, took = await _timed(d.aquery("www.corp.example"))
@@ -181,14 +185,11 @@ async def test_a_burst_sharing_ports_to_a_dead_server_fails_over_at_once_not_aft
     topology, vpn_and_wifi, upstream_factory, mifdns_factory
 ):
     """48 questions at once share a few ports to the first server, which has no DNS service:
-    one port unreachable per port fails every attempt on it (the kernel rate-limits ICMP, so
-    one per attempt would not come), and all move on to the second server."""
-    corp, _ = vpn_and_wifi
-    gone = await upstream_factory(corp, CORP_ZONE, listen=["192.0.2.53"])
-    alive = await upstream_factory(corp, CORP_ZONE, listen=["192.0.2.54"])
-    d = await mifdns_factory(topology, config(corp_pvd(servers=["192.0.2.53", "192.0.2.54"]),
-                                              upstream={"timeout": 3.0, "total_timeout": 6.0}))
-    await settle(gone, alive)
+    one port unreachable fails every attempt to that server on every port (the kernel
+    rate-limits ICMP, so most ports never get one), and all move on to the second server."""
+    gone, alive, d = await _corp_with_two_servers(
+        topology, vpn_and_wifi[0], upstream_factory, mifdns_factory,
+        upstream={"timeout": 3.0, "total_timeout": 6.0})  # fmt: skip
     await gone.stop()
     names = [f"burst{i}.corp.example" for i in range(48)]
     replies, took = await _timed(asyncio.to_thread(_burst, topology.host, names, 8.0))
