@@ -71,6 +71,11 @@ command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 command -v unbound >/dev/null || need+=(unbound)
 command -v nsd >/dev/null || need+=(nsd)
 command -v dig >/dev/null || need+=(bind9-dnsutils)
+# to build the C UDP loop (mifdns/aio/_udpbatch.c) when this checkout lacks it
+if ! (cd "$REPO" && "$PY" -c 'import mifdns.aio._udpbatch') 2>/dev/null; then
+  command -v gcc >/dev/null || need+=(gcc libc6-dev)
+  "$PY" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' || need+=(python3-dev)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   [ "$INSTALL" = 1 ] || { echo "missing: ${need[*]} (and -n given)" >&2; exit 2; }
   if [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -84,6 +89,11 @@ fi
 # this checkout's mifdns, whatever the directory the referee starts it in
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 (cd / && "$PY" -c 'import mifdns') 2>/dev/null || { echo "$PY cannot import mifdns from $REPO" >&2; exit 2; }
+if ! (cd / && "$PY" -c 'import mifdns.aio._udpbatch') 2>/dev/null; then
+  (cd "$REPO" && "$PY" setup.py -q build_ext --inplace) >/dev/null 2>&1 \
+    || echo "warning: the C UDP loop did not build; mifdns runs its Python loop (slower hits)" >&2
+fi
+echo "mifdns UDP loop: $(cd / && "$PY" -c 'from mifdns.aio import listener as l; print("c (recvmmsg/sendmmsg)" if l._udpbatch else "python")')"
 
 [ -n "$WORK" ] || WORK=$(mktemp -d /tmp/mifdns-bench.XXXXXX)
 mkdir -p "$WORK"

@@ -101,6 +101,8 @@ class Daemon:
         for la in cfg.listen:
             addr = str(la.address)
             udp = UdpListener(loop, addr, la.port, self.resolver.handle_query, self.flush,
+                              ready=self.resolver.ready_table,
+                              count_ready=self.resolver.count_ready,
                               batch=cfg.limits.ingress_batch,
                               queue_bytes=cfg.limits.ingress_queue_bytes)
             try:
@@ -610,6 +612,8 @@ class Daemon:
             "config": self.config.source or None,
             "uptime_s": round(self.loop.time() - self.started, 1),
             "counters": counters,
+            # the UDP listeners' loop: "c" (recvmmsg/sendmmsg batches) or "python"
+            "udp_engine": self.udp[0].engine if self.udp else None,
             "upstream_queries": dict(res.upstream_queries),
             "upstream_failures": dict(res.upstream_failures),
             "pvds": [self.pvd_json(p) for p in self.registry],

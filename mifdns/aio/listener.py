@@ -1,10 +1,20 @@
 """Client-facing sockets: UDP and TCP on every listen address.
 
-UDP: a non-blocking socket watched with ``loop.add_reader``; each wake-up drains up to
-``batch`` datagrams with ``recvfrom(65535)`` (asyncio's stock datagram transport asks for
-256 KiB per datagram: above glibc's mmap threshold, two page faults, more than the whole cache
-hit; 64 KiB comes from the heap and is shrunk in place, a little cheaper than recvfrom_into plus
-a copy). Cache hits are answered inline; the resolver's outbox is drained once per batch.
+UDP: a non-blocking socket watched with ``loop.add_reader``; each wake-up handles a batch of
+up to ``batch`` datagrams. A query whose bytes after the ID are in the resolver's ready table
+(its answer memo, ``Resolver.ready_table``, fetched once per batch) is answered here with its ID
+and the stored reply, without calling into the resolver; the others go to ``handle``. Cache hits
+and immediate answers go out inline; the resolver's outbox is drained once per batch. Two
+loops do this, with the same behaviour:
+
+- ``mifdns.aio._udpbatch`` (C, built when a compiler is there): the batch is read with one
+  ``recvmmsg`` and answered with one ``sendmmsg`` (CPython's socket module has neither);
+- the Python loop: ``recvfrom(65535)`` and ``sendto`` per datagram (asyncio's stock datagram
+  transport asks for 256 KiB per datagram: above glibc's mmap threshold, two page faults, more
+  than the whole cache hit; 64 KiB comes from the heap and is shrunk in place, a little cheaper
+  than recvfrom_into plus a copy).
+
+``MIFDNS_UDP_BATCH=python`` forces the Python loop; ``UdpListener.engine`` says which one runs.
 
 TCP (RFC 7766): several queries per connection, answered as they complete (out of order), an
 idle timeout, a cap on connections and on queries in flight per connection; a frame longer than
@@ -57,6 +67,15 @@ HandleQuery = Callable[[bytes, object, float, "int | None"], "bytes | None"]
 TCP_STUCK_AFTER = 60.0
 
 INGRESS_BYTES = 4 << 20  # UDP receive queue per listening socket
+
+ReadyTable = Callable[["int | None"], "dict[bytes, tuple[bytes, float]] | None"]
+
+try:
+    if os.environ.get("MIFDNS_UDP_BATCH", "") == "python":
+        raise ImportError("MIFDNS_UDP_BATCH=python")
+    from . import _udpbatch  # type: ignore[attr-defined]
+except ImportError:  # not built (no C compiler at install time), or turned off
+    _udpbatch = None
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; not in the socket module
 FRAME_MAX = 2 + 65535  # a length prefix and the largest DNS message
 OUT_HIGH = 64 << 10  # answers waiting for a client that does not read: stop reading it...
@@ -69,7 +88,11 @@ class UdpListener:
     def __init__(
         self, loop: asyncio.AbstractEventLoop, address: str, port: int, handle: HandleQuery,
         after_batch: Callable[[], None], *, batch: int = 64, queue_bytes: int = INGRESS_BYTES,
+        ready: ReadyTable | None = None, count_ready: Callable[[int], None] | None = None,
+        engine: str | None = None,
     ) -> None:
+        """``ready``/``count_ready``: the resolver's ``ready_table`` and ``count_ready`` (both
+        or neither). ``engine``: "c" or "python" (default: C when it is built)."""
         self.loop = loop
         self.queue_bytes = queue_bytes
         self.address = address
@@ -83,7 +106,16 @@ class UdpListener:
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         # ingress_drops: datagrams the kernel dropped because our receive queue was full (the
         # ingress queue's bound); read from /proc/net/udp by refresh_drops()
-        self.counters = {"received": 0, "sent": 0, "send_errors": 0, "ingress_drops": 0}
+        self.counters = {"received": 0, "sent": 0, "send_errors": 0, "ingress_drops": 0,
+                         "replayed": 0}
+        self.ready = ready
+        self.count_ready = count_ready
+        if engine is None:
+            engine = "c" if _udpbatch is not None else "python"
+        if engine == "c" and _udpbatch is None:
+            raise ValueError("the C UDP loop (mifdns.aio._udpbatch) is not built")
+        self.engine = engine
+        self._now = 0.0
 
     def start(self) -> None:
         s = self.sock
@@ -99,7 +131,8 @@ class UdpListener:
             except OSError:
                 pass
         s.bind((self.address, self.port))
-        self.loop.add_reader(s.fileno(), self._readable)
+        self.loop.add_reader(s.fileno(),
+                             self._readable_c if self.engine == "c" else self._readable)
 
     def close(self) -> None:
         try:
@@ -139,13 +172,54 @@ class UdpListener:
         except OSError:
             self.counters["send_errors"] += 1
 
+    def _readable_c(self) -> None:
+        self._now = now = self.loop.time()
+        ready = self.ready(self.max_udp) if self.ready is not None else None
+        assert _udpbatch is not None
+        serve = _udpbatch.serve
+        fd, family = self.sock.fileno(), self.sock.family
+        left = self.batch
+        n_recv = n_ready = n_sent = n_err = 0
+        while left > 0:  # ``batch`` may exceed what one call reads (BATCH_MAX)
+            ask = min(left, _udpbatch.BATCH_MAX)
+            try:
+                got, replayed, sent, err = serve(fd, family, ready, now, self._slow, ask)
+            except MemoryError:
+                log.error("out of memory answering a batch of UDP queries")
+                break
+            n_recv += got
+            n_ready += replayed
+            n_sent += sent
+            n_err += err
+            if got < ask:
+                break
+            left -= got
+        c = self.counters
+        c["received"] += n_recv
+        c["sent"] += n_sent
+        c["send_errors"] += n_err
+        if n_ready:
+            c["replayed"] += n_ready
+            assert self.count_ready is not None
+            self.count_ready(n_ready)
+        self.after_batch()
+
+    def _slow(self, data: bytes, addr: Any) -> bytes | None:
+        """A datagram the C loop did not answer from the ready table: ask the resolver."""
+        try:
+            return self.handle(data, (self, addr), self._now, self.max_udp)
+        except Exception:  # garbage in never stops the service
+            log.exception("query from %s crashed the handler", addr)
+            return None
+
     def _readable(self) -> None:
         recv = self.sock.recvfrom
         sendto = self.sock.sendto
         handle = self.handle
         now = self.loop.time()
         max_udp = self.max_udp
-        n_recv = n_sent = 0
+        ready = self.ready(max_udp) if self.ready is not None else None
+        n_recv = n_sent = n_ready = 0
         for _ in range(self.batch):
             try:
                 data, addr = recv(65535)  # below malloc's mmap threshold: no page faults
@@ -154,6 +228,16 @@ class UdpListener:
             except OSError:
                 continue  # e.g. an ICMP error queued on the socket: read on
             n_recv += 1
+            if ready is not None:
+                hit = ready.get(data[2:])
+                if hit is not None and now < hit[1]:
+                    n_ready += 1
+                    try:
+                        sendto(data[:2] + hit[0], addr)
+                        n_sent += 1
+                    except OSError:
+                        self.counters["send_errors"] += 1
+                    continue
             try:
                 reply = handle(data, (self, addr), now, max_udp)
             except Exception:  # garbage in never stops the service
@@ -167,6 +251,10 @@ class UdpListener:
                     self.counters["send_errors"] += 1
         self.counters["received"] += n_recv
         self.counters["sent"] += n_sent
+        if n_ready:
+            self.counters["replayed"] += n_ready
+            assert self.count_ready is not None
+            self.count_ready(n_ready)
         self.after_batch()
 
 

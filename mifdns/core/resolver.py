@@ -145,6 +145,10 @@ class Resolver:
         # reply after the ID, the listener's UDP cap); see _memoize
         self._memo: dict[bytes, tuple[Entry, int, float, bytes, int | None, wire.Query,
                                       tuple[int, Key] | None]] = {}
+        # the memo's replies as the UDP listeners replay them without calling in: per listener
+        # cap, query bytes after the ID -> (reply after the ID, valid until); see ready_table
+        self._ready: dict[int | None, dict[bytes, tuple[bytes, float]]] = {}
+        self._ready_version = -1
 
     # ================================================================== client side
     def handle_query(
@@ -265,12 +269,53 @@ class Resolver:
         reply = self._render(entry, q, now)
         memo = self._memo
         if len(memo) >= MEMO_MAX:
-            memo.clear()
+            self._forget_memo()
         # valid until the entry expires or its TTLs age by another second, whichever is first
         stored = entry.stored
         until = min(entry.expires, stored + (int(now - stored) if now > stored else 0) + 1)
-        memo[data[2:]] = (entry, self.registry.version, until, reply[2:], max_udp, q, renew)
+        key, tail = data[2:], reply[2:]
+        memo[key] = (entry, self.registry.version, until, tail, max_udp, q, renew)
+        ready = self._ready.get(max_udp)
+        if ready is not None:
+            ready[key] = (tail, until)
         return reply
+
+    def _forget_memo(self) -> None:
+        self._memo.clear()
+        for table in self._ready.values():
+            table.clear()
+
+    def ready_table(self, max_udp: int | None) -> dict[bytes, tuple[bytes, float]] | None:
+        """The answer memo as a UDP listener replays it itself, without calling
+        ``handle_query``: query bytes after the ID -> (reply after the ID, valid until).
+
+        The listener asks for it once per batch of datagrams, passing its cap on the client's
+        EDNS size, and answers a query whose bytes after the ID are in the table, at a ``now``
+        before "valid until", with the query's ID and the stored reply; it reports how many it
+        answered with ``count_ready``. Everything else goes through ``handle_query``. Nothing
+        changes the registry while a batch runs; here, at the start of the next batch, a new
+        registry version (any attach, detach, purge, flush or routing change) empties the
+        table, as it invalidates the memo. None while someone monitors queries (each query must
+        then be seen). An entry evicted from the cache for room may still be replayed until
+        its "valid until" (at most a second, and never past its TTL): the answer is still true,
+        the memo held it anyway."""
+        if self.monitoring:
+            return None
+        version = self.registry.version
+        if self._ready_version != version:
+            for table in self._ready.values():
+                table.clear()
+            self._ready_version = version
+        table = self._ready.get(max_udp)
+        if table is None:
+            table = self._ready[max_udp] = {}
+        return table
+
+    def count_ready(self, n: int) -> None:
+        """``n`` queries were answered from ``ready_table``: count them as queries and hits."""
+        c = self.counters
+        c["queries"] += n
+        c["cache_hits"] += n
 
     def _start(self, res: Resolution, cands: tuple[Any, ...], now: float) -> bytes | None:
         self.counters["cache_misses"] += 1
@@ -372,7 +417,7 @@ class Resolver:
         to it while it is captive (see routing rule 2)."""
         if self.router.portal_hosts.get(pvd, ()) != hosts:
             self.router.set_portal_hosts(pvd, hosts)
-            self._memo.clear()
+            self._forget_memo()
 
     # ================================================================== upstream side
     def handle_reply(

@@ -284,6 +284,48 @@ def test_repeated_query_from_the_memo_ages_its_ttl_and_keeps_its_entry_recent():
     assert d.worlds["a"].seen.count(("h0.example.", "A")) == 1
 
 
+def _wire(name: str, qid: int) -> bytes:
+    q = dns.message.make_query(name, "A", use_edns=0)
+    q.id = qid
+    return q.to_wire()
+
+
+def test_ready_table_replays_the_memo_and_empties_on_every_registry_change(monkeypatch):
+    d = vpn_and_wifi()
+    res = d.resolver
+    d.query("www.example.com")  # a miss: stored
+    table = res.ready_table(65494)
+    assert table == {}
+    hit = res.handle_query(_wire("www.example.com", 7), "c", d.now, 65494)  # memoized
+    key = _wire("www.example.com", 9)[2:]
+    tail, until = table[key]
+    assert hit[2:] == tail and d.now < until <= d.now + 1
+    assert res.ready_table(1232) == {}  # another listener cap: its own table
+    res.handle_query(_wire("intranet.corp.example", 8), "c", d.now, 65494)
+    d.pump()
+    res.handle_query(_wire("intranet.corp.example", 8), "c", d.now, 65494)
+    assert len(res.ready_table(65494)) == 2
+    before = dict(res.counters)
+    res.count_ready(5)
+    assert res.counters["queries"] == before["queries"] + 5
+    assert res.counters["cache_hits"] == before["cache_hits"] + 5
+    res.monitoring = True  # every query must be seen: no table
+    assert res.ready_table(65494) is None
+    res.monitoring = False
+    assert key in res.ready_table(65494)  # nothing changed meanwhile
+    d.apply(d.registry.purge("corp", cause="test"))  # any registry change: emptied
+    assert res.ready_table(65494) == {} and table == {}  # the same dict, emptied
+    res.handle_query(_wire("www.example.com", 7), "c", d.now, 65494)
+    assert key in table
+    res.set_portal_hosts("wifi", ("portal.example",))  # a routing change outside the registry
+    assert table == {}
+    res.handle_query(_wire("www.example.com", 7), "c", d.now, 65494)
+    d.query("intranet.corp.example")  # cached again on corp
+    monkeypatch.setattr("mifdns.core.resolver.MEMO_MAX", 1)  # the memo is full: emptied with it
+    res.handle_query(_wire("intranet.corp.example", 8), "c", d.now, 65494)
+    assert key not in table and len(table) == 1
+
+
 def test_memo_never_outlives_a_purge_or_the_entry():
     d = vpn_and_wifi()
     d.query("www.example.com")

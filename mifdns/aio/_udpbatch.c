@@ -1,0 +1,236 @@
+/* _udpbatch: one UDP listener batch in two system calls (recvmmsg, sendmmsg).
+ *
+ * Part of the asyncio adapter (mifdns/aio/listener.py), not of the core: it knows sockets and
+ * a dict, nothing of DNS beyond "the first two bytes are the ID". CPython's socket module has
+ * no recvmmsg/sendmmsg, and on a cache hit the two system calls per datagram plus the Python
+ * around them are most of the cost (docs/performance.md).
+ *
+ * serve(fd, family, ready, now, slow, batch) -> (received, replayed, sent, send_errors)
+ *
+ *   fd      a non-blocking UDP socket
+ *   family  socket.AF_INET or socket.AF_INET6 (how a source address is given to ``slow``)
+ *   ready   None, or a dict: query bytes after the ID -> (reply bytes after the ID, until);
+ *           the resolver's ready table (Resolver.ready_table), valid for this batch
+ *   now     the loop's time for this batch
+ *   slow    called as slow(datagram, address) for every datagram not answered from ``ready``;
+ *           returns the reply (bytes) or None; must not raise (an exception is reported as
+ *           unraisable and the datagram gets no reply)
+ *   batch   datagrams to read at most (1..BATCH_MAX)
+ *
+ * One recvmmsg reads up to ``batch`` datagrams. A datagram whose bytes after the ID are in
+ * ``ready`` with ``now`` before its "until" is answered with its own ID and the stored reply
+ * (two iovecs, no copy of the reply); the others go through ``slow``. All replies of the batch
+ * leave in one sendmmsg, each to the address its query came from, in order. A reply the kernel
+ * refuses (e.g. EAGAIN with the send buffer full, EPERM from a firewall) is counted in
+ * send_errors and skipped, as a failed sendto would be. A datagram larger than a slot
+ * (65536 bytes, larger than any UDP datagram) cannot occur.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define BATCH_MAX 256
+#define SLOT (65536)
+
+static char *inbuf;                     /* BATCH_MAX slots of SLOT bytes (pages touched lazily) */
+static struct mmsghdr inmsg[BATCH_MAX];
+static struct iovec iniov[BATCH_MAX];
+static struct sockaddr_storage inaddr[BATCH_MAX];
+
+static struct mmsghdr outmsg[BATCH_MAX];
+static struct iovec outiov[BATCH_MAX][2];
+static PyObject *outref[BATCH_MAX];     /* the bytes objects the out iovecs point into */
+static int busy;
+
+static PyObject *
+address_of(const struct sockaddr_storage *ss, socklen_t len)
+{
+    char host[INET6_ADDRSTRLEN];
+    if (ss->ss_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        if (!inet_ntop(AF_INET, &a->sin_addr, host, sizeof host))
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_BuildValue("(si)", host, (int)ntohs(a->sin_port));
+    }
+    if (ss->ss_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        if (!inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host))
+            return PyErr_SetFromErrno(PyExc_OSError);
+        /* as socket.recvfrom gives it: (host, port, flowinfo, scope_id) */
+        return Py_BuildValue("(siII)", host, (int)ntohs(a->sin6_port),
+                             (unsigned int)ntohl(a->sin6_flowinfo),
+                             (unsigned int)a->sin6_scope_id);
+    }
+    PyErr_SetString(PyExc_OSError, "unexpected source address family");
+    return NULL;
+}
+
+static PyObject *
+serve(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    int fd, family, batch;
+    double now;
+    PyObject *ready, *slow;
+    if (!PyArg_ParseTuple(args, "iiOdOi:serve", &fd, &family, &ready, &now, &slow, &batch))
+        return NULL;
+    if (ready != Py_None && !PyDict_Check(ready)) {
+        PyErr_SetString(PyExc_TypeError, "ready must be a dict or None");
+        return NULL;
+    }
+    if (!PyCallable_Check(slow)) {
+        PyErr_SetString(PyExc_TypeError, "slow must be callable");
+        return NULL;
+    }
+    if (batch < 1)
+        batch = 1;
+    if (batch > BATCH_MAX)
+        batch = BATCH_MAX;
+    if (busy) {
+        PyErr_SetString(PyExc_RuntimeError, "serve() re-entered");
+        return NULL;
+    }
+    if (inbuf == NULL) {
+        inbuf = PyMem_RawMalloc((size_t)BATCH_MAX * SLOT);
+        if (inbuf == NULL)
+            return PyErr_NoMemory();
+    }
+    for (int i = 0; i < batch; i++) {
+        iniov[i].iov_base = inbuf + (size_t)i * SLOT;
+        iniov[i].iov_len = SLOT;
+        memset(&inmsg[i].msg_hdr, 0, sizeof inmsg[i].msg_hdr);
+        inmsg[i].msg_hdr.msg_iov = &iniov[i];
+        inmsg[i].msg_hdr.msg_iovlen = 1;
+        inmsg[i].msg_hdr.msg_name = &inaddr[i];
+        inmsg[i].msg_hdr.msg_namelen = sizeof inaddr[i];
+        inmsg[i].msg_len = 0;
+    }
+    int n, tries = 0;
+    for (;;) {
+        n = recvmmsg(fd, inmsg, (unsigned int)batch, MSG_DONTWAIT, NULL);
+        if (n >= 0)
+            break;
+        n = 0;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            break;
+        /* EINTR, or an error queued on the socket (an ICMP error for an earlier reply): the
+         * call consumed it; read on, a bounded number of times */
+        if (++tries >= BATCH_MAX)
+            break;
+    }
+    busy = 1;
+    int nout = 0, oom = 0;
+    long replayed = 0;
+    for (int i = 0; i < n; i++) {
+        char *data = iniov[i].iov_base;
+        unsigned int len = inmsg[i].msg_len;
+        if (ready != Py_None && len >= 12) {
+            PyObject *key = PyBytes_FromStringAndSize(data + 2, (Py_ssize_t)len - 2);
+            if (key == NULL) {
+                oom = 1;
+                break;
+            }
+            PyObject *hit = PyDict_GetItemWithError(ready, key); /* borrowed */
+            Py_DECREF(key);
+            if (hit == NULL && PyErr_Occurred()) {
+                PyErr_WriteUnraisable(ready);
+            } else if (hit != NULL && PyTuple_CheckExact(hit) && PyTuple_GET_SIZE(hit) == 2) {
+                PyObject *tail = PyTuple_GET_ITEM(hit, 0);
+                PyObject *until = PyTuple_GET_ITEM(hit, 1);
+                if (PyBytes_CheckExact(tail) && PyFloat_CheckExact(until)
+                    && now < PyFloat_AS_DOUBLE(until)) {
+                    Py_INCREF(tail);
+                    outref[nout] = tail;
+                    outiov[nout][0].iov_base = data; /* the query's ID */
+                    outiov[nout][0].iov_len = 2;
+                    outiov[nout][1].iov_base = PyBytes_AS_STRING(tail);
+                    outiov[nout][1].iov_len = (size_t)PyBytes_GET_SIZE(tail);
+                    memset(&outmsg[nout].msg_hdr, 0, sizeof outmsg[nout].msg_hdr);
+                    outmsg[nout].msg_hdr.msg_iov = outiov[nout];
+                    outmsg[nout].msg_hdr.msg_iovlen = 2;
+                    outmsg[nout].msg_hdr.msg_name = &inaddr[i];
+                    outmsg[nout].msg_hdr.msg_namelen = inmsg[i].msg_hdr.msg_namelen;
+                    nout++;
+                    replayed++;
+                    continue;
+                }
+            }
+        }
+        PyObject *dgram = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
+        if (dgram == NULL) {
+            oom = 1;
+            break;
+        }
+        PyObject *addr = address_of(&inaddr[i], inmsg[i].msg_hdr.msg_namelen);
+        if (addr == NULL) {
+            Py_DECREF(dgram);
+            PyErr_WriteUnraisable(slow);
+            continue;
+        }
+        PyObject *reply = PyObject_CallFunctionObjArgs(slow, dgram, addr, NULL);
+        Py_DECREF(dgram);
+        Py_DECREF(addr);
+        if (reply == NULL) {
+            PyErr_WriteUnraisable(slow);
+            continue;
+        }
+        if (!PyBytes_Check(reply)) {
+            Py_DECREF(reply); /* None: answered later, through the outbox */
+            continue;
+        }
+        outref[nout] = reply;
+        outiov[nout][0].iov_base = PyBytes_AS_STRING(reply);
+        outiov[nout][0].iov_len = (size_t)PyBytes_GET_SIZE(reply);
+        memset(&outmsg[nout].msg_hdr, 0, sizeof outmsg[nout].msg_hdr);
+        outmsg[nout].msg_hdr.msg_iov = outiov[nout];
+        outmsg[nout].msg_hdr.msg_iovlen = 1;
+        outmsg[nout].msg_hdr.msg_name = &inaddr[i];
+        outmsg[nout].msg_hdr.msg_namelen = inmsg[i].msg_hdr.msg_namelen;
+        nout++;
+    }
+    long sent = 0, errors = 0;
+    int off = 0;
+    while (off < nout) {
+        int r = sendmmsg(fd, outmsg + off, (unsigned int)(nout - off), MSG_DONTWAIT);
+        if (r > 0) {
+            off += r;
+            sent += r;
+        } else if (r < 0 && errno == EINTR) {
+            continue;
+        } else { /* the reply at ``off`` was refused: skip it, send the rest */
+            off++;
+            errors++;
+        }
+    }
+    for (int i = 0; i < nout; i++)
+        Py_DECREF(outref[i]);
+    busy = 0;
+    if (oom)
+        return NULL; /* MemoryError building a bytes object: the replies so far went out */
+    return Py_BuildValue("(illl)", n, replayed, sent, errors);
+}
+
+static PyMethodDef methods[] = {
+    {"serve", serve, METH_VARARGS, "Read, answer and reply to one batch of UDP datagrams."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_udpbatch",
+    "One UDP listener batch in two system calls (recvmmsg, sendmmsg).", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__udpbatch(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "BATCH_MAX", BATCH_MAX) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
