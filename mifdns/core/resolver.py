@@ -306,10 +306,10 @@ class Resolver:
             for table in self._ready.values():
                 table.clear()
             self._ready_version = version
-        table = self._ready.get(max_udp)
-        if table is None:
-            table = self._ready[max_udp] = {}
-        return table
+        found = self._ready.get(max_udp)
+        if found is None:
+            found = self._ready[max_udp] = {}
+        return found
 
     def count_ready(self, n: int) -> None:
         """``n`` queries were answered from ``ready_table``: count them as queries and hits."""
