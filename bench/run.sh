@@ -182,9 +182,10 @@ EOF
   awk 'BEGIN { for (i = 0; i < 10000; i++) printf "h%d.bench.example A\n", i }' > "$P/q_hit.txt"
   awk 'BEGIN { for (i = 0; i < 900000; i++) printf "n%d.w.bench.example A\n", i }' > "$P/q_wifi.txt"
   awk 'BEGIN { for (i = 0; i < 100000; i++) printf "n%d.x.w.bench.example A\n", i }' > "$P/q_lab.txt"
-  answers() {  # addr name
+  answers() {  # addr name (an address in the answer: dig +short prints its errors, too)
     for _ in $(seq 100); do
-      [ -n "$(dig +short +time=1 +tries=1 @"$1" "$2" 2>/dev/null)" ] && return 0; sleep 0.1
+      dig +short +time=1 +tries=1 @"$1" "$2" 2>/dev/null | grep -qE '^[0-9a-fA-F:.]+$' && return 0
+      sleep 0.1
     done
     echo "no answer from $1 for $2" >&2; return 1
   }
