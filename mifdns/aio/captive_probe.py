@@ -34,14 +34,15 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import monotonic
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..core import captive as cap
 from ..core import dns64, wire
+from ..core.inflight import ProbeResult
 from ..core.pvd import CaptiveState, Pvd, PvdSpec
 from ..core.registry import Event, PvdAttached, PvdChanged, PvdDetached, PvdPurged, Registry
-from ..core.inflight import ProbeResult
 from ..core.resolver import Resolver
 from .upstream import bind_to_device
 
@@ -117,7 +118,7 @@ class Prober:
         st = self._pvds.get(name) if name is not None else None
         if st is None:
             return
-        now = self.loop.time()
+        now = monotonic()
         if result.token == st.dns64_token:
             self._dns64_done(st, result, now)
         elif result.token in st.hijack:
@@ -127,7 +128,7 @@ class Prober:
     def operator(self, name: str, state: CaptiveState) -> None:
         """``ctl captive NAME STATE``."""
         pvd = self.registry.get(name)
-        now = self.loop.time()
+        now = monotonic()
         st = self._state(pvd, now)
         t = st.machine.on_operator(state, now)
         if t is None and pvd.captive != st.machine.state:
@@ -142,7 +143,7 @@ class Prober:
         st = self._pvds.get(name)
         if st is None:
             return {}
-        now = self.loop.time()
+        now = monotonic()
         return {
             "captive_detail": st.machine.to_json(now),
             "nat64_discovery": {
@@ -326,7 +327,7 @@ class Prober:
                 st.poll = None
         if self._closed or not st.active or uri != st.machine.api_uri:
             return
-        now = self.loop.time()
+        now = monotonic()
         if error is not None:
             log.info("captive-portal API %s on %s: %s", uri, st.spec.name, error)
         before = st.machine.portal_hosts
@@ -363,7 +364,7 @@ class Prober:
 
     async def _lookup(self, pvd: str, host: str) -> list[str]:
         """A and AAAA of ``host`` through ``pvd`` (its servers, its interface)."""
-        now = self.loop.time()
+        now = monotonic()
         futs = []
         for qtype in (wire.A, wire.AAAA):
             fut: asyncio.Future[ProbeResult] = self.loop.create_future()
@@ -421,7 +422,7 @@ class Prober:
     def _tick(self) -> None:
         self._timer = None
         self._timer_at = None
-        now = self.loop.time()
+        now = monotonic()
         for st in list(self._pvds.values()):
             if not st.active:
                 continue

@@ -1,7 +1,8 @@
 """The daemon: wires the sans-I/O core to the asyncio adapters.
 
-It owns the event loop's view of time (``loop.time()``, monotonic), hands every input to the
-core with ``now``, and drains the core's outbox in one place (``flush``): replies to clients,
+It owns the core's clock (``time.monotonic()``, not ``loop.time()``: uvloop's has a coarse
+clock's millisecond resolution, too coarse for upstream RTTs of a LAN), hands every input to
+the core with ``now``, and drains the core's outbox in one place (``flush``): replies to clients,
 sends to upstreams, released transactions, one timer for the core's next deadline, and
 registry events turned into purges, log lines and monitor events.
 """
@@ -15,6 +16,7 @@ import os
 import socket
 import time
 from dataclasses import replace
+from time import monotonic
 from typing import Any
 
 from .. import config as cfgmod
@@ -81,7 +83,7 @@ class Daemon:
     # ================================================================== start / stop
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
-        self.started = loop.time()
+        self.started = monotonic()
         cfg = self.config
         check_bind_capability()
         self.upstreams = Upstreams(
@@ -93,7 +95,7 @@ class Daemon:
         # links first: a PvD is attached only if its interface is usable
         self.links = LinkMonitor(self._on_link) if cfg.netlink else StaticLinks()
         await self.links.start()
-        now = loop.time()
+        now = monotonic()
         for spec in cfg.pvds:
             self._apply(self.registry.add(spec, now=now, link_up=self._usable(spec.interface),
                                           ), now)
@@ -162,8 +164,8 @@ class Daemon:
         # the original resolv.conf comes back as soon as we stop listening
         if self.resolv_conf is not None:
             _quietly(self.resolv_conf.restore)
-        deadline = (loop.time() if loop else 0) + 1.5
-        while self.resolver.inflight and loop and loop.time() < deadline:
+        deadline = monotonic() + 1.5
+        while self.resolver.inflight and loop and monotonic() < deadline:
             await asyncio.sleep(0.02)
         self.flush_quietly()
         for u in self.udp:
@@ -208,11 +210,11 @@ class Daemon:
         self, txn: Transaction, data: bytes, source: tuple[str, int], tcp: bool
     ) -> None:
         assert self.loop is not None
-        self.resolver.handle_reply(txn, data, source, tcp, self.loop.time())
+        self.resolver.handle_reply(txn, data, source, tcp, monotonic())
 
     def _on_upstream_error(self, txn: Transaction, reason: str) -> None:
         assert self.loop is not None
-        self.resolver.handle_send_error(txn, reason, self.loop.time())
+        self.resolver.handle_send_error(txn, reason, monotonic())
 
     def flush(self) -> None:
         """Drain the core's outbox and re-arm its timer. Called after every batch of input."""
@@ -275,7 +277,7 @@ class Daemon:
         assert self.loop is not None
         self._timer = None
         self._timer_at = None
-        self.resolver.handle_timers(self.loop.time())
+        self.resolver.handle_timers(monotonic())
         self.flush()
 
     def _collect(self) -> None:
@@ -294,7 +296,7 @@ class Daemon:
             return []
         if now is None:
             assert self.loop is not None
-            now = self.loop.time()
+            now = monotonic()
         t0 = time.perf_counter()
         records = self.resolver.apply(events, now)
         self._slowest("apply_ms", t0)
@@ -328,7 +330,7 @@ class Daemon:
         assert self.loop is not None and self.links is not None
         up = self._usable(ifname)
         self._apply(self.registry.set_link(
-            ifname, up=up, prefixes=self.links.prefixes(ifname), now=self.loop.time()))
+            ifname, up=up, prefixes=self.links.prefixes(ifname), now=monotonic()))
 
     def _usable(self, ifname: str) -> bool:
         """Up with an address; an IPv6 link-local address counts only for a PvD on that link whose
@@ -357,7 +359,7 @@ class Daemon:
             raise ReloadRejected("reload rejected, running config stays in force: "
                                + "; ".join(str(exc).splitlines())) from None
         assert self.loop is not None and self.links is not None
-        now = self.loop.time()
+        now = monotonic()
         old = {p.name: p for p in self.config.pvds}
         fresh = {p.name: p for p in new.pvds}
         changes: dict[str, list[str]] = {"removed": [], "added": [], "changed": [],
@@ -437,7 +439,7 @@ class Daemon:
     async def handle_control(self, req: dict[str, Any]) -> Any:
         cmd = req.get("cmd")
         assert self.loop is not None
-        now = self.loop.time()
+        now = monotonic()
         reg = self.registry
         try:
             if cmd == "status":
@@ -519,7 +521,7 @@ class Daemon:
         if current is not None and current.spec == spec:  # a DHCP renewal: nothing changed
             return self.pvd_json(current)
         previous = current.spec.interface if current is not None else None
-        self._apply(self.registry.upsert(spec, now=self.loop.time(),
+        self._apply(self.registry.upsert(spec, now=monotonic(),
                                          link_up=self._usable(spec.interface)))
         self._on_link(spec.interface)
         if previous is not None and previous != spec.interface:
@@ -560,7 +562,7 @@ class Daemon:
     # ================================================================== views
     def pvd_json(self, p: Pvd) -> dict[str, Any]:
         assert self.loop is not None
-        now = self.loop.time()
+        now = monotonic()
         spec = p.spec
         return {
             "name": p.name,
@@ -610,7 +612,7 @@ class Daemon:
             "pid": os.getpid(),
             "listen": [str(a) for a in self.config.listen],
             "config": self.config.source or None,
-            "uptime_s": round(self.loop.time() - self.started, 1),
+            "uptime_s": round(monotonic() - self.started, 1),
             "counters": counters,
             # the UDP listeners' loop: "c" (recvmmsg/sendmmsg batches) or "python"
             "udp_engine": self.udp[0].engine if self.udp else None,
@@ -626,7 +628,7 @@ class Daemon:
                 "awaiting_free": res.cache.garbage,
             },
             # purge_log times are the core's (monotonic): shown as wall-clock, like lifecycle
-            "purges": [{**p, "time": round(time.time() - (self.loop.time() - p["time"]), 3)}
+            "purges": [{**p, "time": round(time.time() - (monotonic() - p["time"]), 3)}
                        for p in res.purge_log[-20:]],
             "inflight": len(res.inflight),
             "tcp_clients": sum(len(t.clients) for t in self.tcp),

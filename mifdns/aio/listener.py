@@ -50,6 +50,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from time import monotonic
 from typing import Any
 
 log = logging.getLogger("mifdns.listener")
@@ -120,7 +121,8 @@ class UdpListener:
     def start(self) -> None:
         s = self.sock
         s.setblocking(False)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # no SO_REUSEADDR: UDP has no TIME_WAIT to step over, and with it a second daemon (or
+        # anything else) could bind the same address and take a share of the clients' queries
         if s.family == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:  # the ingress queue: past it the kernel drops (and counts) datagrams
@@ -173,7 +175,7 @@ class UdpListener:
             self.counters["send_errors"] += 1
 
     def _readable_c(self) -> None:
-        self._now = now = self.loop.time()
+        self._now = now = monotonic()  # the core's clock (see daemon.py)
         ready = self.ready(self.max_udp) if self.ready is not None else None
         assert _udpbatch is not None
         serve = _udpbatch.serve
@@ -216,7 +218,7 @@ class UdpListener:
         recv = self.sock.recvfrom
         sendto = self.sock.sendto
         handle = self.handle
-        now = self.loop.time()
+        now = monotonic()
         max_udp = self.max_udp
         ready = self.ready(max_udp) if self.ready is not None else None
         n_recv = n_sent = n_ready = 0
@@ -435,7 +437,7 @@ class TcpClient:
         srv = self.srv
         buf = srv._rbuf
         handle = srv.handle
-        now = self.loop.time()
+        now = monotonic()  # the core's clock (see daemon.py)
         pos = 0
         handled = False
         while fill - pos >= 2:

@@ -11,9 +11,11 @@ missing); elsewhere its tests are skipped with a warning.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import struct
+import time
 import warnings
 from typing import Any
 
@@ -99,7 +101,7 @@ def client(family: int = socket.AF_INET, address: str = "127.0.0.1") -> socket.s
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_ready_answers_carry_the_query_id_and_skip_the_resolver(engine):
     core = Core()
-    far = asyncio.get_running_loop().time() + 3600
+    far = time.monotonic() + 3600
     for n in range(10):
         core.table[query(n, 0)[2:]] = (b"READY%d" % n, far)
     udp = await make(engine, core)
@@ -122,7 +124,7 @@ async def test_ready_answers_carry_the_query_id_and_skip_the_resolver(engine):
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_the_rest_goes_to_the_resolver_with_the_clients_address(engine):
     core = Core()
-    now = asyncio.get_running_loop().time()
+    now = time.monotonic()
     core.table[query(1, 0)[2:]] = (b"STALE", now - 1)  # its "valid until" has passed
     udp = await make(engine, core)
     c = client()
@@ -152,7 +154,7 @@ async def test_the_rest_goes_to_the_resolver_with_the_clients_address(engine):
 async def test_no_table_while_monitoring_means_every_query_is_asked(engine):
     core = Core()
     core.monitoring = True
-    core.table[query(1, 0)[2:]] = (b"READY", asyncio.get_running_loop().time() + 60)
+    core.table[query(1, 0)[2:]] = (b"READY", time.monotonic() + 60)
     udp = await make(engine, core)
     c = client()
     try:
@@ -185,7 +187,7 @@ async def test_a_crashing_resolver_costs_one_answer_not_the_batch(engine, caplog
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_a_batch_larger_than_one_system_call_reads_is_honoured(engine):
     core = Core()
-    far = asyncio.get_running_loop().time() + 3600
+    far = time.monotonic() + 3600
     core.table[query(0, 0)[2:]] = (b"R", far)
     udp = await make(engine, core, batch=400)
     loop = asyncio.get_running_loop()
@@ -213,7 +215,7 @@ async def test_ipv6_clients_get_their_answers_and_a_recvfrom_address(engine):
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
     core = Core()
-    core.table[query(1, 0)[2:]] = (b"SIX", asyncio.get_running_loop().time() + 60)
+    core.table[query(1, 0)[2:]] = (b"SIX", time.monotonic() + 60)
     try:
         udp = await make(engine, core, address="::1")
     except OSError as exc:
@@ -224,7 +226,7 @@ async def test_ipv6_clients_get_their_answers_and_a_recvfrom_address(engine):
         c.sendto(query(2, 4), ("::1", udp.port))
         got = await recv_all(c, 2)
         assert b"\x00\x03SIX" in got
-        (_, (lst, addr), _, _), = core.asked
+        (_, (_, addr), _, _), = core.asked
         assert addr == c.getsockname()  # (host, port, flowinfo, scope_id)
         assert len(addr) == 4
     finally:
@@ -245,6 +247,22 @@ async def test_large_datagrams_arrive_whole(engine):
         assert core.asked[0][0] == big
     finally:
         c.close()
+        udp.close()
+
+
+async def test_a_second_listener_on_the_same_address_is_refused():
+    """Before, both bound (SO_REUSEADDR) and the second took a share of the queries until it
+    failed on TCP: a second daemon started by mistake lost clients' queries."""
+    core = Core()
+    udp = await make("python", core)
+    other = UdpListener(asyncio.get_running_loop(), "127.0.0.1", udp.port, core.handle,
+                        core.after_batch)
+    try:
+        with pytest.raises(OSError) as exc:
+            other.start()
+        assert exc.value.errno == errno.EADDRINUSE
+    finally:
+        other.sock.close()
         udp.close()
 
 
