@@ -117,6 +117,7 @@ class UdpListener:
             raise ValueError("the C UDP loop (mifdns.aio._udpbatch) is not built")
         self.engine = engine
         self._now = 0.0
+        self._fd_family = (-1, int(family))
 
     def start(self) -> None:
         s = self.sock
@@ -133,6 +134,7 @@ class UdpListener:
             except OSError:
                 pass
         s.bind((self.address, self.port))
+        self._fd_family = (s.fileno(), int(s.family))
         self.loop.add_reader(s.fileno(),
                              self._readable_c if self.engine == "c" else self._readable)
 
@@ -179,7 +181,7 @@ class UdpListener:
         ready = self.ready(self.max_udp) if self.ready is not None else None
         assert _udpbatch is not None
         serve = _udpbatch.serve
-        fd, family = self.sock.fileno(), self.sock.family
+        fd, family = self._fd_family  # socket.family converts to an enum on every read
         left = self.batch
         n_recv = n_ready = n_sent = n_err = 0
         while left > 0:  # ``batch`` may exceed what one call reads (BATCH_MAX)
