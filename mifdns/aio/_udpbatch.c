@@ -70,6 +70,26 @@ address_of(const struct sockaddr_storage *ss, socklen_t len)
     return NULL;
 }
 
+/* Out slot k: ``body`` (a bytes object whose reference the slot takes over), after the two
+ * bytes at ``id`` if not NULL, to the address datagram i came from. */
+static void
+queue_reply(int k, PyObject *body, const char *id, int i)
+{
+    int n = 0;
+    outref[k] = body;
+    if (id != NULL) {
+        outiov[k][n].iov_base = (void *)id;
+        outiov[k][n++].iov_len = 2;
+    }
+    outiov[k][n].iov_base = PyBytes_AS_STRING(body);
+    outiov[k][n++].iov_len = (size_t)PyBytes_GET_SIZE(body);
+    memset(&outmsg[k].msg_hdr, 0, sizeof outmsg[k].msg_hdr);
+    outmsg[k].msg_hdr.msg_iov = outiov[k];
+    outmsg[k].msg_hdr.msg_iovlen = (size_t)n;
+    outmsg[k].msg_hdr.msg_name = &inaddr[i];
+    outmsg[k].msg_hdr.msg_namelen = inmsg[i].msg_hdr.msg_namelen;
+}
+
 static PyObject *
 serve(PyObject *Py_UNUSED(self), PyObject *args)
 {
@@ -144,17 +164,7 @@ serve(PyObject *Py_UNUSED(self), PyObject *args)
                 if (PyBytes_CheckExact(tail) && PyFloat_CheckExact(until)
                     && now < PyFloat_AS_DOUBLE(until)) {
                     Py_INCREF(tail);
-                    outref[nout] = tail;
-                    outiov[nout][0].iov_base = data; /* the query's ID */
-                    outiov[nout][0].iov_len = 2;
-                    outiov[nout][1].iov_base = PyBytes_AS_STRING(tail);
-                    outiov[nout][1].iov_len = (size_t)PyBytes_GET_SIZE(tail);
-                    memset(&outmsg[nout].msg_hdr, 0, sizeof outmsg[nout].msg_hdr);
-                    outmsg[nout].msg_hdr.msg_iov = outiov[nout];
-                    outmsg[nout].msg_hdr.msg_iovlen = 2;
-                    outmsg[nout].msg_hdr.msg_name = &inaddr[i];
-                    outmsg[nout].msg_hdr.msg_namelen = inmsg[i].msg_hdr.msg_namelen;
-                    nout++;
+                    queue_reply(nout++, tail, data, i); /* the query's ID, the stored reply */
                     replayed++;
                     continue;
                 }
@@ -182,15 +192,7 @@ serve(PyObject *Py_UNUSED(self), PyObject *args)
             Py_DECREF(reply); /* None: answered later, through the outbox */
             continue;
         }
-        outref[nout] = reply;
-        outiov[nout][0].iov_base = PyBytes_AS_STRING(reply);
-        outiov[nout][0].iov_len = (size_t)PyBytes_GET_SIZE(reply);
-        memset(&outmsg[nout].msg_hdr, 0, sizeof outmsg[nout].msg_hdr);
-        outmsg[nout].msg_hdr.msg_iov = outiov[nout];
-        outmsg[nout].msg_hdr.msg_iovlen = 1;
-        outmsg[nout].msg_hdr.msg_name = &inaddr[i];
-        outmsg[nout].msg_hdr.msg_namelen = inmsg[i].msg_hdr.msg_namelen;
-        nout++;
+        queue_reply(nout++, reply, NULL, i);
     }
     long sent = 0, errors = 0;
     int off = 0;

@@ -11,12 +11,14 @@ missing); elsewhere its tests are skipped with a warning.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
 import struct
 import time
 import warnings
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -98,15 +100,26 @@ def client(family: int = socket.AF_INET, address: str = "127.0.0.1") -> socket.s
     return c
 
 
+@contextlib.asynccontextmanager
+async def served(engine: str, core: Core, address: str = "127.0.0.1"
+                 ) -> AsyncIterator[tuple[UdpListener, socket.socket]]:
+    """A listener on ``address`` in front of ``core``, and a client socket; both closed after."""
+    udp = await make(engine, core, address=address)
+    c = client(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+    try:
+        yield udp, c
+    finally:
+        c.close()
+        udp.close()
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_ready_answers_carry_the_query_id_and_skip_the_resolver(engine):
     core = Core()
     far = time.monotonic() + 3600
     for n in range(10):
         core.table[query(n, 0)[2:]] = (b"READY%d" % n, far)
-    udp = await make(engine, core)
-    c = client()
-    try:
+    async with served(engine, core) as (udp, c):
         for i in range(40):
             c.sendto(query(i % 10, 1000 + i), ("127.0.0.1", udp.port))
         got = await recv_all(c, 40)
@@ -116,9 +129,6 @@ async def test_ready_answers_carry_the_query_id_and_skip_the_resolver(engine):
         assert core.counted == 40 == udp.counters["replayed"]
         assert udp.counters["received"] == 40 == udp.counters["sent"]
         assert core.tables_given == core.batches  # the table is asked for once per batch
-    finally:
-        c.close()
-        udp.close()
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -126,9 +136,7 @@ async def test_the_rest_goes_to_the_resolver_with_the_clients_address(engine):
     core = Core()
     now = time.monotonic()
     core.table[query(1, 0)[2:]] = (b"STALE", now - 1)  # its "valid until" has passed
-    udp = await make(engine, core)
-    c = client()
-    try:
+    async with served(engine, core) as (udp, c):
         c.sendto(query(1, 7), ("127.0.0.1", udp.port))  # stale: asked
         c.sendto(query(2, 8), ("127.0.0.1", udp.port))  # not in the table: asked
         c.sendto(b"\x01\x02\x03", ("127.0.0.1", udp.port))  # too short for the table: asked
@@ -145,9 +153,6 @@ async def test_the_rest_goes_to_the_resolver_with_the_clients_address(engine):
             assert cap == udp.max_udp and abs(t - now) < 1
         assert core.counted == 0 and udp.counters["replayed"] == 0
         assert udp.counters["received"] == 4 and udp.counters["sent"] == 2
-    finally:
-        c.close()
-        udp.close()
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -155,33 +160,23 @@ async def test_no_table_while_monitoring_means_every_query_is_asked(engine):
     core = Core()
     core.monitoring = True
     core.table[query(1, 0)[2:]] = (b"READY", time.monotonic() + 60)
-    udp = await make(engine, core)
-    c = client()
-    try:
+    async with served(engine, core) as (udp, c):
         c.sendto(query(1, 5), ("127.0.0.1", udp.port))
         (got,) = await recv_all(c, 1)
         assert got.startswith(query(1, 5)[:2] + b"slow:")
         assert core.counted == 0
-    finally:
-        c.close()
-        udp.close()
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_a_crashing_resolver_costs_one_answer_not_the_batch(engine, caplog):
     core = Core()
-    udp = await make(engine, core)
-    c = client()
-    try:
+    async with served(engine, core) as (udp, c):
         c.sendto(b"\xde\xad" + query(1, 0)[2:], ("127.0.0.1", udp.port))
         c.sendto(query(2, 9), ("127.0.0.1", udp.port))
         (got,) = await recv_all(c, 1)
         assert got[:2] == b"\x00\x09"
         assert "crashed the handler" in caplog.text
         assert len(core.asked) == 2
-    finally:
-        c.close()
-        udp.close()
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -217,11 +212,11 @@ async def test_ipv6_clients_get_their_answers_and_a_recvfrom_address(engine):
     core = Core()
     core.table[query(1, 0)[2:]] = (b"SIX", time.monotonic() + 60)
     try:
-        udp = await make(engine, core, address="::1")
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
     except OSError as exc:
         pytest.skip(f"no ::1 here: {exc}")
-    c = client(socket.AF_INET6, "::1")
-    try:
+    async with served(engine, core, "::1") as (udp, c):
         c.sendto(query(1, 3), ("::1", udp.port))
         c.sendto(query(2, 4), ("::1", udp.port))
         got = await recv_all(c, 2)
@@ -229,25 +224,17 @@ async def test_ipv6_clients_get_their_answers_and_a_recvfrom_address(engine):
         (_, (_, addr), _, _), = core.asked
         assert addr == c.getsockname()  # (host, port, flowinfo, scope_id)
         assert len(addr) == 4
-    finally:
-        c.close()
-        udp.close()
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_large_datagrams_arrive_whole(engine):
     core = Core()
-    udp = await make(engine, core)
-    c = client()
-    try:
+    async with served(engine, core) as (udp, c):
         big = query(1, 0x4242) + b"\xab" * 60000
         c.sendto(big, ("127.0.0.1", udp.port))
         (got,) = await recv_all(c, 1)
         assert got == big[:2] + b"slow:" + big[2:]
         assert core.asked[0][0] == big
-    finally:
-        c.close()
-        udp.close()
 
 
 async def test_a_second_listener_on_the_same_address_is_refused():
