@@ -30,9 +30,9 @@ entries. None of them can refer back to anything that refers to them, so no refe
 pass through the cache, and reference counting alone frees what it drops. A table is untracked
 again after every insert (CPython tracks a dict again when it receives an instance of a class;
 key tuples of atomic values are untracked by the collector itself). Otherwise every collection
-that reaches the old
-generations walks every cached entry: with 1M entries a full collection blocked the event loop
-for ~300 ms (bench/gc_pause.py). CPython only; elsewhere everything stays tracked.
+that reaches the old generations walks every cached entry: with 1M entries a full collection
+blocked the event loop for ~300 ms (bench/gc_pause.py). CPython only; elsewhere everything
+stays tracked.
 """
 
 from __future__ import annotations
