@@ -37,6 +37,7 @@ from .cache import Cache, Entry, Key, Kind
 from .health import Health
 from .inflight import ProbeResult, Resolution, Synth, _Probe
 from .local import is_nxdomain, local_answer
+from .memo import AnswerMemo, ReadyTable
 from .pvd import CaptiveState, Pvd
 from .registry import Event, PvdAttached, PvdChanged, PvdDetached, PvdPurged, Registry
 from .routing import EDE_NO_REACHABLE_AUTHORITY, Candidate, Decision, Router, wire_to_text
@@ -47,7 +48,6 @@ EDE_OTHER = 0
 EDE_NETWORK_ERROR = 23
 EDE_NOT_SUPPORTED = 21
 
-MEMO_MAX = 65536  # answer memo entries; cleared whole when full
 TIMERS_COMPACT_MIN = 1024  # timer heap entries before stale ones are swept out
 
 
@@ -141,14 +141,8 @@ class Resolver:
         self.upstream_queries: dict[str, int] = {}
         self.upstream_failures: dict[str, int] = {}
         self.purge_log: list[dict[str, Any]] = []
-        # answer memo: query bytes after the ID -> (entry, registry version, valid until,
-        # reply after the ID, the listener's UDP cap); see _memoize
-        self._memo: dict[bytes, tuple[Entry, int, float, bytes, int | None, wire.Query,
-                                      tuple[int, Key] | None]] = {}
-        # the memo's replies as the UDP listeners replay them without calling in: per listener
-        # cap, query bytes after the ID -> (reply after the ID, valid until); see ready_table
-        self._ready: dict[int | None, dict[bytes, tuple[bytes, float]]] = {}
-        self._ready_version = -1
+        self.memo = AnswerMemo()  # see memo.py
+        self._memo = self.memo.table  # read on every query: one attribute, not two
 
     # ================================================================== client side
     def handle_query(
@@ -256,60 +250,25 @@ class Resolver:
         self, data: bytes, entry: Entry, q: wire.Query, now: float, max_udp: int | None,
         renew: tuple[int, Key] | None = None,
     ) -> bytes:
-        """Render a hit and remember it under the query's bytes after the ID (the answer memo).
-
-        A repeat of the same query bytes is then answered with the ID spliced in, as long as the
-        registry version is the same (every attach, detach, purge and routing change moves it,
-        so a memo can never outlive its partition or its route), the entry is still in the cache
-        and unexpired, and its TTLs have not aged by another second. ``renew`` (the partition
-        and key of a single-candidate hit): once the TTLs aged, the entry is rendered again from
-        the memo's query if that partition still returns it (several candidates: the full path,
-        since another candidate may have gained an answer meanwhile).
-        """
+        """Render a hit and remember it in the answer memo (see memo.py). ``renew`` (the
+        partition and key of a single-candidate hit): once the TTLs aged, the entry is rendered
+        again from the memo's query if that partition still returns it (several candidates: the
+        full path, since another candidate may have gained an answer meanwhile)."""
         reply = self._render(entry, q, now)
-        memo = self._memo
-        if len(memo) >= MEMO_MAX:
-            self._forget_memo()
         # valid until the entry expires or its TTLs age by another second, whichever is first
         stored = entry.stored
         until = min(entry.expires, stored + (int(now - stored) if now > stored else 0) + 1)
-        key, tail = data[2:], reply[2:]
-        memo[key] = (entry, self.registry.version, until, tail, max_udp, q, renew)
-        ready = self._ready.get(max_udp)
-        if ready is not None:
-            ready[key] = (tail, until)
+        self.memo.remember(data, (entry, self.registry.version, until, reply[2:], max_udp, q,
+                                  renew))
         return reply
 
-    def _forget_memo(self) -> None:
-        self._memo.clear()
-        for table in self._ready.values():
-            table.clear()
-
-    def ready_table(self, max_udp: int | None) -> dict[bytes, tuple[bytes, float]] | None:
-        """The answer memo as a UDP listener replays it itself, without calling
-        ``handle_query``: query bytes after the ID -> (reply after the ID, valid until).
-
-        The listener asks for it once per batch of datagrams, passing its cap on the client's
-        EDNS size, and answers a query whose bytes after the ID are in the table, at a ``now``
-        before "valid until", with the query's ID and the stored reply; it reports how many it
-        answered with ``count_ready``. Everything else goes through ``handle_query``. Nothing
-        changes the registry while a batch runs; here, at the start of the next batch, a new
-        registry version (any attach, detach, purge, flush or routing change) empties the
-        table, as it invalidates the memo. None while someone monitors queries (each query must
-        then be seen). An entry evicted from the cache for room may still be replayed until
-        its "valid until" (at most a second, and never past its TTL): the answer is still true,
-        the memo held it anyway."""
+    def ready_table(self, max_udp: int | None) -> ReadyTable | None:
+        """The answer memo as a UDP listener with cap ``max_udp`` replays it without calling
+        ``handle_query`` (see memo.py); asked for once per batch, it reports what it answered
+        with ``count_ready``. None while someone monitors queries (each must then be seen)."""
         if self.monitoring:
             return None
-        version = self.registry.version
-        if self._ready_version != version:
-            for table in self._ready.values():
-                table.clear()
-            self._ready_version = version
-        found = self._ready.get(max_udp)
-        if found is None:
-            found = self._ready[max_udp] = {}
-        return found
+        return self.memo.ready_table(max_udp, self.registry.version)
 
     def count_ready(self, n: int) -> None:
         """``n`` queries were answered from ``ready_table``: count them as queries and hits."""
@@ -417,7 +376,7 @@ class Resolver:
         to it while it is captive (see routing rule 2)."""
         if self.router.portal_hosts.get(pvd, ()) != hosts:
             self.router.set_portal_hosts(pvd, hosts)
-            self._forget_memo()
+            self.memo.forget()
 
     # ================================================================== upstream side
     def handle_reply(

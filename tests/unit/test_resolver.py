@@ -321,7 +321,7 @@ def test_ready_table_replays_the_memo_and_empties_on_every_registry_change(monke
     assert table == {}
     res.handle_query(_wire("www.example.com", 7), "c", d.now, 65494)
     d.query("intranet.corp.example")  # cached again on corp
-    monkeypatch.setattr("mifdns.core.resolver.MEMO_MAX", 1)  # the memo is full: emptied with it
+    monkeypatch.setattr("mifdns.core.memo.MEMO_MAX", 1)  # the memo is full: emptied with it
     res.handle_query(_wire("intranet.corp.example", 8), "c", d.now, 65494)
     assert key not in table and len(table) == 1
 
