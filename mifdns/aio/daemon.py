@@ -209,11 +209,9 @@ class Daemon:
     def _on_upstream_reply(
         self, txn: Transaction, data: bytes, source: tuple[str, int], tcp: bool
     ) -> None:
-        assert self.loop is not None
         self.resolver.handle_reply(txn, data, source, tcp, monotonic())
 
     def _on_upstream_error(self, txn: Transaction, reason: str) -> None:
-        assert self.loop is not None
         self.resolver.handle_send_error(txn, reason, monotonic())
 
     def flush(self) -> None:
@@ -274,7 +272,6 @@ class Daemon:
             self.stalls[what] = round(ms, 3)
 
     def _on_timer(self) -> None:
-        assert self.loop is not None
         self._timer = None
         self._timer_at = None
         self.resolver.handle_timers(monotonic())
@@ -295,7 +292,6 @@ class Daemon:
         if not events:
             return []
         if now is None:
-            assert self.loop is not None
             now = monotonic()
         t0 = time.perf_counter()
         records = self.resolver.apply(events, now)
@@ -327,7 +323,7 @@ class Daemon:
         PvDs follow interfaces by name: a renamed interface leaves its PvDs, a re-created one
         (new ifindex) takes them back. Upstream sockets live for one attempt only, and a detach
         cancels the attempts, so no socket stays bound to an ifindex that went away."""
-        assert self.loop is not None and self.links is not None
+        assert self.links is not None
         up = self._usable(ifname)
         self._apply(self.registry.set_link(
             ifname, up=up, prefixes=self.links.prefixes(ifname), now=monotonic()))
@@ -358,7 +354,7 @@ class Daemon:
             log.error("reload rejected, running config stays in force:\n%s", exc)
             raise ReloadRejected("reload rejected, running config stays in force: "
                                + "; ".join(str(exc).splitlines())) from None
-        assert self.loop is not None and self.links is not None
+        assert self.links is not None
         now = monotonic()
         old = {p.name: p for p in self.config.pvds}
         fresh = {p.name: p for p in new.pvds}
@@ -438,7 +434,6 @@ class Daemon:
     # ================================================================== control
     async def handle_control(self, req: dict[str, Any]) -> Any:
         cmd = req.get("cmd")
-        assert self.loop is not None
         now = monotonic()
         reg = self.registry
         try:
@@ -516,7 +511,7 @@ class Daemon:
         raise ControlError(f"unknown command {cmd!r}")
 
     def _upsert(self, spec: PvdSpec) -> dict[str, Any]:
-        assert self.links is not None and self.loop is not None
+        assert self.links is not None
         current = self.registry.find(spec.name)
         if current is not None and current.spec == spec:  # a DHCP renewal: nothing changed
             return self.pvd_json(current)
@@ -561,7 +556,6 @@ class Daemon:
 
     # ================================================================== views
     def pvd_json(self, p: Pvd) -> dict[str, Any]:
-        assert self.loop is not None
         now = monotonic()
         spec = p.spec
         return {
@@ -592,7 +586,6 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         res = self.resolver
-        assert self.loop is not None
         counters = dict(res.counters)
         for u in self.udp:
             u.refresh_drops()
