@@ -198,6 +198,9 @@ class UdpListener:
             if got < ask:
                 break
             left -= got
+        self._end_batch(n_recv, n_ready, n_sent, n_err)
+
+    def _end_batch(self, n_recv: int, n_ready: int, n_sent: int, n_err: int) -> None:
         c = self.counters
         c["received"] += n_recv
         c["sent"] += n_sent
@@ -209,7 +212,7 @@ class UdpListener:
         self.after_batch()
 
     def _slow(self, data: bytes, addr: Any) -> bytes | None:
-        """A datagram the C loop did not answer from the ready table: ask the resolver."""
+        """A datagram not answered from the ready table: ask the resolver (at ``_now``)."""
         try:
             return self.handle(data, (self, addr), self._now, self.max_udp)
         except Exception:  # garbage in never stops the service
@@ -219,11 +222,9 @@ class UdpListener:
     def _readable(self) -> None:
         recv = self.sock.recvfrom
         sendto = self.sock.sendto
-        handle = self.handle
-        now = monotonic()
-        max_udp = self.max_udp
-        ready = self.ready(max_udp) if self.ready is not None else None
-        n_recv = n_sent = n_ready = 0
+        self._now = now = monotonic()  # the core's clock (see daemon.py)
+        ready = self.ready(self.max_udp) if self.ready is not None else None
+        n_recv = n_sent = n_ready = n_err = 0
         for _ in range(self.batch):
             try:
                 data, addr = recv(65535)  # below malloc's mmap threshold: no page faults
@@ -232,34 +233,19 @@ class UdpListener:
             except OSError:
                 continue  # e.g. an ICMP error queued on the socket: read on
             n_recv += 1
-            if ready is not None:
-                hit = ready.get(data[2:])
-                if hit is not None and now < hit[1]:
-                    n_ready += 1
-                    try:
-                        sendto(data[:2] + hit[0], addr)
-                        n_sent += 1
-                    except OSError:
-                        self.counters["send_errors"] += 1
-                    continue
-            try:
-                reply = handle(data, (self, addr), now, max_udp)
-            except Exception:  # garbage in never stops the service
-                log.exception("query from %s crashed the handler", addr)
-                continue
+            hit = ready.get(data[2:]) if ready is not None else None
+            if hit is not None and now < hit[1]:
+                n_ready += 1
+                reply: bytes | None = data[:2] + hit[0]
+            else:
+                reply = self._slow(data, addr)
             if reply is not None:
                 try:
                     sendto(reply, addr)
                     n_sent += 1
                 except OSError:
-                    self.counters["send_errors"] += 1
-        self.counters["received"] += n_recv
-        self.counters["sent"] += n_sent
-        if n_ready:
-            self.counters["replayed"] += n_ready
-            assert self.count_ready is not None
-            self.count_ready(n_ready)
-        self.after_batch()
+                    n_err += 1
+        self._end_batch(n_recv, n_ready, n_sent, n_err)
 
 
 class TcpServer:
