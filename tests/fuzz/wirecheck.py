@@ -70,13 +70,18 @@ def corpus() -> list[bytes]:
     return out
 
 
-def parse_all(data: bytes) -> None:
-    """Every entry point that reads client or upstream bytes: WireError is the only way out."""
+def parse_each(data: bytes) -> None:
+    """The three parsers on ``data``: WireError is the only way out."""
     for parse in (wire.parse_query, wire.parse_response, wire.parse_header):
         try:
             parse(data)
         except WireError:
             pass
+
+
+def parse_all(data: bytes) -> None:
+    """Every entry point that reads client or upstream bytes: WireError is the only way out."""
+    parse_each(data)
     for rcode in (wire.FORMERR, wire.BADVERS):
         out = wire.error_reply(data, rcode)
         if out is not None:
