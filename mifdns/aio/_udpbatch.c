@@ -5,12 +5,13 @@
  * no recvmmsg/sendmmsg, and on a cache hit the two system calls per datagram plus the Python
  * around them are most of the cost (docs/performance.md).
  *
- * serve(fd, family, ready, now, slow, batch) -> (received, replayed, sent, send_errors)
+ * serve(fd, family, ready, now, slow, batch) -> (received, replayed, sent, send_errors, aged)
  *
  *   fd      a non-blocking UDP socket
  *   family  socket.AF_INET or socket.AF_INET6 (how a source address is given to ``slow``)
- *   ready   None, or a dict: query bytes after the ID -> (reply bytes after the ID, until);
- *           the resolver's ready table (Resolver.ready_table), valid for this batch
+ *   ready   None, or a dict: query bytes after the ID -> (reply bytes after the ID, until) or
+ *           (reply, until, stored, expires, offsets, values); the resolver's ready table
+ *           (Resolver.ready_table, see mifdns/core/memo.py), valid for this batch
  *   now     the loop's time for this batch
  *   slow    called as slow(datagram, address) for every datagram not answered from ``ready``;
  *           returns the reply (bytes) or None; must not raise (an exception is reported as
@@ -19,7 +20,12 @@
  *
  * One recvmmsg reads up to ``batch`` datagrams. A datagram whose bytes after the ID are in
  * ``ready`` with ``now`` before its "until" is answered with its own ID and the stored reply
- * (two iovecs, no copy of the reply); the others go through ``slow``. All replies of the batch
+ * (two iovecs, no copy of the reply). Past "until", a 6-tuple entry is *aged* if ``now`` is
+ * before its "expires": with elapsed = int(now - stored), a copy of the reply gets
+ * max(value - elapsed, 0) written as a 32-bit big-endian number at each offset (offsets count
+ * from the start of the message, ID included; the core computed them and the values, so this
+ * parses nothing), and "until" becomes min(expires, stored + elapsed + 1); the aged entry
+ * replaces the old one in ``ready`` and answers. The others go through ``slow``. All replies of the batch
  * leave in one sendmmsg, each to the address its query came from, in order. A reply the kernel
  * refuses (e.g. EAGAIN with the send buffer full, EPERM from a firewall) is counted in
  * send_errors and skipped, as a failed sendto would be. A datagram larger than a slot
@@ -90,6 +96,66 @@ queue_reply(int k, PyObject *body, const char *id, int i)
     outmsg[k].msg_hdr.msg_namelen = inmsg[i].msg_hdr.msg_namelen;
 }
 
+/* The aged copy of a 6-tuple ready entry (see the header), stored back into ``ready`` under
+ * ``key``; a new reference to its reply, or NULL if the entry cannot be aged (not expired yet is
+ * the caller's check; malformed parts or an offset outside the reply: NULL, no error set). */
+static PyObject *
+age(PyObject *ready, PyObject *key, PyObject *hit, double now)
+{
+    PyObject *tail = PyTuple_GET_ITEM(hit, 0);
+    PyObject *stored_o = PyTuple_GET_ITEM(hit, 2), *expires_o = PyTuple_GET_ITEM(hit, 3);
+    PyObject *offsets = PyTuple_GET_ITEM(hit, 4), *values = PyTuple_GET_ITEM(hit, 5);
+    if (!PyBytes_CheckExact(tail) || !PyFloat_CheckExact(stored_o)
+        || !PyFloat_CheckExact(expires_o) || !PyTuple_CheckExact(offsets)
+        || !PyTuple_CheckExact(values) || PyTuple_GET_SIZE(offsets) != PyTuple_GET_SIZE(values))
+        return NULL;
+    double stored = PyFloat_AS_DOUBLE(stored_o), expires = PyFloat_AS_DOUBLE(expires_o);
+    if (!(now < expires))
+        return NULL;
+    long long elapsed = now > stored ? (long long)(now - stored) : 0;
+    Py_ssize_t len = PyBytes_GET_SIZE(tail), n = PyTuple_GET_SIZE(offsets);
+    PyObject *fresh = PyBytes_FromStringAndSize(PyBytes_AS_STRING(tail), len);
+    if (fresh == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    unsigned char *buf = (unsigned char *)PyBytes_AS_STRING(fresh);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *o = PyTuple_GET_ITEM(offsets, j), *v = PyTuple_GET_ITEM(values, j);
+        if (!PyLong_CheckExact(o) || !PyLong_CheckExact(v))
+            goto bad;
+        long long off = PyLong_AsLongLong(o) - 2, value = PyLong_AsLongLong(v);
+        if (PyErr_Occurred() || off < 0 || off > (long long)len - 4)
+            goto bad;
+        value -= elapsed;
+        if (value < 0)
+            value = 0;
+        if (value > 0xFFFFFFFFLL)
+            value = 0xFFFFFFFFLL;
+        buf[off] = (unsigned char)(value >> 24);
+        buf[off + 1] = (unsigned char)(value >> 16);
+        buf[off + 2] = (unsigned char)(value >> 8);
+        buf[off + 3] = (unsigned char)value;
+    }
+    double until = stored + (double)elapsed + 1.0;
+    if (until > expires)
+        until = expires;
+    PyObject *until_o = PyFloat_FromDouble(until);
+    PyObject *entry = until_o == NULL ? NULL
+        : PyTuple_Pack(6, fresh, until_o, stored_o, expires_o, offsets, values);
+    Py_XDECREF(until_o);
+    if (entry == NULL || PyDict_SetItem(ready, key, entry) < 0) {
+        Py_XDECREF(entry);
+        goto bad;
+    }
+    Py_DECREF(entry);
+    return fresh;
+bad:
+    PyErr_Clear();
+    Py_DECREF(fresh);
+    return NULL;
+}
+
 static PyObject *
 serve(PyObject *Py_UNUSED(self), PyObject *args)
 {
@@ -144,7 +210,7 @@ serve(PyObject *Py_UNUSED(self), PyObject *args)
     }
     busy = 1;
     int nout = 0, oom = 0;
-    long replayed = 0;
+    long replayed = 0, aged = 0;
     for (int i = 0; i < n; i++) {
         char *data = iniov[i].iov_base;
         unsigned int len = inmsg[i].msg_len;
@@ -155,20 +221,32 @@ serve(PyObject *Py_UNUSED(self), PyObject *args)
                 break;
             }
             PyObject *hit = PyDict_GetItemWithError(ready, key); /* borrowed */
-            Py_DECREF(key);
             if (hit == NULL && PyErr_Occurred()) {
                 PyErr_WriteUnraisable(ready);
-            } else if (hit != NULL && PyTuple_CheckExact(hit) && PyTuple_GET_SIZE(hit) == 2) {
+            } else if (hit != NULL && PyTuple_CheckExact(hit)
+                       && (PyTuple_GET_SIZE(hit) == 2 || PyTuple_GET_SIZE(hit) == 6)) {
                 PyObject *tail = PyTuple_GET_ITEM(hit, 0);
                 PyObject *until = PyTuple_GET_ITEM(hit, 1);
                 if (PyBytes_CheckExact(tail) && PyFloat_CheckExact(until)
                     && now < PyFloat_AS_DOUBLE(until)) {
+                    Py_DECREF(key);
                     Py_INCREF(tail);
                     queue_reply(nout++, tail, data, i); /* the query's ID, the stored reply */
                     replayed++;
                     continue;
                 }
+                if (PyTuple_GET_SIZE(hit) == 6) {
+                    PyObject *fresh = age(ready, key, hit, now); /* ``hit`` is gone now */
+                    if (fresh != NULL) {
+                        Py_DECREF(key);
+                        queue_reply(nout++, fresh, data, i);
+                        replayed++;
+                        aged++;
+                        continue;
+                    }
+                }
             }
+            Py_DECREF(key);
         }
         PyObject *dgram = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
         if (dgram == NULL) {
@@ -213,7 +291,7 @@ serve(PyObject *Py_UNUSED(self), PyObject *args)
     busy = 0;
     if (oom)
         return NULL; /* MemoryError building a bytes object: the replies so far went out */
-    return Py_BuildValue("(illl)", n, replayed, sent, errors);
+    return Py_BuildValue("(illll)", n, replayed, sent, errors, aged);
 }
 
 static PyMethodDef methods[] = {

@@ -107,8 +107,10 @@ class UdpListener:
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         # ingress_drops: datagrams the kernel dropped because our receive queue was full (the
         # ingress queue's bound); read from /proc/net/udp by refresh_drops()
+        # replayed: answered from the ready table without the resolver; aged: of those, the
+        # ones whose TTLs the C loop aged first (see _udpbatch.c)
         self.counters = {"received": 0, "sent": 0, "send_errors": 0, "ingress_drops": 0,
-                         "replayed": 0}
+                         "replayed": 0, "aged": 0}
         self.ready = ready
         self.count_ready = count_ready
         if engine is None:
@@ -183,11 +185,11 @@ class UdpListener:
         serve = _udpbatch.serve
         fd, family = self._fd_family  # socket.family converts to an enum on every read
         left = self.batch
-        n_recv = n_ready = n_sent = n_err = 0
+        n_recv = n_ready = n_sent = n_err = n_aged = 0
         while left > 0:  # ``batch`` may exceed what one call reads (BATCH_MAX)
             ask = min(left, _udpbatch.BATCH_MAX)
             try:
-                got, replayed, sent, err = serve(fd, family, ready, now, self._slow, ask)
+                got, replayed, sent, err, aged = serve(fd, family, ready, now, self._slow, ask)
             except MemoryError:
                 log.error("out of memory answering a batch of UDP queries")
                 break
@@ -195,9 +197,12 @@ class UdpListener:
             n_ready += replayed
             n_sent += sent
             n_err += err
+            n_aged += aged
             if got < ask:
                 break
             left -= got
+        if n_aged:
+            self.counters["aged"] += n_aged
         self._end_batch(n_recv, n_ready, n_sent, n_err)
 
     def _end_batch(self, n_recv: int, n_ready: int, n_sent: int, n_err: int) -> None:

@@ -12,10 +12,19 @@ outlive its partition or its route.
 
 The **ready table** is the memo as a UDP listener replays it itself, without calling the
 resolver: one table per listener cap, query bytes after the ID -> (reply after the ID, valid
-until). The listener asks for it once per batch of datagrams (``ready_table``); a new registry
-version empties it then. Nothing changes the registry while a batch runs. An entry evicted
-from the cache for room may still be replayed until its "valid until" (at most a second, and
-never past its TTL): the answer is still true.
+until), or, for a hit from a single partition whose reply carries its records (not truncated),
+(reply, valid until, stored, expires, TTL offsets, TTLs as stored). The listener asks for it
+once per batch of datagrams (``ready_table``); a new registry version empties it then. Nothing
+changes the registry while a batch runs.
+
+With the last four, a listener may *age* the entry past "valid until" without the resolver,
+as ``wire.render_reply`` would render it again: each TTL at its offset becomes
+max(TTL - int(now - stored), 0), and "valid until" moves to the next second, never past
+"expires" (the C loop does, see ``mifdns/aio/_udpbatch.c``; the Python loop asks the resolver
+instead). So a name asked now and then is answered without Python until its TTL runs out or the
+registry version moves, even if the cache evicted the entry for room meanwhile: the answer is
+still true, and the table is bounded like the memo. The resolver's own memo path (TCP,
+monitoring) renders again once a second and serves only entries the cache still holds.
 
 Both are bounded by ``MEMO_MAX`` and emptied whole when full.
 """
@@ -30,7 +39,10 @@ MEMO_MAX = 65536  # answer memo entries; cleared whole when full
 # (entry, registry version, valid until, reply after the ID, listener cap, the parsed query,
 #  the (partition tag, key) a single-candidate hit came from, for renewal)
 Record = tuple[Entry, int, float, bytes, int | None, wire.Query, tuple[int, Key] | None]
-ReadyTable = dict[bytes, tuple[bytes, float]]
+# (stored, expires, TTL offsets from the start of the message, TTLs as stored): see above
+Aging = tuple[float, float, tuple[int, ...], tuple[int, ...]]
+ReadyTable = dict[bytes, tuple[bytes, float] | tuple[bytes, float, float, float,
+                                                      tuple[int, ...], tuple[int, ...]]]
 
 
 class AnswerMemo:
@@ -41,8 +53,9 @@ class AnswerMemo:
         self._ready: dict[int | None, ReadyTable] = {}
         self._ready_version = -1
 
-    def remember(self, data: bytes, record: Record) -> None:
-        """Remember ``record`` (see ``Record``) for the query ``data``."""
+    def remember(self, data: bytes, record: Record, aging: Aging | None = None) -> None:
+        """Remember ``record`` (see ``Record``) for the query ``data``; ``aging``: how a
+        listener may age its reply in the ready table (see above), None if it may not."""
         table = self.table
         if len(table) >= MEMO_MAX:
             self.forget()
@@ -50,7 +63,8 @@ class AnswerMemo:
         table[key] = record
         ready = self._ready.get(record[4])
         if ready is not None:
-            ready[key] = (record[3], record[2])
+            ready[key] = (record[3], record[2]) if aging is None else (record[3], record[2],
+                                                                       *aging)
 
     def forget(self) -> None:
         """Drop everything (a routing change the registry version does not show, or full)."""

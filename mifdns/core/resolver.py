@@ -258,8 +258,12 @@ class Resolver:
         # valid until the entry expires or its TTLs age by another second, whichever is first
         stored = entry.stored
         until = min(entry.expires, stored + (int(now - stored) if now > stored else 0) + 1)
+        # a listener may age it on its own (memo.py) if it came from one partition and carries
+        # its records (a truncated reply has none, so no TTLs where the offsets point)
+        aging = ((stored, entry.expires, entry.ttl_offsets, entry.ttls)
+                 if renew is not None and not reply[2] & 2 else None)
         self.memo.remember(data, (entry, self.registry.version, until, reply[2:], max_udp, q,
-                                  renew))
+                                  renew), aging)
         return reply
 
     def ready_table(self, max_udp: int | None) -> ReadyTable | None:
@@ -526,11 +530,9 @@ class Resolver:
             kind, ttl, cap = Kind.NXDOMAIN, info.soa_ttl, s.negative_max_ttl
         elif info.ancount:
             kind, ttl, cap = Kind.POSITIVE, info.min_answer_ttl, s.max_ttl
-            if synthesized:
+            if synthesized or (pvd is not None and pvd.nat64_prefixes and key[1] == wire.AAAA
+                  and synthesis.any_in_prefixes(data, info, pvd.nat64_prefixes)):
                 kind = Kind.SYNTHESIZED
-            elif pvd is not None and pvd.nat64_prefixes and key[1] == wire.AAAA:
-                if synthesis.any_in_prefixes(data, info, pvd.nat64_prefixes):
-                    kind = Kind.SYNTHESIZED
         else:
             kind, ttl, cap = Kind.NODATA, info.soa_ttl, s.negative_max_ttl
         if pvd is not None and pvd.captive == CaptiveState.CAPTIVE:

@@ -298,8 +298,10 @@ def test_ready_table_replays_the_memo_and_empties_on_every_registry_change(monke
     assert table == {}
     hit = res.handle_query(_wire("www.example.com", 7), "c", d.now, 65494)  # memoized
     key = _wire("www.example.com", 9)[2:]
-    tail, until = table[key]
+    tail, until, stored, expires, offsets, ttls = table[key]  # with how to age it (memo.py)
     assert hit[2:] == tail and d.now < until <= d.now + 1
+    assert stored == d.now and expires == d.now + 300 and ttls == (300,)
+    assert hit[offsets[0]:offsets[0] + 4] == (300).to_bytes(4, "big")
     assert res.ready_table(1232) == {}  # another listener cap: its own table
     res.handle_query(_wire("intranet.corp.example", 8), "c", d.now, 65494)
     d.pump()

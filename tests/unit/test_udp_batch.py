@@ -21,6 +21,8 @@ import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
+import dns.message
+import dns.rdatatype
 import pytest
 
 from mifdns.aio import listener
@@ -261,3 +263,117 @@ async def test_the_c_loop_is_refused_when_it_is_not_built(monkeypatch):
     udp = UdpListener(asyncio.get_running_loop(), "127.0.0.1", 0, Core().handle, lambda: None)
     assert udp.engine == "python"
     udp.sock.close()
+
+
+# ---------------------------------------------------------------- aging (the C loop only)
+def aging_entry(tail: bytes, now: float, *, stored: float, expires: float,
+                offsets: tuple[int, ...], values: tuple[int, ...]) -> tuple:
+    """A ready-table entry past its "valid until", with how to age it (core/memo.py)."""
+    return (tail, now - 0.5, stored, expires, offsets, values)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_an_entry_past_its_until_is_aged_by_the_c_loop_and_asked_by_python(engine):
+    core = Core()
+    now = time.monotonic()
+    # a 14-byte "reply after the ID" with two 32-bit numbers at message offsets 4 and 10
+    tail = b"AB" + (100).to_bytes(4, "big") + b"CD" + (7).to_bytes(4, "big") + b"EF"
+    key = query(1, 0)[2:]
+    core.table[key] = aging_entry(tail, now, stored=now - 10.25, expires=now + 50,
+                                  offsets=(4, 10), values=(100, 7))
+    async with served(engine, core) as (udp, c):
+        c.sendto(query(1, 0x0A0B), ("127.0.0.1", udp.port))
+        (got,) = await recv_all(c, 1)
+        if engine == "python":  # the Python loop leaves aging to the resolver
+            assert got.startswith(b"\x0a\x0bslow:") and len(core.asked) == 1
+            assert udp.counters["aged"] == 0
+            return
+        # 10 s elapsed: 100 -> 90, 7 -> 0 (never below zero); the rest untouched
+        assert got == b"\x0a\x0b" + b"AB" + (90).to_bytes(4, "big") + b"CD" + bytes(4) + b"EF"
+        assert core.asked == [] and core.counted == 1
+        assert udp.counters["replayed"] == 1 == udp.counters["aged"]
+        fresh, until, *rest = core.table[key]  # stored back: the next second replays it
+        assert fresh == got[2:] and until == pytest.approx(now - 10.25 + 11)
+        assert rest == [now - 10.25, now + 50, (4, 10), (100, 7)]
+        c.sendto(query(1, 0x0C0D), ("127.0.0.1", udp.port))
+        (again,) = await recv_all(c, 1)
+        assert again == b"\x0c\x0d" + fresh and udp.counters["aged"] == 1
+
+
+async def test_aging_never_serves_past_expiry_nor_writes_outside_the_reply():
+    core = Core()
+    now = time.monotonic()
+    tail = b"\x00" * 10
+    good: dict[str, Any] = {"stored": now - 1, "expires": now + 60, "offsets": (2,),
+                            "values": (5,)}
+    cases: dict[int, dict[str, Any]] = {
+        1: {**good, "expires": now - 0.1},  # expired: the resolver decides
+        2: {**good, "offsets": (10,)},  # 8 + 4 > 10 bytes: outside
+        3: {**good, "offsets": (1,)},  # inside the ID: outside the stored reply
+        4: {**good, "offsets": (2, 4), "values": (5,)},  # lengths differ
+        5: {**good, "offsets": (1 << 80,)},  # not a C long
+        6: {**good, "values": ("5",)},  # not an int
+        7: {**good, "stored": int(now)},  # not a float
+        8: {**good, "offsets": (8,), "values": (1 << 40,)},  # aged, clamped to 32 bits
+    }
+    for n, kw in cases.items():
+        core.table[query(n, 0)[2:]] = aging_entry(tail, now, **kw)
+    async with served("c", core) as (udp, c):
+        for n in range(1, 9):
+            c.sendto(query(n, n), ("127.0.0.1", udp.port))
+        got = await recv_all(c, 8)
+        assert sorted(d[2:7] for d in got if d[2:7] == b"slow:") == [b"slow:"] * 7
+        assert len(core.asked) == 7 and udp.counters["aged"] == 1
+        (capped,) = [d for d in got if d[:2] == b"\x00\x08"]  # clamped to 32 bits
+        assert capped == b"\x00\x08" + bytes(6) + b"\xff\xff\xff\xff"
+
+
+async def test_the_c_loop_ages_exactly_as_the_resolver_renders_again():
+    """The resolver's memo offers a single-partition hit with how to age it; at any later
+    instant, the C loop's aged reply is byte for byte what the resolver itself renders."""
+    need("c")
+    from mifdns.aio import _udpbatch
+
+    from .coredriver import Driver, spec
+
+    def world() -> Driver:
+        d = Driver([spec("wifi", "wlan0")])
+        d.worlds["wifi"].records = {"www.example.com": {"A": ["203.0.113.80"]},
+                                    "mx.example.com": {"MX": ["10 www.example.com."]}}
+        d.worlds["wifi"].ttl = 30
+        return d
+
+    cdrv, pydrv = world(), world()  # the same history: one replays in C, one renders
+    t0 = cdrv.now
+    queries = [dns.message.make_query(n, t, use_edns=0) for n, t in
+               (("www.example.com", "A"), ("WWW.Example.COM", "A"), ("mx.example.com", "MX"),
+                ("nx.example.com", "A"))]
+    table = cdrv.resolver.ready_table(65494)  # a listener's table is filled from now on
+    for d in (cdrv, pydrv):
+        for q in queries:
+            d.query(q.question[0].name.to_text(), dns.rdatatype.to_text(q.question[0].rdtype))
+            d.resolver.handle_query(q.to_wire(), "c", t0, 65494)  # memoized
+    assert len(table) == 4 and all(len(v) == 6 for v in table.values())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srv, client() as c:
+        srv.bind(("127.0.0.1", 0))
+        srv.setblocking(False)
+        for elapsed in (0.4, 1.0, 2.7, 17.0, 29.99, 30.0, 45.0):
+            now = t0 + elapsed
+            asked: list[bytes] = []
+
+            def slow(data: bytes, addr: Any, now: float = now, asked: list[bytes] = asked
+                     ) -> bytes | None:
+                asked.append(data)
+                return cdrv.resolver.handle_query(data, "c", now, 65494)
+
+            for q in queries:
+                c.sendto(q.to_wire(), srv.getsockname())
+            await asyncio.sleep(0.02)
+            got, *_ = _udpbatch.serve(srv.fileno(), socket.AF_INET, table, now, slow, 64)
+            assert got == len(queries)
+            for q in queries:
+                want = pydrv.resolver.handle_query(q.to_wire(), "c", now, 65494)
+                assert want is not None or elapsed >= 30.0
+                reply = c.recv(4096) if want is not None else None
+                assert reply == want, (elapsed, q.question[0])
+            assert (asked == []) == (elapsed < 30.0), (elapsed, asked)  # past the TTL: asked
