@@ -15,7 +15,8 @@ import json
 import os
 import socket
 import sys
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import yaml
 
@@ -254,10 +255,9 @@ def _build_attach(args: argparse.Namespace) -> dict[str, Any]:
     if given is not None:
         if options or args.spec_name is not None:
             raise UsageError("--spec/--spec-file cannot be combined with other PvD options")
-        if args.name is not None:
-            if given.setdefault("name", args.name) != args.name:
-                raise UsageError(f"NAME {args.name!r} differs from the spec's name "
-                                 f"{given['name']!r}")
+        if args.name is not None and given.setdefault("name", args.name) != args.name:
+            raise UsageError(f"NAME {args.name!r} differs from the spec's name "
+                             f"{given['name']!r}")
         return {"cmd": "attach", "spec": given}
     if args.name and args.spec_name and args.name != args.spec_name:
         raise UsageError(f"NAME {args.name!r} and --name {args.spec_name!r} differ")

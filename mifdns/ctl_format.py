@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-
 # formatting for people
 
 

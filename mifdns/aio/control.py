@@ -44,7 +44,8 @@ import logging
 import os
 import socket
 import stat
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..errors import MifdnsError, StartupError
 
@@ -319,10 +320,10 @@ class ControlServer:
         writer.close()
         try:
             await asyncio.wait_for(writer.wait_closed(), 1.0)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             writer.transport.abort()
-        except Exception:  # noqa: BLE001 - the peer reset us: it is gone, that is all
-            pass
+        except Exception:  # the peer reset us: it is gone, that is all
+            log.debug("closing a control connection failed", exc_info=True)
 
     @staticmethod
     def _encode_response(response: dict[str, Any]) -> bytes:

@@ -701,11 +701,12 @@ def _name(req: dict[str, Any]) -> str:
 
 
 def _rdtype(text: Any) -> int:
+    import dns.exception
     import dns.rdatatype
 
     try:
         return int(dns.rdatatype.from_text(str(text)))
-    except Exception:
+    except (dns.exception.DNSException, ValueError):  # unknown mnemonic; TYPE99999
         raise ControlError(f"unknown record type {text!r}") from None
 
 

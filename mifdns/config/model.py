@@ -202,33 +202,33 @@ PVD_KEY_DOCS: dict[str, tuple[str, str, str]] = {
     "name": ("string", "required",
              "Unique name: 1-64 characters of `A-Z a-z 0-9 _ . -`."),
     "interface": ("string", "required",
-                  "The network interface; queries to this PvD's servers leave only through it. "
-                  "A Linux interface name: 1-15 characters, no `/`, `:` or whitespace."),
+                  ("The network interface; queries to this PvD's servers leave only through it. "
+                   "A Linux interface name: 1-15 characters, no `/`, `:` or whitespace.")),
     "servers": ("list of strings", "[]",
-                "DNS servers: `ADDR`, `ADDR:PORT` or `[IPv6]:PORT`. A link-local IPv6 server is "
-                "reached through `interface` (a `%SCOPE`, if written, must name it). May be "
-                "empty: servers can come later."),
+                ("DNS servers: `ADDR`, `ADDR:PORT` or `[IPv6]:PORT`. A link-local IPv6 server is "
+                 "reached through `interface` (a `%SCOPE`, if written, must name it). May be "
+                 "empty: servers can come later.")),
     "domains": ("list of strings", "[]",
-                "`~name`: routing only (names under it go to this PvD); `name`: routing and "
-                "search; `~.`: this PvD takes every name (the default route)."),
+                ("`~name`: routing only (names under it go to this PvD); `name`: routing and "
+                 "search; `~.`: this PvD takes every name (the default route).")),
     "default_route": ("boolean or null", "null",
-                      "Whether names outside every PvD's domains may go to this PvD. null: yes "
-                      "unless it has a routing-only (`~`) domain (the systemd-resolved rule)."),
+                      ("Whether names outside every PvD's domains may go to this PvD. null: yes "
+                       "unless it has a routing-only (`~`) domain (the systemd-resolved rule).")),
     "exclusive": ("boolean", "false",
-                  "Names under this PvD's domains never go to another PvD, even while it is "
-                  "detached (they fail with an Extended DNS Error instead)."),
+                  ("Names under this PvD's domains never go to another PvD, even while it is "
+                   "detached (they fail with an Extended DNS Error instead).")),
     "networks": ("list of strings", "[]",
-                 "CIDR networks whose reverse names (in-addr.arpa, ip6.arpa) go to this PvD, "
-                 "besides the interface's own prefixes. Host bits must be zero."),
+                 ("CIDR networks whose reverse names (in-addr.arpa, ip6.arpa) go to this PvD, "
+                  "besides the interface's own prefixes. Host bits must be zero.")),
     "dns64": ("mapping or string", "{prefix: none, synthesize: false}",
-              "NAT64 / DNS64 settings; the short forms `auto`, `none` and a prefix string set "
-              "`prefix` alone."),
+              ("NAT64 / DNS64 settings; the short forms `auto`, `none` and a prefix string set "
+               "`prefix` alone.")),
     "dns64.prefix": ("string", "none",
-                     "`auto` (discover it, RFC 7050), `none`, or a static IPv6 NAT64 prefix of "
-                     "an RFC 6052 length: /32, /40, /48, /56, /64 or /96."),
+                     ("`auto` (discover it, RFC 7050), `none`, or a static IPv6 NAT64 prefix of "
+                      "an RFC 6052 length: /32, /40, /48, /56, /64 or /96.")),
     "dns64.synthesize": ("boolean", "false",
-                         "Synthesize AAAA records from A records here (RFC 6147) when the PvD's "
-                         "servers do not. Needs a prefix (`auto` or static)."),
+                         ("Synthesize AAAA records from A records here (RFC 6147) when the PvD's "
+                          "servers do not. Needs a prefix (`auto` or static).")),
     "captive_portal": ("string or null", "null",
                        "The RFC 8910 captive-portal API URI (https) when known."),
     "captive_domains": ("list of strings", "[]",

@@ -111,7 +111,7 @@ class Entry:
 class Partition:
     tag: int
     pvd: str
-    entries: "OrderedDict[Key, Entry]"
+    entries: OrderedDict[Key, Entry]
     nx: dict[tuple[bytes, int, int], Entry]  # (name, qclass, flags) -> NXDOMAIN covering all types
     bytes: int = 0
 
@@ -253,7 +253,7 @@ class Cache:
             if victim is None:
                 return
             if victim.entries:
-                key, entry = victim.entries.popitem(last=False)
+                _key, entry = victim.entries.popitem(last=False)
             else:
                 nk = next(iter(victim.nx))
                 entry = victim.nx.pop(nk)

@@ -11,10 +11,9 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, field, replace
-from typing import Union
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class CaptiveState(str, enum.Enum):
@@ -119,7 +118,7 @@ class Domain:
     routing_only: bool = False
 
     @classmethod
-    def parse(cls, text: str) -> "Domain":
+    def parse(cls, text: str) -> Domain:
         text = text.strip()
         routing_only = text.startswith("~")
         name = text[1:] if routing_only else text
@@ -184,7 +183,7 @@ class PvdSpec:
     def search_domains(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.domains if not d.routing_only and d.name)
 
-    def resolution_changed(self, other: "PvdSpec") -> bool:
+    def resolution_changed(self, other: PvdSpec) -> bool:
         """True when answers learned under ``self`` may be wrong under ``other``."""
         return (
             self.interface != other.interface
@@ -194,7 +193,7 @@ class PvdSpec:
             or self.dns64 != other.dns64
         )
 
-    def with_(self, **changes: object) -> "PvdSpec":
+    def with_(self, **changes: object) -> PvdSpec:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 

@@ -20,8 +20,8 @@ Methods never call back: they return a list of events, which the caller drains i
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Union
 
 from .pvd import CaptiveState, IPNetwork, Pvd, PvdSpec
 
@@ -57,7 +57,7 @@ class PvdChanged:
     what: str
 
 
-Event = Union[PvdAttached, PvdDetached, PvdPurged, PvdChanged]
+Event = PvdAttached | PvdDetached | PvdPurged | PvdChanged
 
 
 class RegistryError(KeyError):

@@ -38,8 +38,8 @@ Rules, in the order they apply:
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 from urllib.parse import urlsplit
 
 from .pvd import CaptiveState, IPNetwork, Pvd
@@ -294,8 +294,8 @@ class RouteTable:
                 return Decision(
                     ede=(
                         EDE_NO_REACHABLE_AUTHORITY,
-                        f"{wire_to_text(suffix)} belongs to exclusive PvD {names}, "
-                        "which is detached",
+                        (f"{wire_to_text(suffix)} belongs to exclusive PvD {names}, "
+                         "which is detached"),
                     )
                 )
             chosen = live

@@ -41,7 +41,7 @@ class Send:
 
     __slots__ = ("txn", "server", "wire", "tcp", "txid")
 
-    def __init__(self, txn: "Transaction", server: ServerAddr, data: bytes, tcp: bool, txid: int):
+    def __init__(self, txn: Transaction, server: ServerAddr, data: bytes, tcp: bool, txid: int):
         self.txn = txn
         self.server = server
         self.wire = data

@@ -12,6 +12,7 @@ error and on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import subprocess
@@ -21,6 +22,8 @@ import time
 from typing import Any
 
 import yaml
+
+log = logging.getLogger("mifdns.demo")
 
 WIFI_ZONE = {
     "www.example.com": {"A": "203.0.113.80"},
@@ -83,9 +86,11 @@ class Demo:
         path = os.path.join(self.work, "mifdns.yaml")
         with open(path, "w") as f:
             yaml.safe_dump(config, f, sort_keys=False)
-        self.log = open(os.path.join(self.work, "mifdns.log"), "wb")
-        self.proc = t.popen_host([sys.executable, "-m", "mifdns", "run", "--config", path],
-                                 stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        # the child gets its own copy of the descriptor; ours is not needed once it has started
+        with open(os.path.join(self.work, "mifdns.log"), "wb") as daemon_log:
+            self.proc = t.popen_host([sys.executable, "-m", "mifdns", "run", "--config", path],
+                                     stdin=subprocess.DEVNULL, stdout=daemon_log,
+                                     stderr=daemon_log)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -94,8 +99,8 @@ class Demo:
                 try:
                     self.ask("localhost.", "A", timeout=0.3)
                     return
-                except Exception:  # noqa: BLE001 - not up yet
-                    pass
+                except Exception:  # not up yet
+                    log.debug("mifdns not answering yet", exc_info=True)
             time.sleep(0.05)
         raise RuntimeError("mifdns did not come up in 10 s; its log:\n" + self._daemon_log())
 
@@ -109,8 +114,8 @@ class Demo:
         for up in self.ups.values():
             try:
                 self.loop.call(up.stop(), timeout=5)
-            except Exception:  # noqa: BLE001 - cleaning up regardless
-                pass
+            except Exception:  # cleaning up regardless
+                log.debug("stopping a fake upstream failed", exc_info=True)
         self.loop.close()
         self.topo.close()
         shutil.rmtree(self.work, ignore_errors=True)

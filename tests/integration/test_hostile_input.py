@@ -18,10 +18,8 @@ import time
 import dns.message
 import pytest
 from splitdns_helpers import (
-    STUB,
-    start_corp,
-    still_serving,
     CORP_ZONE,
+    STUB,
     addrs,
     config,
     corp_pvd,
@@ -29,6 +27,8 @@ from splitdns_helpers import (
     names_seen,
     rcode,
     recv_frame,
+    start_corp,
+    still_serving,
     tcp_connect,
     udp_socket,
     wifi_pvd,

@@ -7,6 +7,7 @@ servers of which the first never answers) and wlan0 (the default route).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -224,7 +225,7 @@ async def test_monitor_streams_decisions_and_lifecycle_to_several_watchers(
         daemon.ctl("captive", "wifi", "captive")
         daemon.ctl("captive", "wifi", "open")  # leaving the captive state purges
         daemon.ctl("reload")
-        time.sleep(0.3)
+        await asyncio.sleep(0.3)
     finally:
         outputs = [stop_monitor(m) for m in monitors]
     assert flushed["entries"] == 3  # wiki, git and www
@@ -419,7 +420,7 @@ async def test_query_log_off_never_logs_even_while_a_monitor_watches(
         dig(daemon, "www.corp.example")
         dig(daemon, "www.corp.example")
         daemon.query("www.example.com")
-        time.sleep(0.3)
+        await asyncio.sleep(0.3)
     finally:
         watched = stop_monitor(monitor)
     assert sum(1 for line in watched.splitlines() if '"event":"query"' in line) == 3

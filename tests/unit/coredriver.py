@@ -7,9 +7,10 @@ with time passed in by hand.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
+import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -69,11 +70,11 @@ class World:
                                    f"ns.example. h.example. 1 2 3 4 {self.soa_min}")
 
 
-import dns.flags  # noqa: E402
+_DEFAULT_SETTINGS = Settings()  # frozen: one instance serves every Driver
 
 
 class Driver:
-    def __init__(self, specs: list[PvdSpec], settings: Settings = Settings()) -> None:
+    def __init__(self, specs: list[PvdSpec], settings: Settings = _DEFAULT_SETTINGS) -> None:
         self.registry = Registry()
         self.now = 1000.0
         ids = iter(range(1, 1 << 30))

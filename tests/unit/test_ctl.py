@@ -205,15 +205,23 @@ async def test_a_live_daemon_on_the_socket_is_a_startup_error(served: Any) -> No
     assert await asyncio.to_thread(ctl.request, server.path, {"cmd": "echo"}) == {"cmd": "echo"}
 
 
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 @pytest.mark.asyncio
 async def test_a_file_that_is_not_a_socket_is_left_alone(sock_path: str) -> None:
     os.makedirs(os.path.dirname(sock_path))
-    with open(sock_path, "w") as f:
-        f.write("precious")
+    await asyncio.to_thread(_write_text, sock_path, "precious")
     with pytest.raises(StartupError, match="not a socket"):
         await ControlServer(sock_path, FakeDaemon(), MonitorHub()).start()
-    with open(sock_path) as f:
-        assert f.read() == "precious"
+    assert await asyncio.to_thread(_read_text, sock_path) == "precious"
 
 
 @pytest.mark.asyncio
