@@ -50,9 +50,11 @@ def cache_listing(cache: Cache, registry: Registry, now: float,
 
 
 def query_event(q: wire.Query, decision: Decision, pvd: str | None, source: str, kind: str,
-                started: float, now: float, error: str | None = None) -> dict[str, Any]:
+                started: float, now: float, error: str | None = None,
+                rcode: str | None = None) -> dict[str, Any]:
     """One monitor/query-log record. The adapter stamps the wall-clock ``time``; the keys are
-    those mifdns.aio.control documents."""
+    those mifdns.aio.control documents. ``rcode``: the answer's, when ``kind`` does not tell it
+    (a local answer is NOERROR or NXDOMAIN)."""
     return {
         "event": "query",
         "name": wire.qname_to_text(q.qname),
@@ -60,7 +62,7 @@ def query_event(q: wire.Query, decision: Decision, pvd: str | None, source: str,
         "pvd": pvd,
         "cache": "hit" if source == "hit" else ("-" if source == "local" else "miss"),
         "kind": kind,
-        "rcode": _RCODES.get(kind, "NOERROR"),
+        "rcode": rcode or _RCODES.get(kind, "NOERROR"),
         "ms": round((now - started) * 1000, 3),
         "candidates": [{"pvd": c.pvd, "grade": c.grade, "reason": c.reason}
                        for c in decision.candidates],

@@ -197,7 +197,8 @@ class Resolver:
             if decision.local is not None:
                 c["local"] += 1
                 if self.monitoring:
-                    self._event_query(q, decision, None, "local", "local", now, now)
+                    self._event_query(q, decision, None, "local", "local", now, now,
+                                      rcode="NXDOMAIN" if is_nxdomain(q, decision) else "NOERROR")
                 return self._local(q, decision)
         cands = decision.candidates
         if not cands:
@@ -687,10 +688,10 @@ class Resolver:
 
     def _event_query(
         self, q: wire.Query, decision: Decision, pvd: str | None, source: str, kind: str,
-        started: float, now: float, error: str | None = None,
+        started: float, now: float, error: str | None = None, rcode: str | None = None,
     ) -> None:
         self.events.append(introspect.query_event(q, decision, pvd, source, kind, started, now,
-                                                  error))
+                                                  error, rcode))
 
 
 def _stale(item: tuple[float, int, object]) -> bool:

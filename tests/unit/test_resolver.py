@@ -338,3 +338,16 @@ def test_memo_never_outlives_a_purge_or_the_entry():
     d.now += 10**6  # far past the TTL
     assert answers(d.query("www.example.com")) == ["203.0.113.80"]
     assert d.worlds["wifi"].seen.count(("www.example.com.", "A")) == 3
+
+
+def test_monitor_events_carry_the_rcode_the_client_got():
+    d = vpn_and_wifi()
+    d.resolver.monitoring = True
+    for name, rdtype in (("x.invalid", "A"), ("localhost", "A"), ("1.0.168.192.in-addr.arpa", "PTR"),
+                         ("www.example.com", "A"), ("www.example.com", "A"),
+                         ("nope.example.org", "A"), ("nope.example.org", "A"),
+                         ("ipv4only.arpa", "A")):
+        d.resolver.events.clear()
+        r = d.query(name, rdtype)
+        (ev,) = [e for e in d.resolver.events if e["event"] == "query"]
+        assert ev["rcode"] == dns.rcode.to_text(r.rcode()), (name, ev)
