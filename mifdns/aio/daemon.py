@@ -386,6 +386,8 @@ class Daemon:
             notes.append("listen/control_socket changes need a restart")
         if new.netlink != self.config.netlink:
             notes.append("netlink changes need a restart")
+        if new.metrics != self.config.metrics:
+            notes.append("metrics changes need a restart")
         if settings_from(new) != self.resolver.settings:
             self.resolver.settings = settings_from(new)
             self.resolver.cache.max_entries = new.cache.max_entries
@@ -393,9 +395,18 @@ class Daemon:
         if self.upstreams is not None:
             self.upstreams.max_tcp = new.limits.max_upstream_tcp
             self.upstreams.queries_per_port = new.upstream.queries_per_port
-        running = self.config
+        lim = new.limits  # the listeners read these on every batch, connection or frame
+        for udp in self.udp:
+            udp.batch = lim.ingress_batch
+            if udp.queue_bytes != lim.ingress_queue_bytes:
+                udp.set_queue_bytes(lim.ingress_queue_bytes)
+        for tcp in self.tcp:
+            tcp.max_clients = lim.max_tcp_clients
+            tcp.max_inflight = lim.max_tcp_queries_per_connection
+            tcp.idle_timeout = lim.tcp_idle_timeout
+        running = self.config  # what needs a restart stays as it runs (status shows it)
         self.config = replace(new, listen=running.listen, control_socket=running.control_socket,
-                              netlink=running.netlink)
+                              netlink=running.netlink, metrics=running.metrics)
         if new.resolv_conf != running.resolv_conf:
             if self.resolv_conf is not None:
                 self.resolv_conf.restore()
@@ -463,6 +474,12 @@ class Daemon:
                 if "spec" in req:
                     spec = cfgmod.pvd_spec_from_mapping(req["spec"], where="spec",
                                                         origin="runtime")
+                    current = reg.find(spec.name)
+                    if current is not None and current.spec.origin != "runtime":
+                        raise ControlError(
+                            f"attach: {spec.name!r} is a PvD from {current.spec.origin}; a spec "
+                            "attaches a new runtime PvD (change this one with 'ctl update')")
+                    self._refuse_own_servers(spec, "attach")
                     return self._upsert(spec)
                 name = _name(req)
                 self._apply(reg.admin_attach(name, now=now))
@@ -476,6 +493,7 @@ class Daemon:
                 merged = {**spec_to_mapping(current), **changes, "name": name}
                 spec = cfgmod.pvd_spec_from_mapping(merged, where="update",
                                                     origin=current.origin)
+                self._refuse_own_servers(spec, "update")
                 return self._upsert(spec)
             if cmd == "remove":
                 name = _name(req)
@@ -509,6 +527,15 @@ class Daemon:
         except ConfigError as exc:
             raise ControlError("; ".join(exc.problems)) from None
         raise ControlError(f"unknown command {cmd!r}")
+
+    def _refuse_own_servers(self, spec: PvdSpec, cmd: str) -> None:
+        """The check the config loader makes: a server that is one of mifdns's own listen
+        addresses would send its queries back to mifdns."""
+        own = {(la.address, la.port) for la in self.config.listen}
+        for server in spec.servers:
+            if (server.address, server.port) in own:
+                raise ControlError(f"{cmd}: {server} is one of mifdns's own listen addresses "
+                                   "(queries would loop)")
 
     def _upsert(self, spec: PvdSpec) -> dict[str, Any]:
         assert self.links is not None

@@ -128,13 +128,7 @@ class UdpListener:
         # anything else) could bind the same address and take a share of the clients' queries
         if s.family == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        try:  # the ingress queue: past it the kernel drops (and counts) datagrams
-            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.queue_bytes)
-        except OSError:  # without CAP_NET_ADMIN: capped at net.core.rmem_max
-            try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.queue_bytes)
-            except OSError:
-                pass
+        self.set_queue_bytes(self.queue_bytes)
         s.bind((self.address, self.port))
         self._fd_family = (s.fileno(), int(s.family))
         self.loop.add_reader(s.fileno(),
@@ -154,6 +148,18 @@ class UdpListener:
             return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
         except OSError:
             return 0
+
+    def set_queue_bytes(self, n: int) -> None:
+        """The ingress queue: past it the kernel drops (and counts) datagrams. Without
+        CAP_NET_ADMIN the kernel caps it at net.core.rmem_max (see ``queue_granted``)."""
+        self.queue_bytes = n
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, n)
+        except OSError:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, n)
+            except OSError:
+                log.warning("cannot set the UDP receive queue of %s to %d bytes", self.address, n)
 
     def refresh_drops(self) -> int:
         """Read the kernel's drop count for this socket (receive queue full) into counters."""

@@ -14,10 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dns.message
 import dns.rcode
 import pytest
 import pytest_asyncio
 import yaml
+from conftest import DaemonError
+from splitdns_helpers import STUB, frame, recv_frame, tcp_connect
 from test_lifecycle import (
     CORP_HOST,
     CORP_ZONE,
@@ -246,3 +249,50 @@ async def test_user_drop_keeps_net_raw_and_binds_new_upstream_sockets(
     assert addrs(daemon.query("intranet.vpn.example")) == ["10.3.3.3"]
     assert await daemon.stop() == 0
     assert not sock.exists()  # removed by the unprivileged daemon
+
+
+# ------------------------------------------------------------------------------ contracts
+async def test_reload_applies_every_limit_at_once_and_says_what_needs_a_restart(
+    topology: Any, env2: Any, mifdns_factory: Any
+) -> None:
+    daemon = await mifdns_factory(topology, config())
+    cfg = config(limits={"max_tcp_clients": 1, "tcp_idle_timeout": 30, "ingress_batch": 16,
+                         "max_tcp_queries_per_connection": 2},
+                 metrics={"listen": "127.0.0.1:19153"})
+    rewrite(daemon, cfg)
+    rec = daemon.ctl("reload")
+    assert rec["notes"] == ["metrics changes need a restart"]
+    st = daemon.ctl("status")
+    assert st["limits"]["max_tcp_clients"] == 1 and st["limits"]["ingress_batch"] == 16
+    assert st["limits"]["max_tcp_queries_per_connection"] == 2
+    assert st["metrics"] is None or not st["metrics"]  # still off, as it runs
+    # the new limit holds now: a second TCP client is refused while the first stays open
+    first = tcp_connect(topology.host, STUB, timeout=5)
+    second = None
+    try:
+        await asyncio.sleep(0.2)
+        assert daemon.ctl("status")["tcp_clients"] == 1
+        second = tcp_connect(topology.host, STUB, timeout=5)
+        with pytest.raises((OSError, ConnectionError)):
+            second.sendall(frame(dns.message.make_query("www.example.com", "A").to_wire()))
+            recv_frame(second)  # closed at once: no answer
+        assert daemon.ctl("status")["limits"]["hits"]["tcp_clients"] >= 1
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+
+
+async def test_a_spec_never_overwrites_a_configured_pvd_nor_points_at_mifdns_itself(
+    topology: Any, env2: Any, mifdns_factory: Any
+) -> None:
+    daemon = await mifdns_factory(topology, config())
+    before = stable(daemon.ctl("pvds"))
+    with pytest.raises(DaemonError, match="PvD from config.*ctl update"):
+        daemon.ctl("attach", "corp", "--interface", "wlan0")
+    for argv in (("attach", "--name", "loop", "--interface", "lo", "--server", "127.0.0.53"),
+                 ("update", "wifi", "--server", "127.0.0.53")):
+        with pytest.raises(DaemonError, match="own listen addresses"):
+            daemon.ctl(*argv)
+    assert stable(daemon.ctl("pvds")) == before
+    assert addrs(daemon.query("www.corp.example")) == ["198.51.100.7"]
