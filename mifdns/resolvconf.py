@@ -10,11 +10,15 @@ itself). Input without any ``nameserver`` removes the record: it can resolve not
 is not an error). ``-x`` (exclusive; also ``IF_EXCLUSIVE`` in the environment) adds ``~.`` and
 makes the PvD exclusive: while it exists, names no other PvD's domain claims go only to it (a
 full-tunnel VPN's DNS does not leak). ``-p`` (private; ``IF_PRIVATE``) makes its domains
-routing-only and never a default route. ``-m METRIC`` is accepted and ignored (routing is by
-domain, not by order); ``-f`` silences the note about an interface that does not exist (yet).
-``-u``, ``-I``, ``--enable-updates``... do nothing (changes apply at once); ``-l [PATTERN]``
-prints the records in resolv.conf form, ``-i [PATTERN]`` their names, ``--version`` says it is
-mifdns.
+routing-only and never a default route. ``IF_EXCLUSIVE``/``IF_PRIVATE`` are read by ``-a`` when
+the option is not on the command line: ``1 yes true on`` (any case) mean on, ``0 no false off``
+and empty mean off, anything else is a usage error. ``-m METRIC`` is accepted and ignored
+(routing is by domain, not by order); ``-f`` silences the note about an interface that does not
+exist (yet). Nameservers left out of a feed (loopback off ``lo``, mifdns's own addresses) are
+reported on stderr, one line each, after the feed is accepted; the exit status stays 0, as with
+the real resolvconf. ``-u``, ``-I``, ``--enable-updates``... do nothing (changes apply at once);
+``-l [PATTERN]`` prints the records in resolv.conf form (see :func:`format_records`),
+``-i [PATTERN]`` their names, ``--version`` says it is mifdns, ``-h``/``--help`` the options.
 Installed as a ``resolvconf`` symlink the program behaves the same (``cli.main`` checks argv[0]).
 
 Which interface a record names: the longest dotted prefix that is an existing interface
@@ -40,6 +44,7 @@ RECORD_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 # wg-quick prefixes the interface with the first "X*" line of /etc/resolvconf/interface-order,
 # which is "tun*" in Debian's stock file.
 INTERFACE_ORDER_PREFIXES = ("tun", "tap")
+OWN_ADDRESS = "an address of mifdns itself (it would loop)"
 
 
 def _exists(ifname: str) -> bool:
@@ -103,15 +108,32 @@ def parse_resolv_conf(text: str) -> ResolvConf:
     return out
 
 
+@dataclass
+class Feed:
+    """What a feed becomes."""
+
+    spec: PvdSpec | None  # None: no usable nameserver, the record is removed
+    ignored: list[str]  # one line per nameserver left out: "nameserver ADDR: why"
+
+
 def spec_from_resolvconf(
     record: str, text: str, *, exclusive: bool = False, private: bool = False,
     skip: Collection[str] = (), exists: Callable[[str], bool] = _exists,
 ) -> PvdSpec | None:
     """The runtime PvD a feed describes, or None when it has no usable nameserver (the record
-    then contributes nothing and is removed). ``skip``: server addresses never to use (the
-    daemon's own listen addresses: a feed pointing at mifdns would loop). Loopback servers are
-    skipped too unless the record is on ``lo``: they cannot be reached through another link.
-    Raises ConfigError with one line per problem."""
+    then contributes nothing and is removed). See :func:`read_feed`."""
+    return read_feed(record, text, exclusive=exclusive, private=private, skip=skip,
+                     exists=exists).spec
+
+
+def read_feed(
+    record: str, text: str, *, exclusive: bool = False, private: bool = False,
+    skip: Collection[str] = (), exists: Callable[[str], bool] = _exists,
+) -> Feed:
+    """The runtime PvD a feed describes, and the nameservers it leaves out. ``skip``: server
+    addresses never to use (the daemon's own listen addresses: a feed pointing at mifdns would
+    loop). Loopback servers are skipped too unless the record is on ``lo``: they cannot be
+    reached through another link. Raises ConfigError with one line per problem."""
     check_record(record)
     iface = interface_of(record, exists)
     conf = parse_resolv_conf(text)
@@ -123,8 +145,11 @@ def spec_from_resolvconf(
         except ValueError as exc:
             problems.append(f"nameserver {exc}")
             continue
-        if str(srv.address) in skip or (srv.address.is_loopback and iface != "lo"):
-            conf.ignored.append(f"nameserver {s}: loopback or mifdns itself")
+        if str(srv.address) in skip:
+            conf.ignored.append(f"nameserver {s}: {OWN_ADDRESS}")
+            continue
+        if srv.address.is_loopback and iface != "lo":
+            conf.ignored.append(f"nameserver {s}: loopback, not reachable through {iface}")
             continue
         if srv not in servers:
             servers.append(srv)
@@ -140,14 +165,14 @@ def spec_from_resolvconf(
     if problems:
         raise ConfigError(problems, source=f"resolvconf {record}")
     if not servers:
-        return None
+        return Feed(None, conf.ignored)
     default_route: bool | None = None
     if exclusive:
         domains.append(Domain("", routing_only=True))
         default_route = True
     elif private:
         default_route = False
-    return PvdSpec(
+    return Feed(PvdSpec(
         name=record,
         interface=iface,
         servers=tuple(servers),
@@ -155,7 +180,7 @@ def spec_from_resolvconf(
         default_route=default_route,
         exclusive=exclusive,
         origin="resolvconf",
-    )
+    ), conf.ignored)
 
 
 def check_record(record: str) -> None:
@@ -167,12 +192,42 @@ def check_record(record: str) -> None:
 
 
 USAGE = """\
-usage: resolvconf [--socket PATH] -a IFACE[.PROTO] [-x] [-p] [-m METRIC] < resolv.conf
+usage: resolvconf [--socket PATH] -a IFACE[.PROTO] [-x] [-p] [-m METRIC] [-f] < resolv.conf
        resolvconf [--socket PATH] -d IFACE[.PROTO]... [-f]
        resolvconf [--socket PATH] -l [PATTERN] | -i [PATTERN]
        resolvconf -u | -I | --enable-updates | --disable-updates | --updates-are-enabled
+       resolvconf --version | -V | --help | -h
 The daemon is found by --socket, else $MIFDNS_CONTROL_SOCKET, else /run/mifdns/control.sock.
 """
+
+HELP = USAGE + """
+mifdns's resolvconf(8) front end: each record is a PvD fed by a DHCP client or VPN script.
+
+  -a RECORD          create or replace RECORD from the resolv.conf lines on stdin
+                     (nameserver, domain, search; no usable nameserver removes it)
+  -d RECORD...       remove the records (a missing record is not an error)
+  -x                 with -a: exclusive, takes every name no other PvD claims (~.);
+                     also IF_EXCLUSIVE=1
+  -p                 with -a: private, domains routing-only, never a default route;
+                     also IF_PRIVATE=1
+  -m METRIC, -mN     accepted and ignored (routing is by domain)
+  -f                 no note about an interface that does not exist (yet)
+  -l [PATTERN]       print the records in resolv.conf form
+  -i [PATTERN]       print the record names
+  -u, -I, --enable-updates, --disable-updates, --updates-are-enabled
+                     do nothing: changes apply at once
+  --socket PATH      the daemon's control socket (also --socket=PATH)
+  --version, -V      say which program this is
+  --help, -h         this text
+  --                 the rest are record names (or the pattern)
+
+IF_EXCLUSIVE and IF_PRIVATE: 1, yes, true, on (any case) are on; 0, no, false, off or empty
+are off. RECORD is IFACE[.PROTO]; a PATTERN without * ? [ matches records starting with it.
+Exit status: 0 done, 1 refused or no daemon, 2 bad command line.
+"""
+
+ENV_ON = ("1", "yes", "true", "on")
+ENV_OFF = ("", "0", "no", "false", "off")
 
 NOOP_OPTIONS = frozenset({"-u", "-I", "--enable-updates", "--disable-updates",
                           "--updates-are-enabled"})
@@ -180,7 +235,7 @@ NOOP_OPTIONS = frozenset({"-u", "-I", "--enable-updates", "--disable-updates",
 
 @dataclass
 class Args:
-    action: str | None = None  # add | delete | list | names | noop
+    action: str | None = None  # add | delete | list | names | noop | version | help
     records: list[str] = field(default_factory=list)
     exclusive: bool = False
     private: bool = False
@@ -197,8 +252,8 @@ def parse_args(argv: list[str], environ: dict[str, str] | os._Environ[str]) -> A
     """resolvconf's command line, as openresolv, Debian's resolvconf and systemd's shim accept
     it: ``-a``/``-d`` take the record right after them (openresolv, Debian) or anywhere as the
     operand (systemd: ``resolvconf -x -a wg0``); options may follow the record (wg-quick:
-    ``-a tun.wg0 -m 0 -x``)."""
-    a = Args(exclusive=bool(environ.get("IF_EXCLUSIVE")), private=bool(environ.get("IF_PRIVATE")))
+    ``-a tun.wg0 -m 0 -x``). ``-h``/``--help`` anywhere asks for the help text."""
+    a = Args()
     operands: list[str] = []
     i = 0
     while i < len(argv):
@@ -235,6 +290,8 @@ def parse_args(argv: list[str], environ: dict[str, str] | os._Environ[str]) -> A
             _set_action(a, "list" if arg == "-l" else "names")
             if nxt is not None and not nxt.startswith("-"):
                 a.pattern, i = nxt, i + 1
+        elif arg in ("--help", "-h"):
+            return Args(action="help")
         elif arg in ("--version", "-V"):
             _set_action(a, "version", weak=True)
         elif arg in NOOP_OPTIONS:
@@ -253,10 +310,23 @@ def parse_args(argv: list[str], environ: dict[str, str] | os._Environ[str]) -> A
     elif a.action in ("list", "names") and operands and a.pattern is None:
         a.pattern = operands[0]
     if a.action is None:
-        raise UsageError("expected -a, -d, -l, -i or -u")
-    if a.action == "version":
-        return a
+        raise UsageError("expected -a, -d, -l, -i or -u (--help lists the options)")
+    if a.action == "add":  # the flags mean something to -a only: a stale value never blocks -d
+        a.exclusive = a.exclusive or _env_flag(environ, "IF_EXCLUSIVE")
+        a.private = a.private or _env_flag(environ, "IF_PRIVATE")
     return a
+
+
+def _env_flag(environ: dict[str, str] | os._Environ[str], name: str) -> bool:
+    """openresolv's yes/no words; anything else is refused rather than guessed (``0`` used to
+    turn the option on)."""
+    value = environ.get(name, "").strip()
+    if value.lower() in ENV_ON:
+        return True
+    if value.lower() in ENV_OFF:
+        return False
+    raise UsageError(f"{name}={value!r}: expected {', '.join(ENV_ON)} (on) or "
+                     f"{', '.join(ENV_OFF[1:])} or empty (off)")
 
 
 def _set_action(a: Args, action: str, weak: bool = False) -> None:
@@ -275,6 +345,59 @@ def _matches(name: str, pattern: str | None) -> bool:
                                pattern + "*")
 
 
+def format_records(pvds: list[dict[str, Any]]) -> str:
+    """The records in resolv.conf form, as ``-l`` prints them (``pvds``: the daemon's PvD
+    views). Each block is what the record was fed, so that feeding it back with the options its
+    first line names (``-x``, ``-p``) makes the same PvD, as openresolv's ``-l`` prints the text
+    it was given. resolv.conf has no word for a routing-only domain: a ``-p`` record's domains
+    stand on its ``search`` line as they were fed, and a ``# routing-only:`` comment says that
+    they route only (they are not searched); ``-x``'s ``~.`` is a ``# exclusive:`` comment."""
+    out = []
+    for p in pvds:
+        domains = p.get("domains")
+        if domains is None:  # an older daemon: search domains only
+            domains = list(p.get("search_domains", []))
+        names = [d.lstrip("~") for d in domains if d != "~."]
+        routing_only = [d[1:] for d in domains if d.startswith("~") and d != "~."]
+        exclusive = bool(p.get("exclusive"))
+        private = bool(routing_only) or (not exclusive and p.get("default_route") is False)
+        options = " ".join(o for o, on in (("-x", exclusive), ("-p", private)) if on)
+        out.append(f"# resolv.conf from {p['name']}" + (f" (fed with {options})" if options
+                                                         else "") + "\n")
+        if exclusive:
+            out.append("# exclusive: names no other PvD claims go only here (~.)\n")
+        if routing_only:
+            out.append("# routing-only: " + " ".join(routing_only) + "\n")
+        if names:
+            out.append("search " + " ".join(names) + "\n")
+        out += [f"nameserver {s}\n" for s in p.get("servers", [])]
+        out.append("\n")
+    return "".join(out)
+
+
+def feed_notes(feed: Feed, result: Any, *, force: bool = False,
+               exists: Callable[[str], bool] = _exists) -> list[str]:
+    """What to tell the caller once the daemon took the feed (``result``: its answer): the
+    nameservers left out, here or by the daemon (it knows its own addresses, we do not), and a
+    missing interface unless ``force``."""
+    notes = [f"ignored {n}" for n in feed.ignored]
+    if feed.spec is None:
+        return notes
+    if isinstance(result, dict) and ("servers" in result or "removed" in result):
+        kept = [str(s) for s in result.get("servers") or []]
+        notes += [f"ignored nameserver {s}: {OWN_ADDRESS}" for s in feed.spec.servers
+                  if str(s) not in kept]
+    if not force and not exists(feed.spec.interface):
+        notes.append(f"note: no interface {feed.spec.interface} (yet): {feed.spec.name} stays "
+                     "detached until it appears")
+    return notes
+
+
+def _refusal(exc: ControlError) -> str:
+    """The daemon's message without its own ``resolvconf:`` prefix: ours comes first."""
+    return str(exc).removeprefix("resolvconf: ")
+
+
 def main(argv: list[str]) -> int:
     from .ctl import default_socket, request
 
@@ -283,6 +406,9 @@ def main(argv: list[str]) -> int:
     except UsageError as exc:
         sys.stderr.write(f"resolvconf: {exc}\n{USAGE}")
         return 2
+    if args.action == "help":
+        sys.stdout.write(HELP)
+        return 0
     if args.action == "noop":
         return 0
     if args.action == "version":
@@ -301,26 +427,22 @@ def main(argv: list[str]) -> int:
                 if mine:
                     sys.stdout.write(" ".join(p["name"] for p in mine) + "\n")
                 return 0
-            for p in mine:
-                sys.stdout.write(f"# resolv.conf from {p['name']}\n")
-                if p.get("search_domains"):
-                    sys.stdout.write("search " + " ".join(p["search_domains"]) + "\n")
-                for s in p.get("servers", []):
-                    sys.stdout.write(f"nameserver {s}\n")
-                sys.stdout.write("\n")
+            sys.stdout.write(format_records(mine))
             return 0
         if args.action == "add":
             if sys.stdin is None or sys.stdin.isatty():
                 sys.stderr.write("resolvconf: -a reads resolv.conf lines on stdin\n")
                 return 1
             text = sys.stdin.read()
-            spec = spec_from_resolvconf(record, text, exclusive=args.exclusive,
-                                        private=args.private)  # vetted here, decided there
-            if spec is not None and not args.force and not _exists(spec.interface):
-                sys.stderr.write(f"resolvconf: note: no interface {spec.interface} (yet): "
-                                 f"{record} stays detached until it appears\n")
-            request(sock, {"cmd": "resolvconf", "action": "add", "record": record, "text": text,
-                           "exclusive": args.exclusive, "private": args.private})
+            feed = read_feed(record, text, exclusive=args.exclusive,
+                             private=args.private)  # vetted here, decided there
+            result = request(sock, {"cmd": "resolvconf", "action": "add", "record": record,
+                                    "text": text, "exclusive": args.exclusive,
+                                    "private": args.private})
+            for note in feed_notes(feed, result, force=args.force):  # only once accepted
+                # "mifdns": a dropped nameserver is our choice, not resolvconf's; say whose
+                prefix = "mifdns resolvconf: " if note.startswith("ignored ") else "resolvconf: "
+                sys.stderr.write(prefix + note + "\n")
             return 0
         for rec in args.records:  # a record that is not there is already what -d wants
             check_record(rec)
@@ -331,6 +453,5 @@ def main(argv: list[str]) -> int:
             sys.stderr.write(f"resolvconf: {record}: {p}\n")
         return 1
     except ControlError as exc:
-        sys.stderr.write(f"resolvconf: {exc}\n")
+        sys.stderr.write(f"resolvconf: {_refusal(exc)}\n")
         return 1
-

@@ -3,14 +3,22 @@ resolv.conf parsing, records -> PvD specs."""
 
 from __future__ import annotations
 
+import io
+import sys
+from typing import Any
+
 import pytest
 
-from mifdns.errors import ConfigError
+from mifdns.core.pvd import PvdSpec
+from mifdns.errors import ConfigError, ControlError
 from mifdns.resolvconf import (
     UsageError,
+    format_records,
     interface_of,
+    main,
     parse_args,
     parse_resolv_conf,
+    read_feed,
     spec_from_resolvconf,
 )
 
@@ -145,3 +153,153 @@ def test_bad_addresses_and_domains_are_one_line_each() -> None:
                              exists=only("eth0"))
     assert len(err.value.problems) == 3
     assert "10.0.0.300" in err.value.problems[1]
+
+
+# -- the environment's yes and no -------------------------------------------------------------
+@pytest.mark.parametrize("value, on", [
+    ("1", True), ("yes", True), ("TRUE", True), ("On", True), (" 1 ", True),
+    ("0", False), ("no", False), ("False", False), ("OFF", False), ("", False),
+])
+def test_if_exclusive_and_if_private_zero_means_off(value, on):  # type: ignore[no-untyped-def]
+    assert parse_args(["-a", "wg0"], {"IF_EXCLUSIVE": value}).exclusive is on
+    assert parse_args(["-a", "wg0"], {"IF_PRIVATE": value}).private is on
+
+
+@pytest.mark.parametrize("name", ["IF_EXCLUSIVE", "IF_PRIVATE"])
+def test_an_unknown_yes_no_word_is_a_usage_error_naming_the_variable(  # type: ignore[no-untyped-def]
+        name, monkeypatch, capsys):
+    with pytest.raises(UsageError, match=f"{name}='maybe'.*yes.*off"):
+        parse_args(["-a", "wg0"], {name: "maybe"})
+    monkeypatch.setenv(name, "maybe")
+    assert main(["-a", "wg0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"resolvconf: {name}='maybe': expected 1, yes, true, on (on)")
+    assert "Traceback" not in err
+
+
+def test_the_environment_never_blocks_a_removal_or_overrides_the_command_line() -> None:
+    assert parse_args(["-d", "wg0"], {"IF_EXCLUSIVE": "maybe"}).action == "delete"
+    assert parse_args(["-a", "wg0", "-x"], {"IF_EXCLUSIVE": "maybe"}).exclusive
+
+
+# -- -l: what the records hold ----------------------------------------------------------------
+def view(spec: PvdSpec) -> dict[str, Any]:
+    """The fields of the daemon's PvD view that -l reads."""
+    return {"name": spec.name, "origin": spec.origin, "servers": [str(s) for s in spec.servers],
+            "domains": [str(d) for d in spec.domains],
+            "search_domains": list(spec.search_domains),
+            "default_route": spec.effective_default_route, "exclusive": spec.exclusive}
+
+
+def fed_back(block: str, record: str) -> PvdSpec | None:
+    first = block.splitlines()[0]
+    return spec_from_resolvconf(record, block, exclusive="-x" in first, private="-p" in first,
+                                exists=only("tun0", "wg0", "eth0"))
+
+
+@pytest.mark.parametrize("record, text, exclusive, private", [
+    ("tun0.vpn", "search split.example other.example\nnameserver 10.0.0.1\n", False, True),
+    ("tun0.vpn", "nameserver 10.0.0.1\n", False, True),
+    ("tun.wg0", "search vpn.example\nnameserver 10.3.0.53\n", True, False),
+    ("tun.wg0", "search vpn.example\nnameserver 10.3.0.53\n", True, True),
+    ("eth0.dhclient", "domain corp.example\nnameserver 192.0.2.1\nnameserver fe80::1\n",
+     False, False),
+])
+def test_listing_a_record_and_feeding_it_back_makes_the_same_pvd(  # type: ignore[no-untyped-def]
+        record, text, exclusive, private):
+    spec = spec_from_resolvconf(record, text, exclusive=exclusive, private=private,
+                                exists=only("tun0", "wg0", "eth0"))
+    assert spec is not None
+    block = format_records([view(spec)])
+    assert block.startswith(f"# resolv.conf from {record}")
+    assert fed_back(block, record) == spec
+
+
+def test_a_private_feed_lists_its_routing_only_domains() -> None:
+    spec = spec_from_resolvconf("tun0.vpn", "search split.example\nnameserver 10.0.0.1\n",
+                                private=True, exists=only("tun0"))
+    assert spec is not None
+    assert format_records([view(spec)]) == (
+        "# resolv.conf from tun0.vpn (fed with -p)\n"
+        "# routing-only: split.example\n"
+        "search split.example\n"
+        "nameserver 10.0.0.1\n\n")
+
+
+# -- the command line end to end, against a fake daemon -------------------------------------
+class FakeDaemon:
+    def __init__(self, answer: Any = None, refusal: str | None = None) -> None:
+        self.answer, self.refusal, self.requests = answer, refusal, []  # type: ignore[var-annotated]
+
+    def __call__(self, path: str, req: dict[str, Any], timeout: float = 10.0) -> Any:
+        self.requests.append(req)
+        if self.refusal is not None:
+            raise ControlError(self.refusal)
+        return self.answer
+
+
+def run(monkeypatch, argv, stdin="", daemon=None):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("mifdns.ctl.request", daemon or FakeDaemon({"removed": None}))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    for name in ("IF_EXCLUSIVE", "IF_PRIVATE"):
+        monkeypatch.delenv(name, raising=False)
+    return main(argv)
+
+
+def test_a_dropped_loopback_nameserver_is_reported_and_the_feed_still_succeeds(  # type: ignore[no-untyped-def]
+        monkeypatch, capsys):
+    assert run(monkeypatch, ["-a", "nosuchif9.x"], "nameserver 127.0.0.1\n") == 0
+    assert capsys.readouterr().err == (
+        "mifdns resolvconf: ignored nameserver 127.0.0.1: loopback, not reachable through "
+        "nosuchif9\n")
+
+
+def test_a_nameserver_the_daemon_drops_as_its_own_address_is_reported(  # type: ignore[no-untyped-def]
+        monkeypatch, capsys):
+    assert run(monkeypatch, ["-a", "lo.dnsmasq"], "nameserver 127.0.0.53\n") == 0
+    assert capsys.readouterr().err == (
+        "mifdns resolvconf: ignored nameserver 127.0.0.53: an address of mifdns itself (it "
+        "would loop)\n")
+    feed = read_feed("lo.dnsmasq", "nameserver 127.0.0.53\nnameserver 127.0.0.1\n",
+                     skip={"127.0.0.53"}, exists=only("lo"))
+    assert feed.ignored == ["nameserver 127.0.0.53: an address of mifdns itself (it would loop)"]
+
+
+@pytest.mark.parametrize("option", ["--help", "-h"])
+def test_help_lists_every_option_and_exits_0(option, monkeypatch, capsys):  # type: ignore[no-untyped-def]
+    assert run(monkeypatch, ["-a", "x", option]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    for opt in ["-a", "-d", "-x", "-p", "-m", "-f", "-l", "-i", "-u", "-I", "--enable-updates",
+                "--disable-updates", "--updates-are-enabled", "--socket", "--version", "-V",
+                "--help", "-h", "--", "IF_EXCLUSIVE", "IF_PRIVATE"]:
+        assert f" {opt}" in out, opt
+
+
+def test_a_refusal_is_one_line_with_one_prefix_and_no_note_before_it(  # type: ignore[no-untyped-def]
+        monkeypatch, capsys):
+    daemon = FakeDaemon(refusal="resolvconf: 'corp' is a PvD from config, not a resolvconf "
+                                "record; use another record name")
+    assert run(monkeypatch, ["-a", "corp"], "nameserver 192.0.2.1\n", daemon) == 1
+    assert capsys.readouterr().err == (
+        "resolvconf: 'corp' is a PvD from config, not a resolvconf record; use another record "
+        "name\n")
+
+
+def test_the_missing_interface_note_follows_an_accepted_feed(monkeypatch, capsys):  # type: ignore[no-untyped-def]
+    daemon = FakeDaemon({"name": "nosuchif9.x", "servers": ["192.0.2.1"]})
+    assert run(monkeypatch, ["-a", "nosuchif9.x"], "nameserver 192.0.2.1\n", daemon) == 0
+    assert capsys.readouterr().err == (
+        "resolvconf: note: no interface nosuchif9 (yet): nosuchif9.x stays detached until it "
+        "appears\n")
+    assert run(monkeypatch, ["-a", "nosuchif9.x", "-f"], "nameserver 192.0.2.1\n", daemon) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_list_prints_a_private_records_domains(monkeypatch, capsys):  # type: ignore[no-untyped-def]
+    spec = spec_from_resolvconf("tun0.vpn", "search split.example\nnameserver 10.0.0.1\n",
+                                private=True, exists=only("tun0"))
+    assert spec is not None
+    assert run(monkeypatch, ["-l"], daemon=FakeDaemon([view(spec)])) == 0
+    out = capsys.readouterr().out
+    assert "# routing-only: split.example\n" in out and "search split.example\n" in out
