@@ -285,25 +285,40 @@ def _build_update(args: argparse.Namespace) -> dict[str, Any]:
     return {"cmd": "update", "name": args.name, "changes": changes}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)  # also accepted after the command
-    common.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
-                        help=f"control socket (default: ${SOCKET_ENV} or {DEFAULT_SOCKET})")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print the daemon's JSON result")
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
 
+
+def _add_common_options(p: argparse.ArgumentParser, *, after: bool) -> None:
+    """The options taken before the command and, again, after it (``after``: a value given there
+    wins; one not given there leaves the one before the command, or the default, alone)."""
+    keep = argparse.SUPPRESS
+    p.add_argument("--socket", metavar="PATH", default=keep if after else None,
+                   help=f"control socket (default: ${SOCKET_ENV} or {DEFAULT_SOCKET})")
+    p.add_argument("--json", action="store_true", default=keep if after else False,
+                   help="print the daemon's JSON result")
+    p.add_argument("--timeout", type=_seconds, default=keep if after else 10.0,
+                   metavar="SECONDS", help="how long to wait for an answer (default: 10)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common_options(common, after=True)
     parser = argparse.ArgumentParser(
         prog="mifdns ctl", description="Inspect and steer a running mifdns daemon.")
-    parser.add_argument("--socket", metavar="PATH", default=None,
-                        help=f"control socket (default: ${SOCKET_ENV} or {DEFAULT_SOCKET})")
-    parser.add_argument("--json", action="store_true", help="print the daemon's JSON result")
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="how long to wait for an answer (default: 10)")
+    _add_common_options(parser, after=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help: str, build: Callable[[argparse.Namespace], dict[str, Any]],
-                fmt: Callable[[Any], str] | None = None) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, parents=[common])
+                fmt: Callable[[Any], str] | None = None,
+                description: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description or help, parents=[common])
         p.set_defaults(build=build, format=fmt or format_result, parser=p)
         return p
 
@@ -320,7 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("detach", "detach a PvD administratively (until 'attach NAME')",
                 lambda a: {"cmd": "detach", "name": a.name})
     p.add_argument("name", metavar="NAME")
-    p = command("remove", "remove a runtime PvD", lambda a: {"cmd": "remove", "name": a.name})
+    p = command("remove", "remove a PvD of any origin and purge its cache",
+                lambda a: {"cmd": "remove", "name": a.name},
+                description="Remove a PvD, whatever its origin (config, runtime, resolvconf): it "
+                            "is detached, its cache purged, its queries in flight cancelled, and "
+                            "'attach NAME' no longer knows it. A PvD from the config file comes "
+                            "back at the next reload or restart; a resolvconf record at its next "
+                            "'resolvconf -a'.")  # fmt: skip
     p.add_argument("name", metavar="NAME")
     p = command("flush", "drop cached answers (of one PvD, or all)",
                 lambda a: {"cmd": "flush", "name": a.name})

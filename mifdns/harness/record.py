@@ -527,7 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             rec.sources.append(os.path.basename(path) + (f" ({when})" if when != "any" else ""))
         names = _ifnames(args.netns) if args.live and args.by_interface else {}
         for path, when in inputs:
-            msgs = dns_messages(read_packets(path), args.port)
+            try:
+                msgs = dns_messages(read_packets(path), args.port)
+            except OSError as exc:
+                raise RecordError(f"cannot read {path}: {_why(exc)}") from None
             if servers:
                 msgs = [m for m in msgs if m.src in servers or m.dst in servers]
             if names:
@@ -541,13 +544,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.template:
             try:
                 template = yaml.safe_load(Path(args.template).read_text())
+            except OSError as exc:
+                raise RecordError(f"cannot read {args.template}: {_why(exc)}") from None
             except yaml.YAMLError as exc:
                 raise RecordError(f"{args.template}: invalid YAML: {exc}") from None
             if not isinstance(template, dict):
                 raise RecordError(f"{args.template}: not a scenario mapping")
         scenario = build_scenario(rec, networks=networks, by_interface=args.by_interface,
                                   name=args.name, meta=meta, template=template)  # fmt: skip
-    except (OSError, PcapError, RecordError) as exc:
+    except OSError as exc:  # tcpdump, ip netns, the temporary directory
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"mifdns record: {where}{_why(exc)}", file=sys.stderr)
+        return 1
+    except (PcapError, RecordError) as exc:
         print(f"mifdns record: {exc}", file=sys.stderr)
         return 1
     text = dump_yaml(scenario)
@@ -557,13 +566,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out == "-":
         sys.stdout.write(header + text)
     else:
-        Path(args.out).write_text(header + text)
+        try:
+            Path(args.out).write_text(header + text)
+        except OSError as exc:
+            print(f"mifdns record: cannot write {args.out}: {_why(exc)}", file=sys.stderr)
+            return 1
     n_ex = sum(len(n["upstream"]["exchanges"]) for n in scenario["networks"].values()
                if isinstance(n, dict) and "exchanges" in (n.get("upstream") or {}))  # fmt: skip
     print(f"mifdns record: {len(rec.pairs)} responses ({len(rec.unanswered)} queries without "
           f"one, {rec.skipped} unparsable) -> {n_ex} exchanges in {len(scenario['networks'])} "
           f"networks -> {args.out}", file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _why(exc: OSError) -> str:
+    """``[Errno 2] No such file or directory: '/x'`` -> ``No such file or directory``."""
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def _rename(m: DnsMessage, names: dict[str, str]) -> DnsMessage:

@@ -383,6 +383,34 @@ async def test_json_output_parses_and_refusals_are_exit_1(served: Any, capsys: A
     assert capsys.readouterr().err == "mifdns ctl: no PvD named 'x'\n"
 
 
+@pytest.mark.parametrize("argv", [
+    ["--timeout", "2.5", "--socket", "/s", "--json", "status"],
+    ["status", "--timeout", "2.5", "--socket", "/s", "--json"],
+    ["--socket", "/s", "status", "--json", "--timeout", "2.5"],
+    ["--timeout", "9", "status", "--timeout", "2.5", "--socket", "/s", "--json"],
+])
+def test_timeout_socket_and_json_work_before_and_after_the_command(
+        argv: list[str], monkeypatch: Any, capsys: Any) -> None:
+    sent: list[tuple[str, dict[str, Any], float]] = []
+
+    def fake_request(path: str, req: dict[str, Any], timeout: float = 10.0) -> Any:
+        sent.append((path, req, timeout))
+        return {"listen": []}
+
+    monkeypatch.setattr(ctl, "request", fake_request)
+    assert ctl.main(argv) == 0
+    assert sent == [("/s", {"cmd": "status"}, 2.5)]
+    assert json.loads(capsys.readouterr().out) == {"listen": []}
+
+
+def test_timeout_defaults_to_ten_seconds_and_must_be_positive(capsys: Any) -> None:
+    assert ctl.build_parser().parse_args(["status"]).timeout == 10.0
+    assert ctl.build_parser().parse_args(["--timeout", "3", "status"]).timeout == 3.0
+    for bad in ("0", "-1", "nan", "soon"):
+        assert ctl.main(["status", "--timeout", bad]) == 2
+        assert "--timeout" in capsys.readouterr().err
+
+
 @pytest.mark.asyncio
 async def test_every_command_sends_its_request(served: Any, capsys: Any) -> None:
     server, daemon, _ = served

@@ -549,3 +549,12 @@ def test_by_interface_makes_a_network_per_link_and_skips_the_loopback_side():
     built = record.build_scenario(record.pair_messages(msgs), by_interface=True)
     assert list(built["networks"]) == ["corp0", "wlan0"]
     assert built["networks"]["wlan0"]["server_addrs"] == ["192.0.2.53/24"]
+
+
+def test_record_reports_an_unreadable_capture_in_one_line(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "no.pcap"
+    assert record.main(["--from-pcap", str(missing), "--out", "-"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"mifdns record: cannot read {missing}: No such file or directory\n"
+    assert record.main(["--from-pcap", str(tmp_path), "--out", "-"]) == 1  # a directory
+    assert capsys.readouterr().err.endswith(": Is a directory\n")
