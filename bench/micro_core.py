@@ -25,7 +25,7 @@ import timeit
 from collections.abc import Callable
 
 from mifdns import config as cfgmod
-from mifdns.core import wire
+from mifdns.core import render, wire
 from mifdns.core.registry import Registry
 from mifdns.core.resolver import Release, Reply, Resolver, Send
 
@@ -51,7 +51,7 @@ def _query(name: str, qid: int = 0x1234) -> bytes:
     """A dnsperf-like query: RD, one question, an OPT RR (EDNS 0, 4096 bytes)."""
     qname = wire.text_to_qname(name)
     return (struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 1) + qname + struct.pack("!HH", 1, 1)
-            + wire.opt_rr(4096))
+            + render.opt_rr(4096))
 
 
 def _answer(query: bytes, ttl: int) -> bytes:

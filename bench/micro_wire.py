@@ -15,7 +15,7 @@ from collections.abc import Callable
 import dns.message
 import dns.rrset
 
-from mifdns.core import wire
+from mifdns.core import render, wire
 
 
 def _messages() -> tuple[bytes, bytes, bytes]:
@@ -40,13 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     plain, edns, reply = _messages()
     query = wire.parse_query(plain)
     info = wire.parse_response(reply)
-    body, offsets, ttls = wire.make_cacheable(reply, info)
-    opt = wire.opt_rr(1232)
+    body, offsets, ttls = render.make_cacheable(reply, info)
+    opt = render.opt_rr(1232)
     equery = wire.parse_query(edns)
 
     def miss() -> object:
         i = wire.parse_response(reply)
-        return wire.make_cacheable(reply, i)
+        return render.make_cacheable(reply, i)
 
     def dnspython() -> object:
         return dns.message.from_wire(reply).to_wire()
@@ -54,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     cases: list[tuple[str, Callable[[], object], int]] = [
         ("parse_query (no EDNS)", lambda: wire.parse_query(plain), n),
         ("parse_query (EDNS)", lambda: wire.parse_query(edns), n),
-        ("render_reply (1 A)", lambda: wire.render_reply(body, offsets, ttls, 7, query), n),
+        ("render_reply (1 A)", lambda: render.render_reply(body, offsets, ttls, 7, query), n),
         (
             "render_reply (1 A, +OPT)",
-            lambda: wire.render_reply(body, offsets, ttls, 7, equery, opt=opt),
+            lambda: render.render_reply(body, offsets, ttls, 7, equery, opt=opt),
             n,
         ),
         ("parse_response + make_cacheable", miss, n),

@@ -4,7 +4,9 @@ It owns the core's clock (``time.monotonic()``, not ``loop.time()``: uvloop's ha
 clock's millisecond resolution, too coarse for upstream RTTs of a LAN), hands every input to
 the core with ``now``, and drains the core's outbox in one place (``flush``): replies to clients,
 sends to upstreams, released transactions, one timer for the core's next deadline, and
-registry events turned into purges, log lines and monitor events.
+registry events turned into purges, log lines and monitor events. The control commands and
+their JSON views are in commands.py; they change the daemon's state only through ``apply``,
+``upsert`` and ``reload``.
 """
 
 from __future__ import annotations
@@ -20,17 +22,18 @@ from time import monotonic
 from typing import Any
 
 from .. import config as cfgmod
-from ..core import wire
-from ..core.pvd import CaptiveState, Pvd, PvdSpec
-from ..core.registry import Event, Registry, RegistryError
+from ..core.pvd import Pvd, PvdSpec
+from ..core.registry import Event, Registry
 from ..core.resolver import Release, Reply, Resolver, Settings
 from ..core.transaction import Send, Transaction
 from ..errors import ConfigError, ControlError, StartupError
+from . import commands
 from .captive_probe import Prober
 from .control import ControlServer, MonitorHub
 from .links import LinkMonitor, StaticLinks
-from .listener import TcpClient, TcpServer, UdpListener
+from .listener import UdpListener
 from .resolvconf_writer import ResolvConfWriter
+from .tcp_listener import TcpClient, TcpServer
 from .upstream import Upstreams, check_bind_capability
 
 log = logging.getLogger("mifdns")
@@ -91,14 +94,14 @@ class Daemon:
             max_tcp=cfg.limits.max_upstream_tcp, queries_per_port=cfg.upstream.queries_per_port,
             after_io=self.flush,
         )
-        self.prober = Prober(self.resolver, self.registry, loop, self._apply, self.flush)
+        self.prober = Prober(self.resolver, self.registry, loop, self.apply, self.flush)
         # links first: a PvD is attached only if its interface is usable
         self.links = LinkMonitor(self._on_link) if cfg.netlink else StaticLinks()
         await self.links.start()
         now = monotonic()
         for spec in cfg.pvds:
-            self._apply(self.registry.add(spec, now=now, link_up=self._usable(spec.interface),
-                                          ), now)
+            self.apply(self.registry.add(spec, now=now, link_up=self._usable(spec.interface),
+                                         ), now)
             self._on_link(spec.interface)
         for la in cfg.listen:
             addr = str(la.address)
@@ -288,7 +291,9 @@ class Daemon:
                                         self._collect)
 
     # ================================================================== lifecycle
-    def _apply(self, events: list[Event], now: float | None = None) -> list[dict[str, Any]]:
+    def apply(self, events: list[Event], now: float | None = None) -> list[dict[str, Any]]:
+        """Registry events into the resolver (purges, re-routes), the lifecycle log, the
+        monitor and the prober; returns the lifecycle records."""
         if not events:
             return []
         if now is None:
@@ -325,7 +330,7 @@ class Daemon:
         cancels the attempts, so no socket stays bound to an ifindex that went away."""
         assert self.links is not None
         up = self._usable(ifname)
-        self._apply(self.registry.set_link(
+        self.apply(self.registry.set_link(
             ifname, up=up, prefixes=self.links.prefixes(ifname), now=monotonic()))
 
     def _usable(self, ifname: str) -> bool:
@@ -335,6 +340,21 @@ class Daemon:
         ll = any(s.address.version == 6 and s.address.is_link_local
                  for p in self.registry.on_interface(ifname) for s in p.spec.servers)
         return self.links.usable(ifname, ll)
+
+    def upsert(self, spec: PvdSpec) -> Pvd:
+        """Add or replace a runtime PvD (``ctl attach``/``update``, ``resolvconf -a``); its
+        interface, and the one it leaves, are looked at again."""
+        assert self.links is not None
+        current = self.registry.find(spec.name)
+        if current is not None and current.spec == spec:  # a DHCP renewal: nothing changed
+            return current
+        previous = current.spec.interface if current is not None else None
+        self.apply(self.registry.upsert(spec, now=monotonic(),
+                                        link_up=self._usable(spec.interface)))
+        self._on_link(spec.interface)
+        if previous is not None and previous != spec.interface:
+            self._on_link(previous)
+        return self.registry.get(spec.name)
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the config file and apply it as a diff (SIGHUP, ``ctl reload``).
@@ -363,18 +383,18 @@ class Daemon:
         for name in old:
             if name not in fresh and name in self.registry \
                     and self.registry.get(name).spec.origin == "config":
-                self._apply(self.registry.remove(name, cause="removed from config (reload)"), now)
+                self.apply(self.registry.remove(name, cause="removed from config (reload)"), now)
                 changes["removed"].append(name)
         for name, spec in fresh.items():
             if name not in self.registry:
-                self._apply(self.registry.add(spec, now=now,
-                                              link_up=self._usable(spec.interface)), now)
+                self.apply(self.registry.add(spec, now=now,
+                                             link_up=self._usable(spec.interface)), now)
                 self._on_link(spec.interface)
                 changes["added"].append(name)
             elif old.get(name) != spec and self.registry.get(name).spec != spec:
                 previous = self.registry.get(name).spec.interface
-                self._apply(self.registry.upsert(spec, now=now,
-                                                 link_up=self._usable(spec.interface)), now)
+                self.apply(self.registry.upsert(spec, now=now,
+                                                link_up=self._usable(spec.interface)), now)
                 self._on_link(spec.interface)
                 if previous != spec.interface:
                     self._on_link(previous)
@@ -444,258 +464,12 @@ class Daemon:
 
     # ================================================================== control
     async def handle_control(self, req: dict[str, Any]) -> Any:
-        cmd = req.get("cmd")
-        now = monotonic()
-        reg = self.registry
-        try:
-            if cmd == "status":
-                return self.status()
-            if cmd == "pvds":
-                return [self.pvd_json(p) for p in reg]
-            if cmd == "cache":
-                pvd = req.get("pvd")
-                if pvd is not None:
-                    reg.get(pvd)
-                return self.resolver.cache_listing(now, pvd)
-            if cmd == "explain":
-                name = req.get("name")
-                if not isinstance(name, str) or not name:
-                    raise ControlError("explain needs a name")
-                rdtype = _rdtype(req.get("type") or "A")
-                try:
-                    return self.resolver.explain(name, rdtype)
-                except wire.WireError as exc:
-                    raise ControlError(f"{name!r}: {exc}") from None
-            if cmd == "detach":
-                name = _name(req)
-                self._apply(reg.admin_detach(name))
-                return self.pvd_json(reg.get(name))
-            if cmd == "attach":
-                if "spec" in req:
-                    spec = cfgmod.pvd_spec_from_mapping(req["spec"], where="spec",
-                                                        origin="runtime")
-                    current = reg.find(spec.name)
-                    if current is not None and current.spec.origin != "runtime":
-                        raise ControlError(
-                            f"attach: {spec.name!r} is a PvD from {current.spec.origin}; a spec "
-                            "attaches a new runtime PvD (change this one with 'ctl update')")
-                    self._refuse_own_servers(spec, "attach")
-                    return self._upsert(spec)
-                name = _name(req)
-                self._apply(reg.admin_attach(name, now=now))
-                return self.pvd_json(reg.get(name))
-            if cmd == "update":
-                name = _name(req)
-                current = reg.get(name).spec
-                changes = req.get("changes") or {}
-                if not isinstance(changes, dict):
-                    raise ControlError("update: 'changes' must be an object")
-                merged = {**spec_to_mapping(current), **changes, "name": name}
-                spec = cfgmod.pvd_spec_from_mapping(merged, where="update",
-                                                    origin=current.origin)
-                self._refuse_own_servers(spec, "update")
-                return self._upsert(spec)
-            if cmd == "remove":
-                name = _name(req)
-                self._apply(reg.remove(name, cause="removed by operator"))
-                return {"removed": name}
-            if cmd == "flush":
-                name = req.get("name")
-                names = [name] if name else [p.name for p in reg]
-                total = 0
-                for n in names:
-                    total += sum(r.get("purged", 0) for r in
-                                 self._apply(reg.purge(n, cause="flushed by operator")))
-                return {"flushed": names, "entries": total}
-            if cmd == "captive":
-                name = _name(req)
-                try:
-                    state = CaptiveState(req.get("state"))
-                except ValueError:
-                    raise ControlError("captive state must be captive, open or unknown") from None
-                if self.prober is not None:
-                    self.prober.operator(name, state)
-                else:
-                    self._apply(reg.set_captive(name, state))
-                return self.pvd_json(reg.get(name))
-            if cmd == "reload":
-                return await self.reload()
-            if cmd == "resolvconf":
-                return self._resolvconf(req)
-        except RegistryError as exc:
-            raise ControlError(str(exc)) from None
-        except ConfigError as exc:
-            raise ControlError("; ".join(exc.problems)) from None
-        raise ControlError(f"unknown command {cmd!r}")
-
-    def _refuse_own_servers(self, spec: PvdSpec, cmd: str) -> None:
-        """The check the config loader makes: a server that is one of mifdns's own listen
-        addresses would send its queries back to mifdns."""
-        own = {(la.address, la.port) for la in self.config.listen}
-        for server in spec.servers:
-            if (server.address, server.port) in own:
-                raise ControlError(f"{cmd}: {server} is one of mifdns's own listen addresses "
-                                   "(queries would loop)")
-
-    def _upsert(self, spec: PvdSpec) -> dict[str, Any]:
-        assert self.links is not None
-        current = self.registry.find(spec.name)
-        if current is not None and current.spec == spec:  # a DHCP renewal: nothing changed
-            return self.pvd_json(current)
-        previous = current.spec.interface if current is not None else None
-        self._apply(self.registry.upsert(spec, now=monotonic(),
-                                         link_up=self._usable(spec.interface)))
-        self._on_link(spec.interface)
-        if previous is not None and previous != spec.interface:
-            self._on_link(previous)
-        return self.pvd_json(self.registry.get(spec.name))
-
-    def _resolvconf(self, req: dict[str, Any]) -> Any:
-        """``mifdns resolvconf -a/-d``: records are runtime PvDs of origin "resolvconf"; a
-        record never replaces or removes a PvD of another origin."""
-        from ..resolvconf import check_record, spec_from_resolvconf
-
-        record = req.get("record")
-        if not isinstance(record, str) or not record:
-            raise ControlError("resolvconf: missing record (IFACE[.PROTO])")
-        check_record(record)
-        current = self.registry.find(record)
-        if current is not None and current.spec.origin != "resolvconf":
-            raise ControlError(f"resolvconf: {record!r} is a PvD from {current.spec.origin}, "
-                               "not a resolvconf record; use another record name")
-        action = req.get("action")
-        if action not in ("add", "delete"):
-            raise ControlError("resolvconf: action must be add or delete")
-        spec = None
-        if action == "add":
-            own = {str(la.address) for la in self.config.listen}
-            spec = spec_from_resolvconf(record, str(req.get("text", "")),
-                                        exclusive=bool(req.get("exclusive")),
-                                        private=bool(req.get("private")), skip=own)
-        if spec is not None:
-            return self._upsert(spec)
-        if current is None:
-            return {"removed": None}
-        cause = f"resolvconf -d {record}" if action == "delete" else \
-            f"resolvconf -a {record} without a usable nameserver"
-        self._apply(self.registry.remove(record, cause=cause))
-        return {"removed": record}
-
-    # ================================================================== views
-    def pvd_json(self, p: Pvd) -> dict[str, Any]:
-        now = monotonic()
-        spec = p.spec
-        return {
-            "name": p.name,
-            "interface": spec.interface,
-            "state": p.state.value,
-            "servers": [str(s) for s in spec.servers],
-            "domains": [str(d) for d in spec.domains],
-            "search_domains": list(spec.search_domains),
-            "networks": [str(n) for n in p.networks],
-            "default_route": spec.effective_default_route,
-            "exclusive": spec.exclusive,
-            "captive": p.captive.value,
-            "nat64_prefixes": [str(n) for n in p.nat64_prefixes],
-            "captive_portal": spec.captive_portal,
-            "captive_domains": [str(d) for d in spec.captive_domains],
-            **(self.prober.info(p.name) if self.prober is not None else {}),
-            "dns64": {"prefix": spec.dns64.prefix, "synthesize": spec.dns64.synthesize},
-            "origin": spec.origin,
-            "admin_detached": p.admin_down,
-            "link_usable": p.link_up,
-            "cache_entries": self.resolver.cache.size_of(p.tag),
-            "upstream_queries": self.resolver.upstream_queries.get(p.name, 0),
-            "upstream_failures": self.resolver.upstream_failures.get(p.name, 0),
-            "server_health": {str(s): self.resolver.health.stats(p.name, s).to_json(now)
-                              for s in spec.servers},
-        }
+        """The control server's entry point; the commands are in commands.py."""
+        return await commands.handle_control(self, req)
 
     def status(self) -> dict[str, Any]:
-        res = self.resolver
-        counters = dict(res.counters)
-        for u in self.udp:
-            u.refresh_drops()
-            for k, v in u.counters.items():
-                counters[f"udp_{k}"] = counters.get(f"udp_{k}", 0) + v
-        for t in self.tcp:
-            for k, v in t.counters.items():
-                counters[f"tcp_{k}"] = counters.get(f"tcp_{k}", 0) + v
-        if self.upstreams is not None:
-            for k, v in self.upstreams.counters.items():
-                counters[f"upstream_{k}"] = v
-            counters["upstream_udp_open"] = self.upstreams.open_sockets  # ports open now
-        counters["cache_evictions"] = res.cache.evictions
-        lim = self.config.limits
-        return {
-            "version": _version(),
-            "pid": os.getpid(),
-            "listen": [str(a) for a in self.config.listen],
-            "config": self.config.source or None,
-            "uptime_s": round(monotonic() - self.started, 1),
-            "counters": counters,
-            # the UDP listeners' loop: "c" (recvmmsg/sendmmsg batches) or "python"
-            "udp_engine": self.udp[0].engine if self.udp else None,
-            "upstream_queries": dict(res.upstream_queries),
-            "upstream_failures": dict(res.upstream_failures),
-            "pvds": [self.pvd_json(p) for p in self.registry],
-            "cache": {
-                "entries": res.cache.count,
-                "bytes": res.cache.bytes,
-                "max_entries": res.cache.max_entries,
-                "max_bytes": res.cache.max_bytes,
-                "per_pvd": {p.name: res.cache.size_of(p.tag) for p in self.registry},
-                "awaiting_free": res.cache.garbage,
-            },
-            # purge_log times are the core's (monotonic): shown as wall-clock, like lifecycle
-            "purges": [{**p, "time": round(time.time() - (monotonic() - p["time"]), 3)}
-                       for p in res.purge_log[-20:]],
-            "inflight": len(res.inflight),
-            "tcp_clients": sum(len(t.clients) for t in self.tcp),
-            "loop_stalls": dict(self.stalls),
-            "limits": {
-                "max_inflight": lim.max_inflight,
-                "max_tcp_clients": lim.max_tcp_clients,
-                "max_tcp_queries_per_connection": lim.max_tcp_queries_per_connection,
-                "max_upstream_tcp": lim.max_upstream_tcp,
-                "tcp_idle_timeout": lim.tcp_idle_timeout,
-                "ingress_batch": lim.ingress_batch,
-                "ingress_queue_bytes": lim.ingress_queue_bytes,
-                # what the kernel granted per UDP socket (less without CAP_NET_ADMIN)
-                "ingress_queue_granted": min((u.queue_granted for u in self.udp), default=0),
-                "hits": {
-                    "ingress_drops": counters.get("udp_ingress_drops", 0),
-                    "inflight": res.counters["limit_inflight"],
-                    "tcp_clients": counters.get("tcp_refused_limit", 0),
-                    "tcp_pipelined": counters.get("tcp_inflight_limit", 0),
-                    "upstream_tcp": counters.get("upstream_tcp_limit", 0),
-                    "tcp_idle_closed": counters.get("tcp_idle_closed", 0),
-                    "cache_evictions": res.cache.evictions,
-                },
-            },
-            "lifecycle": self.lifecycle[-20:],
-            "control_socket": self.config.control_socket or None,
-            "metrics": (f"http://{self.metrics.address}/metrics"
-                        if self.metrics is not None else None),
-            "query_log": self.config.query_log,
-            "monitor": {"subscribers": self.hub.subscribers, "dropped": self.hub.dropped},
-        }
-
-
-def spec_to_mapping(spec: PvdSpec) -> dict[str, Any]:
-    """A PvdSpec back in config-file form (for ``ctl update``)."""
-    return {
-        "name": spec.name,
-        "interface": spec.interface,
-        "servers": [str(s).replace(f"%{spec.interface}", "") for s in spec.servers],
-        "domains": [str(d) for d in spec.domains],
-        "default_route": spec.default_route,
-        "exclusive": spec.exclusive,
-        "networks": [str(n) for n in spec.networks],
-        "dns64": {"prefix": spec.dns64.prefix, "synthesize": spec.dns64.synthesize},
-        "captive_portal": spec.captive_portal,
-        "captive_domains": [str(d) for d in spec.captive_domains],
-    }
+        """``ctl status`` (the metrics endpoint reads it too)."""
+        return commands.status(self)
 
 
 def _tune_gc() -> None:
@@ -720,33 +494,10 @@ def _quietly(fn: Any, *args: Any) -> None:
         log.exception("during shutdown")
 
 
-def _name(req: dict[str, Any]) -> str:
-    name = req.get("name")
-    if not isinstance(name, str) or not name:
-        raise ControlError(f"{req.get('cmd')} needs a PvD name")
-    return name
-
-
-def _rdtype(text: Any) -> int:
-    import dns.exception
-    import dns.rdatatype
-
-    try:
-        return int(dns.rdatatype.from_text(str(text)))
-    except (dns.exception.DNSException, ValueError):  # unknown mnemonic; TYPE99999
-        raise ControlError(f"unknown record type {text!r}") from None
-
-
 def _json(obj: Any) -> str:
     import json
 
     return json.dumps(obj, separators=(",", ":"), default=str)
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 def sd_notify(state: str) -> None:

@@ -8,7 +8,7 @@ routes to), so an answer can never be served across PvDs: there is no shared loo
 
 Entries hold the upstream's reply as wire bytes (OPT removed, ID zeroed), the offsets and
 original values of its TTL fields, and when it was stored: a hit is a dict lookup plus a copy
-with the ID, the client's letter case and aged TTLs patched in (wire.render_reply). No message
+with the ID, the client's letter case and aged TTLs patched in (render.render_reply). No message
 is parsed on a hit.
 
 NXDOMAIN whose answer section is empty covers every type of the name in that partition

@@ -21,7 +21,8 @@ there. mifdns therefore learns each PvD's NAT64 prefixes and uses them in three 
 
 Everything here is pure: wire bytes and addresses in, wire bytes and addresses out. The builders
 read responses that ``wire.parse_response`` already validated, and write uncompressed names, so
-their output goes through ``wire.parse_response``/``make_cacheable`` like any upstream answer.
+their output goes through ``wire.parse_response`` and ``render.make_cacheable`` like any
+upstream answer.
 """
 
 from __future__ import annotations

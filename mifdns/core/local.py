@@ -6,7 +6,7 @@ rule and ``Decision.zone`` the zone); this module builds the reply.
 
 from __future__ import annotations
 
-from . import wire
+from . import render, wire
 from .routing import Decision
 
 LOCAL_SOA = (3600, 1200, 604800, 10800)  # refresh, retry, expire, minimum (RFC 6303 section 3)
@@ -20,23 +20,23 @@ def local_answer(q: wire.Query, decision: Decision, opt: bytes) -> bytes:
     everything else under these zones (invalid, onion, private reverse zones): NXDOMAIN."""
     rule = decision.local or ""
     zone = decision.zone
-    soa = (zone, LOCAL_SOA[3], wire.soa_rdata(zone, NOBODY, 1, *LOCAL_SOA))
+    soa = (zone, LOCAL_SOA[3], render.soa_rdata(zone, NOBODY, 1, *LOCAL_SOA))
     if rule == "localhost":
         if q.qtype == wire.A:
-            return wire.local_reply(q, 0, [(wire.A, 0, bytes([127, 0, 0, 1]))], opt=opt)
+            return render.local_reply(q, 0, [(wire.A, 0, bytes([127, 0, 0, 1]))], opt=opt)
         if q.qtype == wire.AAAA:
-            return wire.local_reply(q, 0, [(wire.AAAA, 0, bytes(15) + b"\x01")], opt=opt)
-        return wire.local_reply(q, 0, [], authority_soa=soa, opt=opt)
+            return render.local_reply(q, 0, [(wire.AAAA, 0, bytes(15) + b"\x01")], opt=opt)
+        return render.local_reply(q, 0, [], authority_soa=soa, opt=opt)
     if rule == "ipv4only":  # only A records; other types are NODATA
         apex = q.key == zone
         ans = [(wire.A, 86400, a) for a in IPV4ONLY] if apex and q.qtype == wire.A else []
         rc = 0 if apex else wire.NXDOMAIN
-        return wire.local_reply(q, rc, ans, authority_soa=None if ans else soa, opt=opt)
+        return render.local_reply(q, rc, ans, authority_soa=None if ans else soa, opt=opt)
     if rule.startswith("rfc6303") and q.key == zone:
         if q.qtype == wire.SOA:
-            return wire.local_reply(q, 0, [(wire.SOA, soa[1], soa[2])], opt=opt)
-        return wire.local_reply(q, 0, [], authority_soa=soa, opt=opt)
-    return wire.local_reply(q, wire.NXDOMAIN, [], authority_soa=soa, opt=opt)
+            return render.local_reply(q, 0, [(wire.SOA, soa[1], soa[2])], opt=opt)
+        return render.local_reply(q, 0, [], authority_soa=soa, opt=opt)
+    return render.local_reply(q, wire.NXDOMAIN, [], authority_soa=soa, opt=opt)
 
 
 def is_nxdomain(q: wire.Query, decision: Decision) -> bool:

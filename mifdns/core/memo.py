@@ -18,7 +18,7 @@ once per batch of datagrams (``ready_table``); a new registry version empties it
 changes the registry while a batch runs.
 
 With the last four, a listener may *age* the entry past "valid until" without the resolver,
-as ``wire.render_reply`` would render it again: each TTL at its offset becomes
+as ``render.render_reply`` would render it again: each TTL at its offset becomes
 max(TTL - int(now - stored), 0), and "valid until" moves to the next second, never past
 "expires" (the C loop does, see ``mifdns/aio/_udpbatch.c``; the Python loop asks the resolver
 instead). So a name asked now and then is answered without Python until its TTL runs out or the

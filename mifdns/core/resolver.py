@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import dns64, introspect, synthesis, wire
+from . import dns64, introspect, render, synthesis, wire
 from .cache import Cache, Entry, Key, Kind
 from .health import Health
 from .inflight import ProbeResult, Resolution, Synth, _Probe
@@ -121,8 +121,8 @@ class Resolver:
         self._timers_compact_at = TIMERS_COMPACT_MIN
         self._seq = 0
         self._rand = rand16 or _RandomIds()
-        self._opt = wire.opt_rr(settings.edns_udp_size)
-        self._opt_do = wire.opt_rr(settings.edns_udp_size, do=True)
+        self._opt = render.opt_rr(settings.edns_udp_size)
+        self._opt_do = render.opt_rr(settings.edns_udp_size, do=True)
         self.monitoring = False  # when True, ``events`` collects one dict per decision
         self.events: list[dict[str, Any]] = []
         self.counters: dict[str, int] = dict.fromkeys(
@@ -172,22 +172,22 @@ class Resolver:
             q = wire.parse_query(data)
         except wire.WireError as exc:
             c["formerr"] += 1
-            return wire.error_reply(data, exc.rcode)
+            return render.error_reply(data, exc.rcode)
         q.udp_size = 65535 if max_udp is None else min(q.udp_size, max_udp)
         if q.opcode != 0:
             c["notimp"] += 1
-            return wire.error_reply(data, wire.NOTIMP, query=q, opt=self._opt_for(q))
+            return render.error_reply(data, wire.NOTIMP, query=q, opt=self._opt_for(q))
         if q.edns and q.edns_version != 0:
             c["badvers"] += 1
-            return wire.error_reply(data, wire.BADVERS, query=q,
-                                    opt=wire.opt_rr(self.settings.edns_udp_size))
+            return render.error_reply(data, wire.BADVERS, query=q,
+                                      opt=render.opt_rr(self.settings.edns_udp_size))
         qtype = q.qtype
         if qtype == wire.AXFR or qtype == wire.IXFR or q.qclass not in (1, 255):
             c["refused"] += 1
-            return wire.error_reply(data, wire.REFUSED, query=q, opt=self._opt_for(q))
+            return render.error_reply(data, wire.REFUSED, query=q, opt=self._opt_for(q))
         if qtype in (253, 254):  # MAILB, MAILA
             c["notimp"] += 1
-            return wire.error_reply(data, wire.NOTIMP, query=q, opt=self._opt_for(q))
+            return render.error_reply(data, wire.NOTIMP, query=q, opt=self._opt_for(q))
 
         decision = self.router.route(q.key)
         if decision.local is not None:
@@ -525,7 +525,7 @@ class Resolver:
     def _store_response(self, pvd_name: str, tag: int, key: Key, data: bytes,
                         info: wire.ResponseInfo, now: float, synthesized: bool = False) -> Entry:
         s = self.settings
-        body, offsets, ttls = wire.make_cacheable(data, info)
+        body, offsets, ttls = render.make_cacheable(data, info)
         pvd = self.registry.find(pvd_name)
         if info.rcode == wire.NXDOMAIN:
             kind, ttl, cap = Kind.NXDOMAIN, info.soa_ttl, s.negative_max_ttl
@@ -583,14 +583,14 @@ class Resolver:
         if not q.edns:
             return b""
         if ede is not None:
-            return wire.opt_rr(self.settings.edns_udp_size, do=q.do, ede=ede)
+            return render.opt_rr(self.settings.edns_udp_size, do=q.do, ede=ede)
         return self._opt_do if q.do else self._opt
 
     def _render(self, entry: Entry, q: wire.Query, now: float) -> bytes:
         if entry.rcode == wire.NXDOMAIN:
             self.counters["nxdomain"] += 1
         elapsed = int(now - entry.stored) if now > entry.stored else 0
-        out = wire.render_reply(
+        out = render.render_reply(
             entry.body, entry.ttl_offsets, entry.ttls, elapsed, q,
             opt=self._opt_for(q), clear_ad=not (q.ad or q.do),
         )
@@ -607,7 +607,7 @@ class Resolver:
         self.counters["servfail"] += 1
         if data is None:  # answering later: rebuild the header the reply echoes
             data = (q.id.to_bytes(2, "big") + q.flags.to_bytes(2, "big") + b"\x00\x01" + bytes(6))
-        return wire.error_reply(data, wire.SERVFAIL, query=q, opt=self._opt_for(q, ede))
+        return render.error_reply(data, wire.SERVFAIL, query=q, opt=self._opt_for(q, ede))
 
     def _local(self, q: wire.Query, decision: Decision) -> bytes:
         if is_nxdomain(q, decision):

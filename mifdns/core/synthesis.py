@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING
 
-from . import dns64, wire
+from . import dns64, render, wire
 from .cache import Entry, Kind
 from .inflight import Synth
 from .pvd import IPNetwork
@@ -121,7 +121,7 @@ def _negative(r: Resolver, job: Synth, now: float, store: bool = False) -> Entry
     data, info = job.negative
     if store:
         return r._store_response(job.pvd, job.tag, job.key, data, info, now)
-    body, offsets, ttls = wire.make_cacheable(data, info)
+    body, offsets, ttls = render.make_cacheable(data, info)
     kind = Kind.NODATA if not info.ancount else Kind.POSITIVE
     return Entry(body, offsets, ttls, now, now, kind, info.rcode)
 

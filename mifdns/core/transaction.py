@@ -22,7 +22,7 @@ import enum
 import ipaddress
 from collections.abc import Callable, Sequence
 
-from . import wire
+from . import render, wire
 from .pvd import ServerAddr
 
 
@@ -201,7 +201,7 @@ class Transaction:
         self.txid = self._rand()
         self.sent_at = now
         self.deadline = min(now + self.timeout * (2 if tcp else 1), self.final)
-        data = wire.build_query(
+        data = render.build_query(
             self.txid, self.qname, self.qtype, self.qclass, do=self.do, cd=self.cd,
             udp_size=self.udp_size,
         )

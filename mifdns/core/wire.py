@@ -1,4 +1,4 @@
-"""Hand-written DNS wire codec for the hot path: bytes in, bytes out, no sockets, no clock.
+"""Hand-written DNS wire reader for the hot path: bytes in, parsed views out, no sockets.
 
 Theory of operation
 -------------------
@@ -7,22 +7,21 @@ with struct.unpack_from and a label walk (compression is not legal in a query's 
 the name as sent (``qname``) and lower-cased (``key``, the cache key), and walks further RRs only
 to find the OPT record. An upstream reply goes once through parse_response(), which validates
 every owner name and the names inside the rdata of the RFC 1035 types, and records where each
-TTL sits. make_cacheable() strips the OPT RR and zeroes the ID; what is stored is those bytes,
-the TTL offsets and the TTLs. render_reply() copies the stored bytes into one bytearray and
-patches the ID, flags, the client's spelling of the question name and the aged TTLs in place,
-then appends the reply's own OPT.
+TTL sits. What is done with those offsets (storing, patching, rendering) is mifdns.core.render.
 
-Compression pointers follow dnspython's rules: each must point strictly before the previous
-target (the first: before the name's start), so a walk always ends, and a name may take at most
-16 of them. A per-message memo of the names already checked (offset -> expanded length and hops)
-lets the usual owner name, a pointer to the question, cost one dict lookup. Because stored bytes
-get patched, a response is also refused if a pointer lands in the header or in an RR's fixed
-fields (its TTL would change the name), and make_cacheable() moves the pointers that point past
-an OPT RR it cuts out of the middle of the additional section.
+Compression pointers
+--------------------
+Pointers follow dnspython's rules: each must point strictly before the previous target (the
+first: before the name's start), so a walk always ends, and a name may take at most 16 of them.
+A per-message memo of the names already checked (offset -> expanded length and hops) lets the
+usual owner name, a pointer to the question, cost one dict lookup. Because stored bytes get
+patched (render.render_reply), a response is also refused if a pointer lands in the header or in
+an RR's fixed fields (its TTL would change the name); render.make_cacheable() relies on these
+rules when it moves the pointers that point past an OPT RR it cuts out of the middle of the
+additional section.
 
 Every public function that reads wire data raises only WireError on bad input: reads past the
-end (IndexError, struct.error) are turned into WireError at the entry points. Builders trust
-their arguments (a bad argument is a programming error, not hostile input).
+end (IndexError, struct.error) are turned into WireError at the entry points.
 """
 
 from __future__ import annotations
@@ -37,23 +36,14 @@ __all__ = [
     "Query",
     "ResponseInfo",
     "WireError",
-    "build_query",
-    "error_reply",
-    "local_reply",
-    "make_cacheable",
     "names_equal",
-    "opt_rr",
     "parse_header",
     "parse_query",
     "parse_response",
-    "patch_id",
     "qname_labels",
     "qname_suffixes",
     "qname_to_text",
-    "render_reply",
-    "soa_rdata",
     "text_to_qname",
-    "truncated",
 ]
 
 QR, AA, TC, RD, RA, AD, CD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080, 0x0020, 0x0010
@@ -62,23 +52,15 @@ A, NS, CNAME, SOA, PTR, MX, AAAA, DNAME, OPT = 1, 2, 5, 6, 12, 15, 28, 39, 41
 IXFR, AXFR, ANY = 251, 252, 255
 EDE_OPTION = 15  # RFC 8914 Extended DNS Error
 
-_HEADER = struct.Struct("!6H")
-_unpack_header = _HEADER.unpack_from
-_pack_header = _HEADER.pack
-_HH = struct.Struct("!HH")
-_unpack_hh = _HH.unpack_from
-_RR = struct.Struct("!HHIH")  # type, class, ttl, rdlength
-_unpack_rr = _RR.unpack_from
+_unpack_header = struct.Struct("!6H").unpack_from
+_unpack_hh = struct.Struct("!HH").unpack_from
+_unpack_rr = struct.Struct("!HHIH").unpack_from  # type, class, ttl, rdlength
 _unpack_i = struct.Struct("!I").unpack_from
-_pack_into_i = struct.Struct("!I").pack_into
-_pack_into_h = struct.Struct("!H").pack_into
-_pack_into_hh = _HH.pack_into
 _new = object.__new__
 
 _MAX_HOPS = 16  # compression pointers per name, as dnspython (2.8+)
-_OPCODE_MASK = 0x7800
-_ECHO = _OPCODE_MASK | RD | CD  # header bits an answer copies from the question
-# rdata holding one (possibly compressed) name at this offset: the RFC 1035 types, plus DNAME
+# rdata holding one (possibly compressed) name at this offset: the RFC 1035 types, plus DNAME.
+# render.make_cacheable() moves pointers in exactly the names checked here, so it shares this.
 _NAME_AT = {NS: 0, 3: 0, 4: 0, CNAME: 0, 7: 0, 8: 0, 9: 0, PTR: 0, MX: 2, DNAME: 0}
 _TEXT_SAFE = bytes(range(0x21, 0x7F)).translate(None, b'"().;\\@$')
 
@@ -98,7 +80,7 @@ class _Short(WireError):
 class Query:
     """A client's query, as parse_query() found it.
 
-    ``udp_size`` is the largest reply render_reply() may send: 512 without EDNS, else
+    ``udp_size`` is the largest reply render.render_reply() may send: 512 without EDNS, else
     max(512, advertised). A TCP listener sets it to 65535 before rendering.
     """
 
@@ -264,7 +246,8 @@ def _skip_name(data: bytes, pos: int, known: dict[int, int], fixed: Sequence[int
 
     ``known`` maps the offset of a name already checked to its expanded size | hops << 16.
     ``fixed`` lists where the fixed part (type .. rdlength) of each RR so far starts: a pointer
-    in there, or into the header, would change meaning when render_reply() patches the bytes.
+    in there, or into the header, would change meaning when render.render_reply() patches the
+    bytes.
     """
     start = limit = pos
     size = 1  # expanded length, counting the root octet
@@ -348,9 +331,9 @@ def _plain_question(data: bytes) -> int:
 def parse_response(data: bytes) -> ResponseInfo:
     """Parse an upstream response; WireError if anything in it is malformed.
 
-    The question name must be uncompressed (render_reply() patches it in place). A response with
-    TC=1 whose records are cut short is not an error: the info says tc and holds what could be
-    read (retry over TCP; never cache or render it).
+    The question name must be uncompressed (render.render_reply() patches it in place). A
+    response with TC=1 whose records are cut short is not an error: the info says tc and holds
+    what could be read (retry over TCP; never cache or render it).
     """
     if len(data) < 12:
         raise WireError("message shorter than a DNS header")
@@ -558,243 +541,3 @@ def _add_label(out: bytearray, label: bytearray, name: str) -> None:
         raise WireError(f"label longer than 63 octets in {name!r}")
     out.append(len(label))
     out += label
-
-
-def build_query(
-    txid: int,
-    qname: bytes,
-    qtype: int,
-    qclass: int = 1,
-    *,
-    do: bool = False,
-    cd: bool = False,
-    udp_size: int = 1232,
-) -> bytes:
-    """An upstream query: RD=1, one question, an OPT RR (version 0, no options)."""
-    header = _pack_header(txid, RD | CD if cd else RD, 1, 0, 0, 1)
-    opt = _QUERY_OPT.get((udp_size, do))
-    if opt is None:
-        opt = _QUERY_OPT[(udp_size, do)] = opt_rr(udp_size, do=do)
-    return header + qname + _HH.pack(qtype, qclass) + opt
-
-
-_QUERY_OPT: dict[tuple[int, bool], bytes] = {}  # (udp_size, do) -> OPT RR: a handful at most
-
-
-def opt_rr(
-    udp_size: int, *, do: bool = False, ede: tuple[int, str] | None = None, ext_rcode: int = 0
-) -> bytes:
-    """An OPT RR (EDNS version 0). ``ext_rcode`` is the FULL rcode (e.g. BADVERS=16): only its
-    upper 8 bits are stored. ``ede`` = (info-code, text) adds an RFC 8914 option."""
-    rdata = b""
-    if ede is not None:
-        text = ede[1].encode("utf-8")
-        rdata = struct.pack("!HHH", EDE_OPTION, 2 + len(text), ede[0]) + text
-    ttl = ((ext_rcode >> 4) & 0xFF) << 24 | (0x8000 if do else 0)
-    return b"\x00" + _RR.pack(OPT, udp_size, ttl, len(rdata)) + rdata
-
-
-def soa_rdata(
-    mname: bytes, rname: bytes, serial: int, refresh: int, retry: int, expire: int, minimum: int
-) -> bytes:
-    """SOA rdata from uncompressed wire names and the five counters."""
-    return mname + rname + struct.pack("!5I", serial, refresh, retry, expire, minimum)
-
-
-_SHARED: dict[tuple[int, ...], tuple[int, ...]] = {}
-_SHARED_MAX = 4096
-
-
-def _shared(t: tuple[int, ...]) -> tuple[int, ...]:
-    """One object for equal TTL and offset tuples: most cached answers share a few (one record,
-    the zone's TTL), and a tuple with its ints costs ~60 bytes per cache entry."""
-    got = _SHARED.get(t)
-    if got is None:
-        if len(_SHARED) >= _SHARED_MAX:
-            _SHARED.clear()
-        _SHARED[t] = got = t
-    return got
-
-
-def make_cacheable(
-    data: bytes, info: ResponseInfo
-) -> tuple[bytes, tuple[int, ...], tuple[int, ...]]:
-    """(body, ttl_offsets, ttls): the response without its OPT RR and with ID 0.
-
-    When the OPT is not the last RR, the compression pointers of the RRs after it that point
-    past it are moved back (owner names, and rdata names of the types parse_response checks).
-    WireError only if a pointer points into the OPT RR itself (legal, absurd).
-    The tuples may be shared with other entries (they are immutable).
-    """
-    ttls = _shared(tuple(info.ttls))
-    start, end = info.opt_start, info.opt_end
-    if start is None or end is None:
-        return b"\0\0" + data[2:], _shared(tuple(info.ttl_offsets)), ttls
-    cut = end - start
-    body = bytearray(data[:start])
-    body += data[end:]
-    body[0] = body[1] = 0
-    _pack_into_h(body, 10, info.arcount - 1)
-    if end < len(data):
-        try:
-            pos = start
-            while pos < len(body):
-                pos = _shift_pointers(body, pos, start, cut)
-                rtype, _, _, rdlen = _unpack_rr(body, pos)
-                rdata, pos = pos + 10, pos + 10 + rdlen
-                at = _NAME_AT.get(rtype)
-                if at is not None:
-                    _shift_pointers(body, rdata + at, start, cut)
-                elif rtype == SOA:
-                    _shift_pointers(body, _shift_pointers(body, rdata, start, cut), start, cut)
-        except (IndexError, struct.error):  # parse_response validated it: cannot happen
-            raise WireError("response is truncated") from None
-    if end < len(data):  # RRs after the OPT moved back by its length
-        offsets = _shared(tuple(o if o < start else o - cut for o in info.ttl_offsets))
-    else:
-        offsets = _shared(tuple(info.ttl_offsets))
-    return bytes(body), offsets, ttls
-
-
-def _shift_pointers(buf: bytearray, pos: int, start: int, cut: int) -> int:
-    """Move pointers of the physical name at pos that point past the removed [start, start+cut)."""
-    while True:
-        n = buf[pos]
-        if n == 0:
-            return pos + 1
-        if n < 64:
-            pos += n + 1
-            continue
-        target = ((n & 0x3F) << 8) | buf[pos + 1]
-        if target >= start:
-            if target < start + cut:
-                raise WireError("compression pointer into the OPT RR")
-            target -= cut
-            buf[pos], buf[pos + 1] = 0xC0 | (target >> 8), target & 0xFF
-        return pos + 2
-
-
-def render_reply(
-    body: bytes,
-    ttl_offsets: tuple[int, ...],
-    ttls: tuple[int, ...],
-    elapsed: int,
-    query: Query,
-    *,
-    opt: bytes = b"",
-    clear_ad: bool = False,
-) -> bytes:
-    """A stored body made into the reply to ``query``; truncated() if over query.udp_size.
-
-    The caller guarantees the body answers query.key (so the names have the same length).
-    RD and CD are copied from the query, RA is set, AA is cleared.
-    """
-    out = bytearray(body)
-    # AA cleared: mifdns is not the authority, whatever the upstream was (as Unbound, dnsmasq)
-    flags = ((out[2] << 8) | out[3]) & ~(RD | CD | AA) | (query.flags & (RD | CD)) | RA
-    if clear_ad:
-        flags &= ~AD
-    _pack_into_hh(out, 0, query.id, flags)
-    qname = query.qname
-    out[12 : 12 + len(qname)] = qname
-    for off, ttl in zip(ttl_offsets, ttls):
-        ttl -= elapsed
-        _pack_into_i(out, off, ttl if ttl > 0 else 0)  # noqa: FURB136 (hot path)
-    if opt:
-        _pack_into_h(out, 10, ((out[10] << 8) | out[11]) + 1)
-        out += opt
-    if len(out) > query.udp_size:
-        return truncated(out, 16 + len(qname), opt)
-    return bytes(out)
-
-
-def truncated(reply: bytes | bytearray, question_end: int, opt: bytes = b"") -> bytes:
-    """Header and question of ``reply`` with TC=1, then ``opt``; no records."""
-    out = bytearray(reply[:question_end])
-    out[2] |= TC >> 8
-    out[4:12] = struct.pack("!4H", 1 if question_end > 12 else 0, 0, 0, 1 if opt else 0)
-    out += opt
-    return bytes(out)
-
-
-def _set_ext_rcode(opt: bytes, rcode: int) -> bytes:
-    if rcode > 15 and len(opt) >= 11:  # the OPT's TTL starts at 5; its first octet: ext rcode
-        return opt[:5] + bytes((rcode >> 4 & 0xFF,)) + opt[6:]
-    return opt
-
-
-def error_reply(
-    data: bytes, rcode: int, *, opt: bytes = b"", query: Query | None = None
-) -> bytes | None:
-    """An error reply to ``data`` echoing ID, opcode, RD, CD and (when parseable) the question.
-
-    ``rcode`` is the full rcode (0..4095). When it is above 15 its upper 8 bits are written into
-    ``opt``'s extended-rcode octet (opt_rr(ext_rcode=...) does the same); without ``opt`` an OPT
-    is added. None for data shorter than a header or with QR set: never answer a response.
-    """
-    if len(data) < 12 or data[2] & 0x80:
-        return None
-    txid, flags = _unpack_hh(data, 0)
-    question = b""
-    if query is not None:
-        if query.qname:
-            question = query.qname + _HH.pack(query.qtype, query.qclass)
-    elif data[4] or data[5]:
-        try:
-            question = data[12 : _plain_question(data)]
-        except (WireError, IndexError):
-            pass
-    if rcode > 15 and not opt:
-        opt = opt_rr(1232)
-    opt = _set_ext_rcode(opt, rcode)
-    flags = QR | (flags & _ECHO) | RA | (rcode & 0xF)
-    return _pack_header(txid, flags, 1 if question else 0, 0, 0, 1 if opt else 0) + question + opt
-
-
-def local_reply(
-    query: Query,
-    rcode: int,
-    answers: Sequence[tuple[int, int, bytes]] = (),
-    *,
-    authority_soa: tuple[bytes, int, bytes] | None = None,
-    opt: bytes = b"",
-    aa: bool = True,
-) -> bytes:
-    """A reply built here: answers are (rtype, ttl, rdata) owned by the question name;
-    authority_soa is (zone wire name, ttl, soa rdata) for negative answers."""
-    flags = QR | (query.flags & _ECHO) | RA | (AA if aa else 0) | (rcode & 0xF)
-    opt = _set_ext_rcode(opt, rcode)
-    qname = query.qname
-    counts = (1 if qname else 0, len(answers), 1 if authority_soa else 0, 1 if opt else 0)
-    parts = [_pack_header(query.id, flags, *counts)]
-    if qname:
-        parts.append(qname + _HH.pack(query.qtype, query.qclass))
-    for rtype, ttl, rdata in answers:
-        parts.append(b"\xc0\x0c" + _RR.pack(rtype, query.qclass, ttl, len(rdata)) + rdata)
-    if authority_soa is not None:
-        zone, ttl, rdata = authority_soa
-        parts.append(_owner(qname, zone) + _RR.pack(SOA, query.qclass, ttl, len(rdata)) + rdata)
-    parts.append(opt)
-    out = b"".join(parts)
-    if len(out) > query.udp_size:
-        return truncated(out, 16 + len(qname) if qname else 12, opt)
-    return out
-
-
-def _owner(qname: bytes, zone: bytes) -> bytes:
-    """``zone`` as a pointer into the question when it is a suffix of it, else as is."""
-    off = len(qname) - len(zone)
-    if len(zone) > 2 and off >= 0 and names_equal(qname[off:], zone):
-        pos = 0
-        while pos < off:
-            pos += qname[pos] + 1
-        if pos == off:
-            return bytes((0xC0 | (12 + off) >> 8, (12 + off) & 0xFF))
-    return zone
-
-
-def patch_id(data: bytes, new_id: int) -> bytes:
-    """``data`` with its ID replaced."""
-    if len(data) < 12:
-        raise WireError("message shorter than a DNS header")
-    return new_id.to_bytes(2, "big") + data[2:]

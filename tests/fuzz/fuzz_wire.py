@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import atheris
 
 with atheris.instrument_imports(include=["mifdns"]):
-    from mifdns.core import wire  # noqa: F401  (instrumented before anything imports it)
+    from mifdns.core import render, wire  # noqa: F401  (instrumented before anything imports it)
 
 from tests.fuzz.wirecheck import check_patch_path, corpus, parse_all
 

@@ -1,7 +1,8 @@
 """What the wire fuzzers check, shared by the hypothesis properties (tests/unit/test_wire_fuzz.py)
 and the atheris harness (tests/fuzz/fuzz_wire.py): a seed corpus and the reply patcher's oracle.
 
-Imports nothing but mifdns.core.wire and dnspython, so atheris can instrument wire first.
+Imports nothing but mifdns.core.wire, mifdns.core.render and dnspython, so atheris can
+instrument those two first.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rrset
 
-from mifdns.core import wire
+from mifdns.core import render, wire
 from mifdns.core.wire import WireError
 
 # the RFC 1035 types with a (compressible) name as rdata that dnspython reads as opaque octets
@@ -83,7 +84,7 @@ def parse_all(data: bytes) -> None:
     """Every entry point that reads client or upstream bytes: WireError is the only way out."""
     parse_each(data)
     for rcode in (wire.FORMERR, wire.BADVERS):
-        out = wire.error_reply(data, rcode)
+        out = render.error_reply(data, rcode)
         if out is not None:
             wire.parse_response(out)
 
@@ -94,7 +95,7 @@ def query_for(qname: bytes, flips: int) -> wire.Query:
         c ^ 0x20 if (flips >> (i % 30)) & 1 and 0x41 <= (c | 0x20) - 0x20 <= 0x5A else c
         for i, c in enumerate(qname)
     )
-    q = wire.parse_query(wire.build_query(flips & 0xFFFF, swapped, 1))
+    q = wire.parse_query(render.build_query(flips & 0xFFFF, swapped, 1))
     q.udp_size = (1232, 512, 65535, 1232)[(flips >> 16) & 3]
     return q
 
@@ -165,18 +166,18 @@ def check_patch_path(data: bytes, flips: int, elapsed: int, opt: bool) -> str:
     if info.tc or info.qtype == 0:
         return "not cacheable (TC or no question)"
     try:
-        body, offsets, ttls = wire.make_cacheable(data, info)
+        body, offsets, ttls = render.make_cacheable(data, info)
     except WireError:  # legal only for a pointer into an OPT RR that is not the last RR
         assert info.opt_end is not None and info.opt_end < len(data), data.hex()
         return "pointer into the OPT"
     query = query_for(info.qname, flips)
-    out = wire.render_reply(
+    out = render.render_reply(
         body,
         offsets,
         ttls,
         elapsed,
         query,
-        opt=wire.opt_rr(1232) if opt else b"",
+        opt=render.opt_rr(1232) if opt else b"",
         clear_ad=bool(flips & 1),
     )
     assert not reads_patched_bytes(data, info), f"a name reads a patched byte: {data.hex()}"

@@ -17,8 +17,9 @@ import dns.message
 import pytest
 import pytest_asyncio
 
-from mifdns.aio import listener
-from mifdns.aio.listener import TcpClient, TcpServer, UdpListener
+from mifdns.aio import tcp_listener
+from mifdns.aio.listener import UdpListener
+from mifdns.aio.tcp_listener import TcpClient, TcpServer
 
 pytestmark = pytest.mark.asyncio
 
@@ -222,8 +223,8 @@ async def test_a_crashing_query_does_not_stop_the_connection(tcp):
 
 
 async def test_client_that_does_not_read_is_not_read_either(tcp, monkeypatch):
-    monkeypatch.setattr(listener, "OUT_HIGH", 4096)
-    monkeypatch.setattr(listener, "OUT_LOW", 1024)
+    monkeypatch.setattr(tcp_listener, "OUT_HIGH", 4096)
+    monkeypatch.setattr(tcp_listener, "OUT_LOW", 1024)
     srv, _res = tcp
     srv.idle_timeout = 5.0  # nothing moves while both sides wait: not idle for this test
     sock = socket.socket()

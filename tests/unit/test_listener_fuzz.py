@@ -32,9 +32,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from mifdns.aio import listener
-from mifdns.aio.listener import TcpClient, TcpServer, UdpListener
-from mifdns.core import wire
+from mifdns.aio import tcp_listener
+from mifdns.aio.listener import UdpListener
+from mifdns.aio.tcp_listener import TcpClient, TcpServer
+from mifdns.core import render, wire
 from mifdns.core.wire import WireError
 from tests.unit.test_wire_fuzz import crafted, hostile
 
@@ -48,7 +49,7 @@ fuzz = settings(
 MAX_INFLIGHT = 3
 IDLE = 0.1  # seconds: a half-open connection is closed this soon
 WAIT = 2.0  # seconds: far longer than anything here takes on loopback (a failure, not a pause)
-OUT_BOUND = listener.OUT_HIGH + (MAX_INFLIGHT + 1) * listener.FRAME_MAX
+OUT_BOUND = tcp_listener.OUT_HIGH + (MAX_INFLIGHT + 1) * tcp_listener.FRAME_MAX
 
 
 def query(name: str = "probe.fuzz.", qid: int = 0xF022, edns: bool = False) -> bytes:
@@ -104,21 +105,21 @@ class Stub:
         try:
             q = wire.parse_query(data)
         except WireError as exc:
-            return wire.error_reply(data, exc.rcode)
-        opt = wire.opt_rr(1232) if q.edns else b""
+            return render.error_reply(data, exc.rcode)
+        opt = render.opt_rr(1232) if q.edns else b""
         size = q.udp_size
         if q.opcode or not q.qname:
-            return wire.error_reply(data, wire.NOTIMP, query=q, opt=opt)
+            return render.error_reply(data, wire.NOTIMP, query=q, opt=opt)
         if q.edns and q.edns_version:
-            return wire.error_reply(data, wire.BADVERS, query=q, opt=opt)
+            return render.error_reply(data, wire.BADVERS, query=q, opt=opt)
         # an upstream's answer for this name (some of them too big for 512 octets), cached
         rdata = b"\xc0\x00\x02\x01"
         q.udp_size = 65535
-        upstream = wire.local_reply(q, wire.NOERROR, [(wire.A, 300, rdata)] * (len(data) % 40))
+        upstream = render.local_reply(q, wire.NOERROR, [(wire.A, 300, rdata)] * (len(data) % 40))
         info = wire.parse_response(upstream)
-        body, offsets, ttls = wire.make_cacheable(upstream, info)
+        body, offsets, ttls = render.make_cacheable(upstream, info)
         q.udp_size = 65535 if max_udp is None else min(size, max_udp)
-        return wire.render_reply(body, offsets, ttls, 1, q, opt=opt, clear_ad=not q.do)
+        return render.render_reply(body, offsets, ttls, 1, q, opt=opt, clear_ad=not q.do)
 
     def after_batch(self) -> None:
         pass
@@ -169,10 +170,10 @@ class Bed:
 
     def check_bounds(self) -> None:
         srv = self.tcp
-        assert len(srv._rbuf) == 2 * listener.FRAME_MAX
+        assert len(srv._rbuf) == 2 * tcp_listener.FRAME_MAX
         assert len(srv.clients) <= srv.max_clients
         for c in srv.clients:
-            assert len(c.tail) <= 2 * listener.FRAME_MAX
+            assert len(c.tail) <= 2 * tcp_listener.FRAME_MAX
             assert c.out is None or len(c.out) <= OUT_BOUND
             assert c.inflight <= MAX_INFLIGHT
 

@@ -16,7 +16,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from mifdns.core import wire
+from mifdns.core import render, wire
 from mifdns.core.wire import WireError
 
 # --------------------------------------------------------------------------- helpers
@@ -276,7 +276,7 @@ def test_names_equal() -> None:
 @pytest.mark.parametrize("do,cd,size", [(False, False, 1232), (True, True, 4096)])
 def test_build_query_parses_back(do: bool, cd: bool, size: int) -> None:
     qname = wire.text_to_qname("Mixed.Case.example.")
-    data = wire.build_query(777, qname, 28, do=do, cd=cd, udp_size=size)
+    data = render.build_query(777, qname, 28, do=do, cd=cd, udp_size=size)
     ref = dns.message.from_wire(data)
     assert ref.id == 777 and ref.flags == dns.flags.RD | (dns.flags.CD if cd else 0)
     assert ref.question[0].name.to_wire() == qname and ref.question[0].rdtype == 28
@@ -371,7 +371,7 @@ def test_parse_response_high_bit_ttl_reads_as_zero() -> None:
     data = header(flags=0x8180, an=1) + question() + rr(b"\xc0\x0c", 1, 0x80000001, b"\x01" * 4)
     info = wire.parse_response(data)
     assert info.answers[0][1] == 0 and info.min_answer_ttl == 0
-    assert wire.make_cacheable(data, info)[2] == (0,)
+    assert render.make_cacheable(data, info)[2] == (0,)
 
 
 def test_parse_response_tc_with_partial_records_is_not_an_error() -> None:
@@ -484,7 +484,7 @@ def test_make_cacheable_strips_a_trailing_opt() -> None:
     q = make_query(use_edns=0, want_dnssec=True)
     data = response_for(q, *CNAME_CHAIN, payload=1232, ednsflags=dns.flags.DO).to_wire()
     info = wire.parse_response(data)
-    body, offsets, ttls = wire.make_cacheable(data, info)
+    body, offsets, ttls = render.make_cacheable(data, info)
     ref, got = dns.message.from_wire(data), dns.message.from_wire(body)
     assert got.id == 0 and got.edns < 0 and got.flags == ref.flags
     assert dns_rr_list(got) == dns_rr_list(ref)
@@ -495,7 +495,7 @@ def test_make_cacheable_strips_a_trailing_opt() -> None:
 
 def test_make_cacheable_without_opt_only_zeroes_the_id() -> None:
     data = response_for(make_query(use_edns=False), *CNAME_CHAIN, edns=False).to_wire()
-    body, offsets, ttls = wire.make_cacheable(data, wire.parse_response(data))
+    body, offsets, ttls = render.make_cacheable(data, wire.parse_response(data))
     assert body == b"\0\0" + data[2:] and len(offsets) == len(ttls) == 8
 
 
@@ -519,7 +519,7 @@ def test_make_cacheable_strips_an_opt_in_the_middle_and_moves_pointers() -> None
     ref = dns.message.from_wire(data)
     info = wire.parse_response(data)
     assert info.opt_end is not None and info.opt_end < len(data)
-    body, offsets, ttls = wire.make_cacheable(data, info)
+    body, offsets, ttls = render.make_cacheable(data, info)
     got = dns.message.from_wire(body)
     assert got.edns < 0 and got.id == 0
     assert len(body) == len(data) - (info.opt_end - (info.opt_start or 0))
@@ -535,7 +535,7 @@ def test_make_cacheable_refuses_a_pointer_into_the_opt() -> None:
     data = rsp(raw_opt(), rr(bytes((0xC0, opt_at)), 1, 0, A4), ar=2, qd=qd)  # owner = OPT's root
     info = wire.parse_response(data)
     with pytest.raises(WireError):
-        wire.make_cacheable(data, info)
+        render.make_cacheable(data, info)
 
 
 # --------------------------------------------------------------------------- render_reply
@@ -550,27 +550,27 @@ def cached(
     patched = bytearray(data)
     patched[2] |= 0x01 | 0x00  # keep RD from upstream
     patched[3] |= 0x20  # AD from upstream
-    return wire.make_cacheable(bytes(patched), wire.parse_response(bytes(patched)))
+    return render.make_cacheable(bytes(patched), wire.parse_response(bytes(patched)))
 
 
 def test_render_reply_patches_id_case_ttls_and_flags() -> None:
     body, offsets, ttls = cached(*CNAME_CHAIN)
     client = make_query("WWW.eXample.COM.", txid=999, use_edns=0, flags=0)  # RD=0
     q = wire.parse_query(client)
-    out = wire.render_reply(body, offsets, ttls, 100, q, opt=wire.opt_rr(1232))
+    out = render.render_reply(body, offsets, ttls, 100, q, opt=render.opt_rr(1232))
     m = dns.message.from_wire(out)
     assert m.id == 999 and m.question[0].name.to_text() == "WWW.eXample.COM."
     assert m.answer[0].name.to_text() == "WWW.eXample.COM."  # answers follow the question's case
     assert not m.flags & dns.flags.RD and m.flags & dns.flags.RA and m.flags & dns.flags.AD
     assert [ttl for (_, _, ttl) in dns_rr_list(m)] == [200, 20, 0, 0, 3500, 3500, 3500, 3500]
     assert m.edns == 0 and m.payload == 1232
-    assert wire.render_reply(body, offsets, ttls, 10**6, q) and all(
+    assert render.render_reply(body, offsets, ttls, 10**6, q) and all(
         ttl == 0
         for (_, _, ttl) in dns_rr_list(
-            dns.message.from_wire(wire.render_reply(body, offsets, ttls, 10**6, q))
+            dns.message.from_wire(render.render_reply(body, offsets, ttls, 10**6, q))
         )
     )
-    cleared = dns.message.from_wire(wire.render_reply(body, offsets, ttls, 0, q, clear_ad=True))
+    cleared = dns.message.from_wire(render.render_reply(body, offsets, ttls, 0, q, clear_ad=True))
     assert not cleared.flags & dns.flags.AD
 
 
@@ -579,7 +579,7 @@ def test_render_reply_copies_rd_and_cd() -> None:
     q = wire.parse_query(
         make_query("www.example.com.", use_edns=0, flags=dns.flags.RD | dns.flags.CD)
     )
-    m = dns.message.from_wire(wire.render_reply(body, offsets, ttls, 0, q))
+    m = dns.message.from_wire(render.render_reply(body, offsets, ttls, 0, q))
     assert m.flags & dns.flags.RD and m.flags & dns.flags.CD and m.edns < 0
 
 
@@ -588,9 +588,9 @@ def test_render_reply_clears_the_upstreams_aa_flag() -> None:
                      .to_wire())  # fmt: skip
     data[2] |= 0x04  # the upstream was authoritative
     assert dns.message.from_wire(bytes(data)).flags & dns.flags.AA
-    body, offsets, ttls = wire.make_cacheable(bytes(data), wire.parse_response(bytes(data)))
+    body, offsets, ttls = render.make_cacheable(bytes(data), wire.parse_response(bytes(data)))
     q = wire.parse_query(make_query("www.example.com.", use_edns=0))
-    assert not dns.message.from_wire(wire.render_reply(body, offsets, ttls, 0, q)).flags & (
+    assert not dns.message.from_wire(render.render_reply(body, offsets, ttls, 0, q)).flags & (
         dns.flags.AA
     )
 
@@ -603,7 +603,7 @@ def test_render_reply_truncates_over_512_without_edns() -> None:
     body, offsets, ttls = cached(big_answer())
     assert len(body) > 512
     q = wire.parse_query(make_query("Www.example.com.", use_edns=False))
-    out = wire.render_reply(body, offsets, ttls, 0, q)
+    out = render.render_reply(body, offsets, ttls, 0, q)
     m = dns.message.from_wire(out)
     assert m.flags & dns.flags.TC and not m.answer and m.edns < 0
     assert m.question[0].name.to_text() == "Www.example.com." and m.id == q.id
@@ -614,12 +614,12 @@ def test_render_reply_truncates_with_opt_and_fits_large_edns() -> None:
     body, offsets, ttls = cached(big_answer())
     small = wire.parse_query(make_query(use_edns=0, payload=512))
     m = dns.message.from_wire(
-        wire.render_reply(body, offsets, ttls, 0, small, opt=wire.opt_rr(1232))
+        render.render_reply(body, offsets, ttls, 0, small, opt=render.opt_rr(1232))
     )
     assert m.flags & dns.flags.TC and m.edns == 0 and not m.answer
     large = wire.parse_query(make_query(use_edns=0, payload=4096))
     m = dns.message.from_wire(
-        wire.render_reply(body, offsets, ttls, 0, large, opt=wire.opt_rr(1232))
+        render.render_reply(body, offsets, ttls, 0, large, opt=render.opt_rr(1232))
     )
     assert not m.flags & dns.flags.TC and len(m.answer[0]) == 40
 
@@ -627,7 +627,7 @@ def test_render_reply_truncates_with_opt_and_fits_large_edns() -> None:
 def test_render_reply_of_a_negative_answer() -> None:
     body, offsets, ttls = cached(*NXDOMAIN_SOA, rcode=3, name="nope.example.com.")
     q = wire.parse_query(make_query("NOPE.example.com.", use_edns=False))
-    m = dns.message.from_wire(wire.render_reply(body, offsets, ttls, 50, q))
+    m = dns.message.from_wire(render.render_reply(body, offsets, ttls, 50, q))
     assert m.rcode() == 3 and m.authority[0].ttl == 850
 
 
@@ -636,46 +636,46 @@ def test_render_reply_of_a_negative_answer() -> None:
 
 def test_error_reply_echoes_id_opcode_rd_cd_and_question() -> None:
     data = make_query("Odd.Example.", "MX", txid=77, use_edns=0, flags=dns.flags.RD | dns.flags.CD)
-    out = wire.error_reply(data, wire.SERVFAIL)
+    out = render.error_reply(data, wire.SERVFAIL)
     assert out is not None
     m = dns.message.from_wire(out)
     assert (m.id, m.rcode(), m.opcode()) == (77, 2, 0)
     assert m.flags & dns.flags.RD and m.flags & dns.flags.CD and m.flags & dns.flags.QR
     assert m.question[0].name.to_text() == "Odd.Example." and m.question[0].rdtype == 15
     q = wire.parse_query(data)
-    assert wire.error_reply(data, wire.SERVFAIL, query=q) == out
+    assert render.error_reply(data, wire.SERVFAIL, query=q) == out
 
 
 def test_error_reply_for_unparseable_question_and_other_opcode() -> None:
     data = header(flags=wire.RD) + b"\xc0\x0c\x00\x01\x00\x01"
-    out = wire.error_reply(data, wire.FORMERR)
+    out = render.error_reply(data, wire.FORMERR)
     assert out is not None and out[4:6] == b"\x00\x00" and len(out) == 12
     m = dns.message.from_wire(out)
     assert m.rcode() == 1 and m.id == 0x1234 and m.flags & dns.flags.RD
     notify = header(flags=4 << 11, qd=0)
-    out = wire.error_reply(notify, wire.NOTIMP, query=wire.parse_query(notify))
+    out = render.error_reply(notify, wire.NOTIMP, query=wire.parse_query(notify))
     assert out is not None and dns.message.from_wire(out).opcode() == 4
 
 
 def test_error_reply_never_answers_responses_or_runts() -> None:
-    assert wire.error_reply(b"\x00" * 11, 1) is None
-    assert wire.error_reply(header(flags=wire.QR), 1) is None
+    assert render.error_reply(b"\x00" * 11, 1) is None
+    assert render.error_reply(header(flags=wire.QR), 1) is None
 
 
 def test_error_reply_badvers_goes_into_the_opt() -> None:
     data = make_query(use_edns=1)
-    for opt in (wire.opt_rr(1232, ext_rcode=wire.BADVERS), wire.opt_rr(1232), b""):
-        out = wire.error_reply(data, wire.BADVERS, opt=opt)
+    for opt in (render.opt_rr(1232, ext_rcode=wire.BADVERS), render.opt_rr(1232), b""):
+        out = render.error_reply(data, wire.BADVERS, opt=opt)
         assert out is not None
         m = dns.message.from_wire(out)
         assert m.rcode() == dns.rcode.BADVERS and m.edns == 0
 
 
 def test_error_reply_with_ede() -> None:
-    out = wire.error_reply(
+    out = render.error_reply(
         make_query(use_edns=0),
         wire.REFUSED,
-        opt=wire.opt_rr(1232, ede=(20, "no network for corp.example")),
+        opt=render.opt_rr(1232, ede=(20, "no network for corp.example")),
     )
     assert out is not None
     m = dns.message.from_wire(out)
@@ -688,7 +688,7 @@ def test_error_reply_with_ede() -> None:
 
 def test_local_reply_answers_owned_by_the_question() -> None:
     q = wire.parse_query(make_query("LocalHost.", "A", txid=5, use_edns=0))
-    out = wire.local_reply(q, 0, [(1, 0, bytes([127, 0, 0, 1]))], opt=wire.opt_rr(1232))
+    out = render.local_reply(q, 0, [(1, 0, bytes([127, 0, 0, 1]))], opt=render.opt_rr(1232))
     m = dns.message.from_wire(out)
     assert m.id == 5 and m.flags & dns.flags.AA and m.flags & dns.flags.RD
     assert m.answer[0].name.to_text() == "LocalHost." and m.answer[0][0].to_text() == "127.0.0.1"
@@ -698,8 +698,8 @@ def test_local_reply_answers_owned_by_the_question() -> None:
 def test_local_reply_negative_with_soa_compressed_against_the_question() -> None:
     q = wire.parse_query(make_query("x.10.in-addr.arpa.", "PTR", use_edns=False))
     zone = wire.text_to_qname("10.in-addr.arpa.")
-    soa = wire.soa_rdata(zone, wire.text_to_qname("nobody.invalid."), 1, 3600, 1200, 604800, 10)
-    out = wire.local_reply(q, wire.NXDOMAIN, authority_soa=(zone, 10, soa), aa=False)
+    soa = render.soa_rdata(zone, wire.text_to_qname("nobody.invalid."), 1, 3600, 1200, 604800, 10)
+    out = render.local_reply(q, wire.NXDOMAIN, authority_soa=(zone, 10, soa), aa=False)
     m = dns.message.from_wire(out)
     assert m.rcode() == 3 and not m.flags & dns.flags.AA
     assert m.authority[0].name.to_text() == "10.in-addr.arpa."
@@ -707,27 +707,27 @@ def test_local_reply_negative_with_soa_compressed_against_the_question() -> None
     assert len(out) < 12 + len(q.qname) + 4 + len(zone) + 10 + len(soa)  # the owner is a pointer
     assert wire.parse_response(out).soa_ttl == 10
     other = wire.text_to_qname("example.")
-    out = wire.local_reply(
-        q, 3, authority_soa=(other, 5, wire.soa_rdata(other, other, 1, 1, 1, 1, 1))
+    out = render.local_reply(
+        q, 3, authority_soa=(other, 5, render.soa_rdata(other, other, 1, 1, 1, 1, 1))
     )
     assert dns.message.from_wire(out).authority[0].name.to_text() == "example."
 
 
 def test_local_reply_badvers_and_truncation() -> None:
     q = wire.parse_query(make_query(use_edns=1))
-    m = dns.message.from_wire(wire.local_reply(q, wire.BADVERS, opt=wire.opt_rr(1232)))
+    m = dns.message.from_wire(render.local_reply(q, wire.BADVERS, opt=render.opt_rr(1232)))
     assert m.rcode() == dns.rcode.BADVERS
     q = wire.parse_query(make_query(use_edns=False))
     many = [(16, 0, b"\xff" + b"x" * 255)] * 3
-    m = dns.message.from_wire(wire.local_reply(q, 0, many))
+    m = dns.message.from_wire(render.local_reply(q, 0, many))
     assert m.flags & dns.flags.TC and not m.answer
 
 
 def test_patch_id() -> None:
     data = make_query()
-    assert dns.message.from_wire(wire.patch_id(data, 0xABCD)).id == 0xABCD
+    assert dns.message.from_wire(render.patch_id(data, 0xABCD)).id == 0xABCD
     with pytest.raises(WireError):
-        wire.patch_id(b"\x00", 1)
+        render.patch_id(b"\x00", 1)
 
 
 def test_wire_error_is_a_value_error_with_an_rcode() -> None:
@@ -762,7 +762,7 @@ def test_parse_response_refuses_a_question_over_255_octets() -> None:
 
 
 def test_soa_minimum_with_the_top_bit_reads_as_zero() -> None:
-    soa = wire.soa_rdata(b"\x00", b"\x00", 1, 2, 3, 4, 0x80000000)
+    soa = render.soa_rdata(b"\x00", b"\x00", 1, 2, 3, 4, 0x80000000)
     data = rsp(rr(b"\x00", 6, 300, soa), ns=1)
     assert wire.parse_response(data).soa_ttl == 0
 
@@ -775,12 +775,12 @@ def test_make_cacheable_moves_pointers_in_an_soa_after_the_opt() -> None:
     data = rsp(
         opt,
         rr(b"\x04zone\x00", 2, 60, b"\x00"),
-        rr(b"\x00", 6, 60, wire.soa_rdata(ptr, b"\x01h" + ptr, 1, 2, 3, 4, 5)),
+        rr(b"\x00", 6, 60, render.soa_rdata(ptr, b"\x01h" + ptr, 1, 2, 3, 4, 5)),
         ar=3,
         qd=qd,
     )
     ref = dns.message.from_wire(data)
-    body, _, _ = wire.make_cacheable(data, wire.parse_response(data))
+    body, _, _ = render.make_cacheable(data, wire.parse_response(data))
     got = dns.message.from_wire(body)
     assert [r.to_text() for r in got.additional] == [r.to_text() for r in ref.additional]
     assert got.additional[1][0].mname.to_text() == "zone."
@@ -788,9 +788,10 @@ def test_make_cacheable_moves_pointers_in_an_soa_after_the_opt() -> None:
 
 def test_local_reply_without_question_and_soa_not_on_a_label_boundary() -> None:
     notify = wire.parse_query(header(flags=4 << 11, qd=0))
-    out = wire.local_reply(notify, wire.NOTIMP, aa=False)
+    out = render.local_reply(notify, wire.NOTIMP, aa=False)
     assert dns.message.from_wire(out).rcode() == wire.NOTIMP and out[4:6] == b"\x00\x00"
     q = wire.parse_query(make_query(r"a\001b.example.", use_edns=False))
     zone = b"\x01b" + wire.text_to_qname("example.")  # a suffix of the bytes, not of the name
-    out = wire.local_reply(q, 3, authority_soa=(zone, 5, wire.soa_rdata(zone, zone, 1, 1, 1, 1, 1)))
+    soa = render.soa_rdata(zone, zone, 1, 1, 1, 1, 1)
+    out = render.local_reply(q, 3, authority_soa=(zone, 5, soa))
     assert dns.message.from_wire(out).authority[0].name.to_text() == "b.example."

@@ -33,7 +33,7 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from mifdns.core import wire
+from mifdns.core import render, wire
 from mifdns.core.wire import WireError
 from tests.fuzz.wirecheck import check_patch_path, corpus, parse_all, parse_each
 
@@ -359,7 +359,7 @@ def test_parsers_raise_only_wire_error(data: bytes) -> None:
 @fuzz
 @given(hostile, st.integers(0, 4095))
 def test_error_reply_is_none_or_a_valid_reply(data: bytes, rcode: int) -> None:
-    out = wire.error_reply(data, rcode, opt=wire.opt_rr(1232) if rcode & 1 else b"")
+    out = render.error_reply(data, rcode, opt=render.opt_rr(1232) if rcode & 1 else b"")
     if out is None:
         assert len(data) < 12 or data[2] & 0x80
         return
@@ -390,7 +390,7 @@ def test_cache_then_render_never_breaks(data: bytes, flips: int, elapsed: int, o
 def test_build_query_round_trips(
     txid: int, qname: bytes, qtype: int, qclass: int, do: bool, cd: bool, size: int
 ) -> None:
-    data = wire.build_query(txid, qname, qtype, qclass, do=do, cd=cd, udp_size=size)
+    data = render.build_query(txid, qname, qtype, qclass, do=do, cd=cd, udp_size=size)
     q = wire.parse_query(data)
     assert (q.id, q.qname, q.key, q.qtype, q.qclass) == (txid, qname, qname.lower(), qtype, qclass)
     assert (q.do, q.cd, q.rd, q.edns, q.udp_size, q.edns_version) == (do, cd, True, True, size, 0)
@@ -455,10 +455,10 @@ def test_generated_responses_match_dnspython(
     assert [(t, ttl) for (t, ttl, _, _) in info.answers] == flat
     soas = [rs for rs in ref.authority if rs.rdtype == 6]
     assert info.soa_ttl == (min(soas[0].ttl, soas[0][0].minimum) if soas else None)
-    body, offsets, ttls = wire.make_cacheable(data, info)
+    body, offsets, ttls = render.make_cacheable(data, info)
     query = wire.parse_query(q.to_wire())
     query.udp_size = 65535
-    got = dns.message.from_wire(wire.render_reply(body, offsets, ttls, elapsed, query))
+    got = dns.message.from_wire(render.render_reply(body, offsets, ttls, elapsed, query))
     assert got.id == q.id and got.edns < 0
     for ours, theirs in (
         (got.answer, ref.answer),
