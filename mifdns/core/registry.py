@@ -206,7 +206,7 @@ class Registry:
         pvd.nat64_prefixes = prefixes
         self.version += 1
         events: list[Event] = [PvdChanged(name, "nat64 prefixes")]
-        if had:
+        if had and pvd.attached:  # a detach already gave it a new, empty partition
             events.append(self._retag(pvd, "NAT64 prefix changed"))
         return events
 

@@ -283,6 +283,17 @@ def test_prefix_change_purges_the_partition():
     assert answers(d.query("v4.example", "AAAA")) == ["2001:db8:64::c000:201"]
 
 
+def test_forgetting_the_prefix_of_a_detached_pvd_purges_nothing_more():
+    """The detach purged the partition; clearing the prefix afterwards (the prober does, so a
+    next network is probed afresh) must not log a second, empty purge."""
+    d = synth_driver()
+    d.query("v4.example", "AAAA")
+    d.apply(d.registry.admin_detach("cell"))
+    tag = d.registry.get("cell").tag
+    recs = d.apply(d.registry.set_nat64("cell", ()))
+    assert not any("purged" in r for r in recs) and d.registry.get("cell").tag == tag
+
+
 # -- marking and ties
 def two_defaults() -> Driver:
     d = Driver([spec("cell", "wwan0", dns64=Dns64Spec("auto")),
