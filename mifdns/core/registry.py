@@ -120,19 +120,25 @@ class Registry:
         if pvd is None:
             return self.add(spec, now=now, link_up=True if link_up is None else link_up)
         old = pvd.spec
+        was = pvd.attached
         pvd.spec = spec
         self.version += 1
         events: list[Event] = []
         if old.resolution_changed(spec):
             if old.interface != spec.interface and link_up is not None:
-                pvd.link_up = link_up
+                pvd.link_up = link_up  # a new interface: its link state, not the old one's
                 pvd.link_prefixes = ()
             if spec.dns64 != old.dns64:
                 pvd.nat64_prefixes = ()
-            if pvd.attached:
+            if was and pvd.attached:
                 events.append(self._retag(pvd, "servers, domains or networks changed"))
-            else:
+            elif not was:
                 pvd.tag = next(self._tags)
+            # moved to an interface whose link is down (or up): detached (attached) like any
+            # link change, with its events: the partition goes, the probes start
+            link = "usable" if pvd.link_up else "not usable"
+            events += self._after_state_change(
+                pvd, was, now=now, cause=f"moved to {spec.interface} (link {link})")
         else:
             events.append(PvdChanged(spec.name, "settings"))
         return events

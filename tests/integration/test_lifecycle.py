@@ -248,3 +248,27 @@ async def test_link_events_for_unrelated_interfaces_and_bursts_never_stop_the_da
     assert "www.corp.example" in cache_names(daemon, "corp")  # nothing of corp's changed
     assert daemon.query("www.example.com").rcode() == dns.rcode.NOERROR
     assert daemon.proc.poll() is None
+
+
+async def test_moving_a_pvd_to_a_down_interface_detaches_it_and_back_reattaches(
+    env: Any,
+) -> None:
+    """``ctl update --interface`` onto a link that is down is a detach like any other: the
+    partition goes (before, the PvD lost its tag silently and the old answers stayed in the
+    cache as garbage), and moving back onto a usable link is an attach (probes start)."""
+    daemon, corp, wifi, up_corp, _ = env
+    assert addrs(daemon.query("www.corp.example")) == ["198.51.100.7"]
+    wifi.link_down()
+    wait_for(lambda: pvd(daemon, "wifi")["state"] == "detached")
+    t0 = time.time()
+    daemon.ctl("update", "corp", "--interface", "wlan0")
+    rec = wait_for(lambda: lifecycle_after(daemon, t0, "detached", "corp"))
+    assert rec["purged"] >= 1
+    assert pvd(daemon, "corp")["state"] == "detached"
+    assert "www.corp.example" not in {e["name"].rstrip(".") for e in daemon.ctl("cache")}
+    t1 = time.time()
+    daemon.ctl("update", "corp", "--interface", "corp0")
+    wait_for(lambda: lifecycle_after(daemon, t1, "attached", "corp"))
+    before = up_corp.count("www.corp.example", "A")
+    assert addrs(daemon.query("www.corp.example")) == ["198.51.100.7"]
+    assert up_corp.count("www.corp.example", "A") == before + 1  # asked again: purged
