@@ -79,8 +79,11 @@ class Stub:
         self.held: list[tuple[Any, bytes]] = []
         self.hold_every = 0
         self.seen = 0
-        # like the resolver's ready table: UDP replies the listener replays without asking
-        self.table: dict[bytes, tuple[bytes, float]] = {}
+        # like the resolver's ready table: UDP replies the listener replays without asking;
+        # some with how to age them (always past "until", so the C loop ages them), a few with
+        # offsets that point outside the reply (it must then ask instead)
+        self.table: dict[bytes, tuple[Any, ...]] = {}
+        self.aging: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     def handle(self, data: bytes, client: object, now: float, max_udp: int | None) -> bytes | None:
         reply = self.answer(data, max_udp)
@@ -91,17 +94,24 @@ class Stub:
         if reply is not None and reply[:2] == data[:2] and max_udp is not None:
             if len(self.table) > 10_000:
                 self.table.clear()
-            self.table[data[2:]] = (reply[2:], float("inf"))
+            if self.aging is None or len(data) % 3 == 0:
+                self.table[data[2:]] = (reply[2:], float("inf"))
+            else:
+                offsets, ttls = self.aging
+                if len(data) % 5 == 0:  # hostile: past the end, inside the ID, negative
+                    offsets = (len(reply) - 3, 1, -8)[: len(ttls)] + offsets[3:]
+                self.table[data[2:]] = (reply[2:], float("-inf"), now - len(data) % 7,
+                                        float("inf"), offsets, ttls)
         return reply
 
-    def ready(self, max_udp: int | None) -> dict[bytes, tuple[bytes, float]]:
+    def ready(self, max_udp: int | None) -> dict[bytes, tuple[Any, ...]]:
         return self.table
 
     def count_ready(self, n: int) -> None:
         pass
 
-    @staticmethod
-    def answer(data: bytes, max_udp: int | None) -> bytes | None:
+    def answer(self, data: bytes, max_udp: int | None) -> bytes | None:
+        self.aging = None
         try:
             q = wire.parse_query(data)
         except WireError as exc:
@@ -119,7 +129,9 @@ class Stub:
         info = wire.parse_response(upstream)
         body, offsets, ttls = render.make_cacheable(upstream, info)
         q.udp_size = 65535 if max_udp is None else min(size, max_udp)
-        return render.render_reply(body, offsets, ttls, 1, q, opt=opt, clear_ad=not q.do)
+        out = render.render_reply(body, offsets, ttls, 1, q, opt=opt, clear_ad=not q.do)
+        self.aging = None if out[2] & 2 else (offsets, ttls)  # truncated: nothing to age
+        return out
 
     def after_batch(self) -> None:
         pass
@@ -291,7 +303,8 @@ def test_hostile_datagrams_are_answered_or_dropped_and_the_listener_goes_on(
     bed: Bed, datagrams: list[bytes], hold_every: int
 ) -> None:
     bed.stub.hold_every = hold_every
-    bed.run(lambda: _udp_exchange(bed, datagrams))
+    # half of them again: repeats are replayed from the ready table, or aged there (C loop)
+    bed.run(lambda: _udp_exchange(bed, datagrams + datagrams[: len(datagrams) // 2]))
 
 
 async def _udp_exchange(bed: Bed, datagrams: list[bytes]) -> None:
@@ -315,6 +328,8 @@ async def _udp_exchange(bed: Bed, datagrams: list[bytes]) -> None:
             got.append(struct.unpack_from("!H", reply)[0])
     assert sorted(got) == want  # one answer per query, none for the rest
     event(f"UDP {len(want)} of {len(datagrams)} answered")
+    event("some replayed" if bed.udp.counters["replayed"] else "none replayed yet")
+    event("some aged" if bed.udp.counters["aged"] else "none aged yet")
 
 
 # -- TCP -----------------------------------------------------------------------------------------
