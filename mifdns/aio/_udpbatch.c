@@ -25,8 +25,9 @@
  * max(value - elapsed, 0) written as a 32-bit big-endian number at each offset (offsets count
  * from the start of the message, ID included; the core computed them and the values, so this
  * parses nothing), and "until" becomes min(expires, stored + elapsed + 1); the aged entry
- * replaces the old one in ``ready`` and answers. The others go through ``slow``. All replies of the batch
- * leave in one sendmmsg, each to the address its query came from, in order. A reply the kernel
+ * replaces the old one in ``ready`` and answers. An offset outside the reply or a value outside
+ * 0..2^32-1 is not aged. The others go through ``slow``. All replies of the batch leave in one
+ * sendmmsg, each to the address its query came from, in order. A reply the kernel
  * refuses (e.g. EAGAIN with the send buffer full, EPERM from a firewall) is counted in
  * send_errors and skipped, as a failed sendto would be. A datagram larger than a slot
  * (65536 bytes, larger than any UDP datagram) cannot occur.
@@ -110,8 +111,8 @@ age(PyObject *ready, PyObject *key, PyObject *hit, double now)
         || !PyTuple_CheckExact(values) || PyTuple_GET_SIZE(offsets) != PyTuple_GET_SIZE(values))
         return NULL;
     double stored = PyFloat_AS_DOUBLE(stored_o), expires = PyFloat_AS_DOUBLE(expires_o);
-    if (!(now < expires))
-        return NULL;
+    if (!(now < expires) || !(now - stored < 4294967296.0))
+        return NULL; /* expired (the resolver decides), or no TTL could have lasted that long */
     long long elapsed = now > stored ? (long long)(now - stored) : 0;
     Py_ssize_t len = PyBytes_GET_SIZE(tail), n = PyTuple_GET_SIZE(offsets);
     PyObject *fresh = PyBytes_FromStringAndSize(PyBytes_AS_STRING(tail), len);
@@ -124,14 +125,16 @@ age(PyObject *ready, PyObject *key, PyObject *hit, double now)
         PyObject *o = PyTuple_GET_ITEM(offsets, j), *v = PyTuple_GET_ITEM(values, j);
         if (!PyLong_CheckExact(o) || !PyLong_CheckExact(v))
             goto bad;
-        long long off = PyLong_AsLongLong(o) - 2, value = PyLong_AsLongLong(v);
-        if (PyErr_Occurred() || off < 0 || off > (long long)len - 4)
+        long long off = PyLong_AsLongLong(o);
+        if (off == -1 && PyErr_Occurred())
             goto bad;
-        value -= elapsed;
-        if (value < 0)
-            value = 0;
-        if (value > 0xFFFFFFFFLL)
-            value = 0xFFFFFFFFLL;
+        long long value = PyLong_AsLongLong(v);
+        if (value == -1 && PyErr_Occurred())
+            goto bad;
+        off -= 2; /* the stored reply starts after the ID */
+        if (off < 0 || off > (long long)len - 4 || value < 0 || value > 0xFFFFFFFFLL)
+            goto bad; /* outside the reply, or not a TTL: the resolver decides */
+        value = value <= elapsed ? 0 : value - elapsed;
         buf[off] = (unsigned char)(value >> 24);
         buf[off + 1] = (unsigned char)(value >> 16);
         buf[off + 2] = (unsigned char)(value >> 8);
@@ -236,7 +239,11 @@ serve(PyObject *Py_UNUSED(self), PyObject *args)
                     continue;
                 }
                 if (PyTuple_GET_SIZE(hit) == 6) {
-                    PyObject *fresh = age(ready, key, hit, now); /* ``hit`` is gone now */
+                    /* held: building the new entry may run a collection, and so Python code
+                     * that could change ``ready`` while age() still reads ``hit`` */
+                    Py_INCREF(hit);
+                    PyObject *fresh = age(ready, key, hit, now);
+                    Py_DECREF(hit);
                     if (fresh != NULL) {
                         Py_DECREF(key);
                         queue_reply(nout++, fresh, data, i);

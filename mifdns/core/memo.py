@@ -21,10 +21,12 @@ With the last four, a listener may *age* the entry past "valid until" without th
 as ``render.render_reply`` would render it again: each TTL at its offset becomes
 max(TTL - int(now - stored), 0), and "valid until" moves to the next second, never past
 "expires" (the C loop does, see ``mifdns/aio/_udpbatch.c``; the Python loop asks the resolver
-instead). So a name asked now and then is answered without Python until its TTL runs out or the
-registry version moves, even if the cache evicted the entry for room meanwhile: the answer is
-still true, and the table is bounded like the memo. The resolver's own memo path (TCP,
-monitoring) renders again once a second and serves only entries the cache still holds.
+instead). "expires" here is the entry's expiry or ``AGING_HORIZON`` after the resolver rendered
+it, whichever is first: then the resolver looks again, so a name asked now and then costs
+Python once per horizon, the cache still sees it used (its LRU order), and an entry the cache
+evicted meanwhile is served at most that long more (its answer is still true). A registry
+version change ends it at once. The resolver's own memo path (TCP, monitoring) renders again
+once a second and serves only entries the cache still holds.
 
 Both are bounded by ``MEMO_MAX`` and emptied whole when full.
 """
@@ -35,6 +37,8 @@ from . import wire
 from .cache import Entry, Key
 
 MEMO_MAX = 65536  # answer memo entries; cleared whole when full
+# how long a listener may age an entry on its own before the resolver looks at it again
+AGING_HORIZON = 30.0
 
 # (entry, registry version, valid until, reply after the ID, listener cap, the parsed query,
 #  the (partition tag, key) a single-candidate hit came from, for renewal)

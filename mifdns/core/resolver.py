@@ -37,7 +37,7 @@ from .cache import Cache, Entry, Key, Kind
 from .health import Health
 from .inflight import ProbeResult, Resolution, Synth, _Probe
 from .local import is_nxdomain, local_answer
-from .memo import AnswerMemo, ReadyTable
+from .memo import AGING_HORIZON, AnswerMemo, ReadyTable
 from .pvd import CaptiveState, Pvd
 from .registry import Event, PvdAttached, PvdChanged, PvdDetached, PvdPurged, Registry
 from .routing import EDE_NO_REACHABLE_AUTHORITY, Candidate, Decision, Router, wire_to_text
@@ -260,9 +260,11 @@ class Resolver:
         stored = entry.stored
         until = min(entry.expires, stored + (int(now - stored) if now > stored else 0) + 1)
         # a listener may age it on its own (memo.py) if it came from one partition and carries
-        # its records (a truncated reply has none, so no TTLs where the offsets point)
-        aging = ((stored, entry.expires, entry.ttl_offsets, entry.ttls)
-                 if renew is not None and not reply[2] & 2 else None)
+        # its records (a truncated reply has none, so no TTLs where the offsets point), for
+        # AGING_HORIZON: then the resolver looks again (the entry is still cached and marked
+        # recently used, or it is fetched again)
+        aging = ((stored, min(entry.expires, now + AGING_HORIZON), entry.ttl_offsets,
+                  entry.ttls) if renew is not None and not reply[2] & 2 else None)
         self.memo.remember(data, (entry, self.registry.version, until, reply[2:], max_udp, q,
                                   renew), aging)
         return reply

@@ -256,7 +256,7 @@ async def test_moving_a_pvd_to_a_down_interface_detaches_it_and_back_reattaches(
     """``ctl update --interface`` onto a link that is down is a detach like any other: the
     partition goes (before, the PvD lost its tag silently and the old answers stayed in the
     cache as garbage), and moving back onto a usable link is an attach (probes start)."""
-    daemon, corp, wifi, up_corp, _ = env
+    daemon, _, wifi, up_corp, _ = env
     assert addrs(daemon.query("www.corp.example")) == ["198.51.100.7"]
     wifi.link_down()
     wait_for(lambda: pvd(daemon, "wifi")["state"] == "detached")

@@ -27,6 +27,7 @@ import pytest
 
 from mifdns.aio import listener
 from mifdns.aio.listener import UdpListener
+from mifdns.core.memo import AGING_HORIZON
 
 pytestmark = pytest.mark.asyncio
 
@@ -314,18 +315,21 @@ async def test_aging_never_serves_past_expiry_nor_writes_outside_the_reply():
         5: {**good, "offsets": (1 << 80,)},  # not a C long
         6: {**good, "values": ("5",)},  # not an int
         7: {**good, "stored": int(now)},  # not a float
-        8: {**good, "offsets": (8,), "values": (1 << 40,)},  # aged, clamped to 32 bits
+        8: {**good, "offsets": (8,), "values": (1 << 40,)},  # not a TTL
+        9: {**good, "values": (-1,)},  # not a TTL
+        10: {**good, "stored": now - 2.0**33},  # longer ago than any TTL lasts
     }
     for n, kw in cases.items():
         core.table[query(n, 0)[2:]] = aging_entry(tail, now, **kw)
     async with served("c", core) as (udp, c):
-        for n in range(1, 9):
+        core.table[query(11, 0)[2:]] = aging_entry(tail, now, **good)  # the one that ages
+        for n in range(1, 12):
             c.sendto(query(n, n), ("127.0.0.1", udp.port))
-        got = await recv_all(c, 8)
-        assert sorted(d[2:7] for d in got if d[2:7] == b"slow:") == [b"slow:"] * 7
-        assert len(core.asked) == 7 and udp.counters["aged"] == 1
-        (capped,) = [d for d in got if d[:2] == b"\x00\x08"]  # clamped to 32 bits
-        assert capped == b"\x00\x08" + bytes(6) + b"\xff\xff\xff\xff"
+        got = await recv_all(c, 11)
+        assert sorted(d[2:7] for d in got if d[2:7] == b"slow:") == [b"slow:"] * 10
+        assert len(core.asked) == 10 and udp.counters["aged"] == 1
+        (aged,) = [d for d in got if d[:2] == b"\x00\x0b"]
+        assert aged == b"\x00\x0b" + (4).to_bytes(4, "big") + bytes(6)  # 5 - 1 s"
 
 
 async def test_the_c_loop_ages_exactly_as_the_resolver_renders_again():
@@ -340,7 +344,8 @@ async def test_the_c_loop_ages_exactly_as_the_resolver_renders_again():
         d = Driver([spec("wifi", "wlan0")])
         d.worlds["wifi"].records = {"www.example.com": {"A": ["203.0.113.80"]},
                                     "mx.example.com": {"MX": ["10 www.example.com."]}}
-        d.worlds["wifi"].ttl = 30
+        d.worlds["wifi"].ttl = int(3 * AGING_HORIZON)
+        d.worlds["wifi"].soa_min = int(10 * AGING_HORIZON)  # the NXDOMAIN outlives the rest
         return d
 
     cdrv, pydrv = world(), world()  # the same history: one replays in C, one renders
@@ -357,7 +362,8 @@ async def test_the_c_loop_ages_exactly_as_the_resolver_renders_again():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srv, client() as c:
         srv.bind(("127.0.0.1", 0))
         srv.setblocking(False)
-        for elapsed in (0.4, 1.0, 2.7, 17.0, 29.99, 30.0, 45.0):
+        h = AGING_HORIZON
+        for elapsed in (0.4, 1.0, 2.7, h - 0.1, h + 7, 2 * h + 6.9, 3 * h, 3 * h + 15):
             now = t0 + elapsed
             asked: list[bytes] = []
 
@@ -373,7 +379,12 @@ async def test_the_c_loop_ages_exactly_as_the_resolver_renders_again():
             assert got == len(queries)
             for q in queries:
                 want = pydrv.resolver.handle_query(q.to_wire(), "c", now, 65494)
-                assert want is not None or elapsed >= 30.0
+                assert want is not None or elapsed >= 3 * h
                 reply = c.recv(4096) if want is not None else None
                 assert reply == want, (elapsed, q.question[0])
-            assert (asked == []) == (elapsed < 30.0), (elapsed, asked)  # past the TTL: asked
+            if elapsed < h or elapsed == 2 * h + 6.9:  # aged in C, the resolver not asked
+                assert asked == [], elapsed
+            elif elapsed == h + 7:  # past the horizon: the resolver looks again (and memoizes)
+                assert len(asked) == len(queries)
+            else:  # past the TTL of the positive answers: the resolver decides
+                assert len(asked) >= 3, elapsed
