@@ -44,7 +44,6 @@ RECORD_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 # wg-quick prefixes the interface with the first "X*" line of /etc/resolvconf/interface-order,
 # which is "tun*" in Debian's stock file.
 INTERFACE_ORDER_PREFIXES = ("tun", "tap")
-OWN_ADDRESS = "an address of mifdns itself (it would loop)"
 
 
 def _exists(ifname: str) -> bool:
@@ -146,7 +145,7 @@ def read_feed(
             problems.append(f"nameserver {exc}")
             continue
         if str(srv.address) in skip:
-            conf.ignored.append(f"nameserver {s}: {OWN_ADDRESS}")
+            conf.ignored.append(f"nameserver {s}: an address of mifdns itself (it would loop)")
             continue
         if srv.address.is_loopback and iface != "lo":
             conf.ignored.append(f"nameserver {s}: loopback, not reachable through {iface}")
@@ -378,15 +377,12 @@ def format_records(pvds: list[dict[str, Any]]) -> str:
 def feed_notes(feed: Feed, result: Any, *, force: bool = False,
                exists: Callable[[str], bool] = _exists) -> list[str]:
     """What to tell the caller once the daemon took the feed (``result``: its answer): the
-    nameservers left out, here or by the daemon (it knows its own addresses, we do not), and a
-    missing interface unless ``force``."""
-    notes = [f"ignored {n}" for n in feed.ignored]
+    nameservers it left out (it decides: it knows its own addresses, we do not), and a missing
+    interface unless ``force``."""
+    ignored = result.get("ignored") if isinstance(result, dict) else None
+    notes = [f"ignored {n}" for n in ignored or []]
     if feed.spec is None:
         return notes
-    if isinstance(result, dict) and ("servers" in result or "removed" in result):
-        kept = [str(s) for s in result.get("servers") or []]
-        notes += [f"ignored nameserver {s}: {OWN_ADDRESS}" for s in feed.spec.servers
-                  if str(s) not in kept]
     if not force and not exists(feed.spec.interface):
         notes.append(f"note: no interface {feed.spec.interface} (yet): {feed.spec.name} stays "
                      "detached until it appears")

@@ -129,7 +129,7 @@ def _refuse_own_servers(daemon: Daemon, spec: PvdSpec, cmd: str) -> None:
 def _resolvconf(daemon: Daemon, req: dict[str, Any]) -> Any:
     """``mifdns resolvconf -a/-d``: records are runtime PvDs of origin "resolvconf"; a
     record never replaces or removes a PvD of another origin."""
-    from ..resolvconf import check_record, spec_from_resolvconf
+    from ..resolvconf import check_record, read_feed
 
     record = req.get("record")
     if not isinstance(record, str) or not record:
@@ -142,20 +142,20 @@ def _resolvconf(daemon: Daemon, req: dict[str, Any]) -> Any:
     action = req.get("action")
     if action not in ("add", "delete"):
         raise ControlError("resolvconf: action must be add or delete")
-    spec = None
+    spec, ignored = None, []
     if action == "add":
         own = {str(la.address) for la in daemon.config.listen}
-        spec = spec_from_resolvconf(record, str(req.get("text", "")),
-                                    exclusive=bool(req.get("exclusive")),
-                                    private=bool(req.get("private")), skip=own)
+        feed = read_feed(record, str(req.get("text", "")), exclusive=bool(req.get("exclusive")),
+                         private=bool(req.get("private")), skip=own)
+        spec, ignored = feed.spec, feed.ignored
     if spec is not None:
-        return pvd_json(daemon, daemon.upsert(spec))
-    if current is None:
-        return {"removed": None}
-    cause = f"resolvconf -d {record}" if action == "delete" else \
-        f"resolvconf -a {record} without a usable nameserver"
-    daemon.apply(daemon.registry.remove(record, cause=cause))
-    return {"removed": record}
+        # ignored: the nameservers left out, for the front end to report
+        return {**pvd_json(daemon, daemon.upsert(spec)), "ignored": ignored}
+    if current is not None:
+        cause = f"resolvconf -d {record}" if action == "delete" else \
+            f"resolvconf -a {record} without a usable nameserver"
+        daemon.apply(daemon.registry.remove(record, cause=cause))
+    return {"removed": record if current is not None else None, "ignored": ignored}
 
 
 # ================================================================== views

@@ -248,7 +248,9 @@ def run(monkeypatch, argv, stdin="", daemon=None):  # type: ignore[no-untyped-de
 
 def test_a_dropped_loopback_nameserver_is_reported_and_the_feed_still_succeeds(  # type: ignore[no-untyped-def]
         monkeypatch, capsys):
-    assert run(monkeypatch, ["-a", "nosuchif9.x"], "nameserver 127.0.0.1\n") == 0
+    daemon = FakeDaemon({"removed": None, "ignored": [
+        "nameserver 127.0.0.1: loopback, not reachable through nosuchif9"]})
+    assert run(monkeypatch, ["-a", "nosuchif9.x"], "nameserver 127.0.0.1\n", daemon) == 0
     assert capsys.readouterr().err == (
         "mifdns resolvconf: ignored nameserver 127.0.0.1: loopback, not reachable through "
         "nosuchif9\n")
@@ -256,7 +258,9 @@ def test_a_dropped_loopback_nameserver_is_reported_and_the_feed_still_succeeds( 
 
 def test_a_nameserver_the_daemon_drops_as_its_own_address_is_reported(  # type: ignore[no-untyped-def]
         monkeypatch, capsys):
-    assert run(monkeypatch, ["-a", "lo.dnsmasq"], "nameserver 127.0.0.53\n") == 0
+    daemon = FakeDaemon({"removed": "lo.dnsmasq", "ignored": [
+        "nameserver 127.0.0.53: an address of mifdns itself (it would loop)"]})
+    assert run(monkeypatch, ["-a", "lo.dnsmasq"], "nameserver 127.0.0.53\n", daemon) == 0
     assert capsys.readouterr().err == (
         "mifdns resolvconf: ignored nameserver 127.0.0.53: an address of mifdns itself (it "
         "would loop)\n")
