@@ -119,11 +119,10 @@ async def handle_control(daemon: Daemon, req: dict[str, Any]) -> Any:
 def _refuse_own_servers(daemon: Daemon, spec: PvdSpec, cmd: str) -> None:
     """The check the config loader makes: a server that is one of mifdns's own listen
     addresses would send its queries back to mifdns."""
-    own = {(la.address, la.port) for la in daemon.config.listen}
-    for server in spec.servers:
-        if (server.address, server.port) in own:
-            raise ControlError(f"{cmd}: {server} is one of mifdns's own listen addresses "
-                               "(queries would loop)")
+    looping = cfgmod.looping_servers(spec, daemon.config.listen)
+    if looping:
+        raise ControlError(f"{cmd}: {looping[0]} is one of mifdns's own listen addresses "
+                           "(queries would loop)")
 
 
 def _resolvconf(daemon: Daemon, req: dict[str, Any]) -> Any:

@@ -20,7 +20,7 @@ Modules: ``model`` (the dataclasses and the PvD key table), ``values`` (YAML nod
 with line numbers), ``loader`` (the checks and the entry points), ``reference`` (the docs).
 """
 
-from .loader import apply_env, load_config, parse_config, pvd_spec_from_mapping
+from .loader import apply_env, load_config, looping_servers, parse_config, pvd_spec_from_mapping
 from .model import (
     ENV_VARS,
     PVD_KEY_DOCS,
@@ -38,5 +38,6 @@ from .reference import config_reference_markdown
 __all__ = [
     "CacheConfig", "Config", "LimitsConfig", "ListenAddr", "MetricsConfig", "ResolvConfConfig",
     "UpstreamConfig", "ENV_VARS", "PVD_KEY_DOCS", "apply_env", "config_reference_markdown",
-    "default_config", "load_config", "parse_config", "pvd_spec_from_mapping",
+    "default_config", "load_config",
+    "looping_servers", "parse_config", "pvd_spec_from_mapping",
 ]  # fmt: skip

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields, is_dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -320,12 +320,19 @@ class _Loader:
         if up.negative_wait > up.total_timeout:
             self.problem("upstream.negative_wait", f"{up.negative_wait} exceeds "
                          f"upstream.total_timeout ({up.total_timeout})")
-        own = {(la.address, la.port) for la in config.listen}
         for i, spec in enumerate(config.pvds):
+            looping = looping_servers(spec, config.listen)
             for j, server in enumerate(spec.servers):
-                if (server.address, server.port) in own:
+                if server in looping:
                     self.problem(f"pvds[{i}].servers[{j}]", f"{server} is one of mifdns's own "
                                  "listen addresses (queries would loop)")
+
+
+def looping_servers(spec: PvdSpec, listen: Sequence[ListenAddr]) -> list[ServerAddr]:
+    """The servers of ``spec`` that are one of mifdns's own ``listen`` addresses: queries sent
+    there would come back to mifdns (refused in the config file and at runtime)."""
+    own = {(la.address, la.port) for la in listen}
+    return [s for s in spec.servers if (s.address, s.port) in own]
 
 
 def _in_range(value: float, meta: Mapping[str, Any]) -> bool:
