@@ -337,7 +337,7 @@ def format_event(event: Any) -> str:
             line += f"refused ({event['refused']})"
         else:
             detail = [str(event[k]) for k in ("cache", "kind") if event.get(k)]
-            if event.get("rcode") and event.get("kind") in (None, "servfail", "error"):
+            if event.get("rcode") and event.get("kind") in (None, "servfail", "refused", "error"):
                 detail.append(str(event["rcode"]))
             if isinstance(event.get("ms"), (int, float)):
                 detail.append(f"{event['ms']:.1f} ms")

@@ -21,7 +21,7 @@ monitor`` formatter reads these keys and prints any other event as ``key=value``
 
 - ``query``: ``name``, ``type``, ``pvd`` (the answering PvD or null), ``cache`` (hit, miss,
   or ``-`` for local answers), ``kind`` (positive/nxdomain/nodata/synthesized/captive/local/
-  servfail), ``rcode``, ``ms``, ``candidates`` ([{pvd, grade, reason}]), ``local`` and
+  servfail, or refused: every server asked refused it), ``rcode``, ``ms``, ``candidates`` ([{pvd, grade, reason}]), ``local`` and
   ``refused`` (reason or null).
 - ``attached``: ``pvd``, ``cause``. ``detached`` and ``purged``: ``pvd``, ``cause``,
   ``purged`` (cache entries dropped), ``cancelled`` (queries in flight). ``changed``: ``pvd``,

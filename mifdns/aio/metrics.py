@@ -87,6 +87,9 @@ class DaemonCollector:
                        c.get("coalesced", 0))
         yield _counter("mifdns_servfail", "SERVFAIL answers sent to clients.",
                        c.get("servfail", 0))
+        yield _counter("mifdns_upstream_refused",
+                       "REFUSED answers passed on to clients: every server asked refused.",
+                       c.get("upstream_refused", 0))
         yield _counter("mifdns_nxdomain", "NXDOMAIN answers sent to clients.",
                        c.get("nxdomain", 0))
         yield _counter("mifdns_local_answers",

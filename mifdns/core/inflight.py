@@ -21,7 +21,7 @@ class Resolution:
 
     __slots__ = (
         "query", "client", "decision", "pending", "negatives", "failures", "started", "done",
-        "wait_until", "key", "synthesized",
+        "wait_until", "key", "synthesized", "refusals",
     )
 
     def __init__(self, query: wire.Query, client: object, decision: Decision, key: Key, now: float):
@@ -33,6 +33,7 @@ class Resolution:
         self.negatives: list[tuple[str, Entry]] = []
         self.synthesized: list[tuple[str, Entry]] = []
         self.failures: list[tuple[str, str]] = []
+        self.refusals = 0  # failures that were every server of a PvD refusing the question
         self.started = now
         self.done = False
         self.wait_until: float | None = None

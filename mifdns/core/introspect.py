@@ -15,7 +15,7 @@ from .cache import Cache
 from .registry import Registry
 from .routing import Decision, Router
 
-_RCODES = {"nxdomain": "NXDOMAIN", "servfail": "SERVFAIL"}
+_RCODES = {"nxdomain": "NXDOMAIN", "servfail": "SERVFAIL", "refused": "REFUSED"}
 
 
 def explain(router: Router, name: str, qtype: int = wire.A) -> dict[str, Any]:

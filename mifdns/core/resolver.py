@@ -130,7 +130,7 @@ class Resolver:
                 "queries", "cache_hits", "cache_misses", "local", "servfail", "refused",
                 "formerr", "notimp", "badvers", "nxdomain", "coalesced", "limit_inflight",
                 "purged_entries", "purges", "ignored_replies", "upstream_queries",
-                "probes", "synthesized",
+                "probes", "synthesized", "upstream_refused",
             ),
             0,
         )
@@ -511,6 +511,8 @@ class Resolver:
             res.negatives.append((pvd, entry))
         else:
             res.failures.append((pvd, why or "failed"))
+            if type(item) is Transaction and item.outcome is Outcome.REFUSED:
+                res.refusals += 1
         if not res.pending:
             self._finish_negative_or_fail(res, now)
         elif (res.negatives or res.synthesized) and res.wait_until is None:
@@ -569,11 +571,16 @@ class Resolver:
             return None
         res.done = True
         why = "; ".join(f"{p}: {w}" for p, w in res.failures) or "no answer"
-        code = EDE_NETWORK_ERROR
-        reply = self._servfail(res.query, None, (code, why[:200]))
+        if res.failures and res.refusals == len(res.failures):
+            # every PvD asked has servers up that declined: say so (as dnsmasq and resolved
+            # do), so the client does not take it for a failure worth retrying
+            reply = self._refused(res.query, (EDE_NO_REACHABLE_AUTHORITY, why[:200]))
+        else:
+            reply = self._servfail(res.query, None, (EDE_NETWORK_ERROR, why[:200]))
         if self.monitoring:
-            self._event_query(res.query, res.decision, None, "upstream", "servfail", res.started,
-                              now, error=why)
+            kind = "refused" if reply is not None and reply[3] & 0xF == wire.REFUSED else "servfail"
+            self._event_query(res.query, res.decision, None, "upstream", kind, res.started, now,
+                              error=why)
         if immediate:
             return reply
         if reply is not None:
@@ -610,6 +617,11 @@ class Resolver:
         if data is None:  # answering later: rebuild the header the reply echoes
             data = (q.id.to_bytes(2, "big") + q.flags.to_bytes(2, "big") + b"\x00\x01" + bytes(6))
         return render.error_reply(data, wire.SERVFAIL, query=q, opt=self._opt_for(q, ede))
+
+    def _refused(self, q: wire.Query, ede: tuple[int, str]) -> bytes | None:
+        self.counters["upstream_refused"] += 1
+        data = q.id.to_bytes(2, "big") + q.flags.to_bytes(2, "big") + b"\x00\x01" + bytes(6)
+        return render.error_reply(data, wire.REFUSED, query=q, opt=self._opt_for(q, ede))
 
     def _local(self, q: wire.Query, decision: Decision) -> bytes:
         if is_nxdomain(q, decision):

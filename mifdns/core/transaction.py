@@ -12,7 +12,8 @@ counted: spoofing and stray replies cannot complete a transaction).
 Per attempt: no reply within ``timeout`` -> next server. TC over UDP -> the same server over
 TCP. SERVFAIL, REFUSED, NOTIMP, FORMERR or garbage -> next server. NOERROR/NXDOMAIN -> done. The
 walk cycles through the servers until ``total_timeout`` from the start, then the transaction
-ends as TIMEOUT or FAILED. Outcomes are a closed enum (``Outcome``), mapped to client rcodes in
+ends as TIMEOUT or FAILED (REFUSED if every attempt was refused: the servers are up and
+declined the question, which the client should hear as such). Outcomes are a closed enum (``Outcome``), mapped to client rcodes in
 one place in the resolver.
 """
 
@@ -31,6 +32,7 @@ class Outcome(enum.Enum):
     NODATA = "nodata"  # NOERROR, empty answer section
     NXDOMAIN = "nxdomain"
     FAILED = "failed"  # every attempt got SERVFAIL/REFUSED/garbage or a network error
+    REFUSED = "refused"  # every attempt was answered REFUSED (passed on to the client)
     TIMEOUT = "timeout"  # the budget ran out with attempts unanswered
     CANCELLED = "cancelled"  # the PvD detached or was purged while in flight
     NO_SERVERS = "no-servers"
@@ -54,7 +56,7 @@ class Transaction:
         "pvd", "tag", "interface", "servers", "qname", "qtype", "qclass", "do", "cd", "udp_size",
         "timeout", "started", "final", "deadline", "index", "tries", "txid", "tcp", "server",
         "outcome", "response", "info", "waiters", "samples", "sent_at", "errors", "_rand",
-        "ignored",
+        "ignored", "refusals",
     )
 
     def __init__(  # positional on the hot path (keywords cost ~1 us per miss)
@@ -102,6 +104,7 @@ class Transaction:
         self.errors: list[str] = []
         self._rand = rand16
         self.ignored = 0  # replies that did not match (spoofed, stray, late)
+        self.refusals = 0  # attempts answered REFUSED
 
     @property
     def done(self) -> bool:
@@ -154,7 +157,9 @@ class Transaction:
             else:
                 self.outcome = Outcome.NODATA
             return None
-        return self._fail_attempt(now, f"rcode {rcode}")
+        if rcode == wire.REFUSED:
+            self.refusals += 1
+        return self._fail_attempt(now, RCODE_NAMES.get(rcode, f"rcode {rcode}"))
 
     def on_timeout(self, now: float) -> Send | None:
         if self.done or now < self.deadline:
@@ -177,20 +182,24 @@ class Transaction:
         self.samples.append((self.server, None))
         self.errors.append(f"{self.server}: {reason}")
         if now >= self.final:
-            self.outcome = Outcome.TIMEOUT if timed_out else Outcome.FAILED
+            self.outcome = Outcome.TIMEOUT if timed_out else self._failed()
             return None
         if not timed_out and self.tries >= len(self.servers):
             # every server was tried and this one answered with an error: asking again now would
             # only hammer them; timeouts, by contrast, are retried until the budget runs out
-            self.outcome = Outcome.FAILED
+            self.outcome = self._failed()
             return None
         return self._next_server(now)
+
+    def _failed(self) -> Outcome:
+        refused = self.refusals and self.refusals == len(self.errors)
+        return Outcome.REFUSED if refused else Outcome.FAILED
 
     def _next_server(self, now: float) -> Send | None:
         self.index = (self.index + 1) % len(self.servers)
         if self.tries >= 3 * len(self.servers) + 3:  # bound the walk even with instant failures
             all_timeouts = all(e.endswith("timeout") for e in self.errors)
-            self.outcome = Outcome.TIMEOUT if all_timeouts and self.errors else Outcome.FAILED
+            self.outcome = Outcome.TIMEOUT if all_timeouts and self.errors else self._failed()
             return None
         return self._send(self.servers[self.index], now, tcp=False)
 
@@ -206,6 +215,10 @@ class Transaction:
             udp_size=self.udp_size,
         )
         return Send(self, server, data, tcp, self.txid)
+
+
+RCODE_NAMES = {wire.FORMERR: "FORMERR", wire.SERVFAIL: "SERVFAIL", wire.NOTIMP: "NOTIMP",
+               wire.REFUSED: "REFUSED", wire.BADVERS: "BADVERS"}
 
 
 def _same_source(source: tuple[str, int], server: ServerAddr) -> bool:

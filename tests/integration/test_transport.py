@@ -214,6 +214,23 @@ async def test_servfail_from_the_first_server_moves_on_without_waiting(
     assert broken.saw("www.corp.example") and good.saw("www.corp.example")
 
 
+async def test_servers_that_all_refuse_give_the_client_refused_at_once(
+    topology, vpn_and_wifi, upstream_factory, mifdns_factory
+):
+    corp, _ = vpn_and_wifi
+    a = await upstream_factory(corp, CORP_ZONE, listen=["192.0.2.53"])
+    b = await upstream_factory(corp, CORP_ZONE, listen=["192.0.2.54"])
+    d = await mifdns_factory(topology, config(corp_pvd(servers=["192.0.2.53", "192.0.2.54"])))
+    await settle(a, b)
+    a.refused = b.refused = True
+    r, took = await _timed(d.aquery("www.corp.example", payload=1232))
+    assert rcode(r) == "REFUSED" and took < 0.5
+    [(code, text)] = edes(r)
+    assert code == 22 and "192.0.2.53: REFUSED" in text and "192.0.2.54: REFUSED" in text
+    b.refused = False  # a refusal is not cached: the next question is asked again
+    assert addrs(await d.aquery("www.corp.example")) == ["10.8.0.80"]
+
+
 async def test_all_servers_dead_gives_servfail_well_before_the_client_gives_up(
     topology, vpn_and_wifi, upstream_factory, mifdns_factory
 ):

@@ -37,7 +37,7 @@ class World:
     records: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     ttl: int = 300
     soa_min: int = 60
-    mode: str = "answer"  # answer | drop | servfail | truncate
+    mode: str = "answer"  # answer | drop | servfail | refused | truncate
     seen: list[tuple[str, str]] = field(default_factory=list)
 
     def respond(self, query_wire: bytes, tcp: bool) -> bytes | None:
@@ -47,8 +47,8 @@ class World:
         if self.mode == "drop":
             return None
         r = dns.message.make_response(q)
-        if self.mode == "servfail":
-            r.set_rcode(dns.rcode.SERVFAIL)
+        if self.mode in ("servfail", "refused"):
+            r.set_rcode(dns.rcode.from_text(self.mode))
             return r.to_wire()
         if self.mode == "truncate" and not tcp:
             r.flags |= dns.flags.TC

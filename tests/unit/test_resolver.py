@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+import dns.edns
 import dns.message
 import dns.rcode
 
@@ -153,6 +154,42 @@ def test_all_servers_failing_gives_servfail_within_budget():
     assert d.reply_at["c1"] - start <= 2.0 + 1e-9
     servers = {str(s.server) for s in d.dropped}
     assert servers == {"192.0.2.53", "192.0.2.54"}
+
+
+def _ede(msg: dns.message.Message) -> list[tuple[int, str]]:
+    return [(o.code, o.text) for o in msg.options if o.otype == dns.edns.EDE]
+
+
+def test_servers_that_all_refuse_give_the_client_refused_with_their_reasons():
+    d = Driver([spec("a", "eth0", servers=["192.0.2.53", "192.0.2.54"])])
+    d.worlds["a"].mode = "refused"
+    r = d.query("www.example.com")
+    assert r.rcode() == dns.rcode.REFUSED
+    [(code, text)] = _ede(r)
+    assert code == 22  # No Reachable Authority: "or they potentially refused to reply"
+    assert "192.0.2.53: REFUSED" in text and "192.0.2.54: REFUSED" in text
+    assert len(d.worlds["a"].seen) == 2  # each server once: refusing again now is no news
+    assert d.resolver.counters["upstream_refused"] == 1
+    assert d.resolver.counters["servfail"] == d.resolver.counters["refused"] == 0
+
+
+def test_a_refusal_and_a_failure_elsewhere_is_still_servfail():
+    d = Driver([spec("a", "eth0", servers=["192.0.2.53"], default_route=True),
+                spec("b", "eth1", servers=["198.51.100.53"], default_route=True)])
+    d.worlds["a"].mode = "refused"
+    d.worlds["b"].mode = "servfail"
+    r = d.query("www.example.com")
+    assert r.rcode() == dns.rcode.SERVFAIL
+    [(code, text)] = _ede(r)
+    assert code == 23 and "a: refused" in text and "b: failed" in text and "SERVFAIL" in text
+
+
+def test_one_pvd_refusing_does_not_hide_another_pvds_answer():
+    d = Driver([spec("a", "eth0", servers=["192.0.2.53"], default_route=True),
+                spec("b", "eth1", servers=["198.51.100.53"], default_route=True)])
+    d.worlds["a"].mode = "refused"
+    d.worlds["b"].records = {"www.example.com": {"A": ["203.0.113.7"]}}
+    assert answers(d.query("www.example.com")) == ["203.0.113.7"]
 
 
 def test_truncated_upstream_answer_is_fetched_over_tcp():
