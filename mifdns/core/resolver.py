@@ -32,14 +32,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import dns64, introspect, render, synthesis, wire
+from . import dns64, introspect, lifecycle, render, synthesis, wire
 from .cache import Cache, Entry, Key, Kind
 from .health import Health
 from .inflight import ProbeResult, Resolution, Synth, _Probe
 from .local import is_nxdomain, local_answer
 from .memo import AGING_HORIZON, AnswerMemo, ReadyTable
 from .pvd import CaptiveState, Pvd
-from .registry import Event, PvdAttached, PvdChanged, PvdDetached, PvdPurged, Registry
+from .registry import Event, Registry
 from .routing import EDE_NO_REACHABLE_AUTHORITY, Candidate, Decision, Router, wire_to_text
 from .stats import Stats
 from .transaction import Outcome, Send, Transaction
@@ -631,67 +631,8 @@ class Resolver:
     # ================================================================== lifecycle
     def apply(self, events: list[Event], now: float) -> list[dict[str, Any]]:
         """Act on registry events: purge partitions, cancel transactions. Returns a log record per
-        event (for the monitor, the log and ``ctl status``)."""
-        out: list[dict[str, Any]] = []
-        for ev in events:
-            rec: dict[str, Any] = {"event": type(ev).__name__.removeprefix("Pvd").lower(),
-                                   "pvd": ev.name, "time": now}
-            if isinstance(ev, (PvdDetached, PvdPurged)):
-                n = self.cache.purge(ev.old_tag)
-                again = self.registry.find(ev.name) if isinstance(ev, PvdPurged) else None
-                cancelled, reasked = self._cancel_tag(ev.old_tag, now, again)
-                rec.update(cause=ev.cause, purged=n, cancelled=cancelled)
-                if reasked:
-                    rec["reasked"] = reasked
-                self.counters["purges"] += 1
-                self.counters["purged_entries"] += n
-                self.purge_log.append({"pvd": ev.name, "entries": n, "cause": ev.cause,
-                                       "time": now})
-                self.stats.purge(ev.name, rec["event"], ev.cause, n)
-                del self.purge_log[:-100]
-                if isinstance(ev, PvdDetached) and ev.name not in self.registry:
-                    self.health.forget(ev.name)
-            elif isinstance(ev, PvdAttached):
-                rec["cause"] = ev.cause
-            elif isinstance(ev, PvdChanged):
-                rec["what"] = ev.what
-            out.append(rec)
-        return out
-
-    def _cancel_tag(self, tag: int, now: float, again: Pvd | None = None) -> tuple[int, int]:
-        """Cancel the transactions of ``tag``. ``again``: the PvD, still attached under a new
-        tag (its servers or domains changed): the clients' questions that still route to it are
-        asked again there, not failed. (cancelled, questions asked again)"""
-        doomed = [t for k, t in self.inflight.items() if k[0] == tag]
-        doomed += [t for t in self._probes.values() if t.tag == tag]
-        reasked = 0
-        for txn in doomed:
-            movers: list[Resolution] = []
-            if again is not None and again.attached and again.tag != tag:
-                for w in txn.waiters:
-                    if type(w) is Resolution and not w.done and any(
-                            c.pvd == again.name for c in self.router.route(w.key[0]).candidates):
-                        movers.append(w)
-                if movers:
-                    txn.waiters = [w for w in txn.waiters if w not in movers]
-            txn.cancel()
-            self._complete(txn, now)
-            if movers and again is not None:
-                reasked += len(movers)
-                self._reask(again, txn, movers, now)
-        return len(doomed), reasked
-
-    def _reask(self, pvd: Pvd, old: Transaction, movers: list[Resolution], now: float) -> None:
-        key: Key = (old.qname, old.qtype, old.qclass, old.do | (old.cd << 1))
-        txn = self.inflight.get((pvd.tag, key))
-        if txn is None and (len(self.inflight) >= self.settings.max_inflight
-                            or (txn := self._launch(pvd, key, now)) is None):
-            for res in movers:  # as if the old transaction had failed
-                self._deliver(res, old, pvd.name, None, "PvD changed", now)
-            return
-        for res in movers:
-            res.pending[res.pending.index(old)] = txn
-            txn.waiters.append(res)
+        event (for the monitor, the log and ``ctl status``). See lifecycle.py."""
+        return lifecycle.apply(self, events, now)
 
     # ================================================================== introspection
     def explain(self, name: str, qtype: int = wire.A) -> dict[str, Any]:
