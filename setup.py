@@ -8,7 +8,11 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("mifdns.aio._udpbatch", ["mifdns/aio/_udpbatch.c"], optional=True,
-                  extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]),
+        Extension(
+            "mifdns.aio._udpbatch",
+            ["mifdns/aio/_udpbatch.c"],
+            optional=True,
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+        ),
     ],
 )

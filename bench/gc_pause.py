@@ -55,9 +55,13 @@ def one(entries: int, untracked: bool) -> dict[str, float]:
         t0 = time.perf_counter()
         gc.collect()
         fulls.append((time.perf_counter() - t0) * 1000)
-    return {"fill_s": round(fill, 2), "young_max_ms": round(worst[0], 1),
-            "middle_max_ms": round(worst[1], 1), "full_ms": round(fulls[0], 1),
-            "full2_ms": round(fulls[1], 1)}
+    return {
+        "fill_s": round(fill, 2),
+        "young_max_ms": round(worst[0], 1),
+        "middle_max_ms": round(worst[1], 1),
+        "full_ms": round(fulls[0], 1),
+        "full2_ms": round(fulls[1], 1),
+    }
 
 
 def main() -> int:
@@ -68,14 +72,22 @@ def main() -> int:
     if args.one:
         print(json.dumps(one(args.entries, args.one == "untracked")))
         return 0
-    print(f"{'cache entries':>14} {'entries':>8} {'fill s':>7} {'young max ms':>13} "
-          f"{'middle max ms':>14} {'full GC ms':>11} {'next full ms':>13}")
+    print(
+        f"{'cache entries':>14} {'entries':>8} {'fill s':>7} {'young max ms':>13} "
+        f"{'middle max ms':>14} {'full GC ms':>11} {'next full ms':>13}"
+    )
     for mode in ("untracked", "tracked"):
-        out = subprocess.run([sys.executable, __file__, "--entries", str(args.entries),
-                              "--one", mode], check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--entries", str(args.entries), "--one", mode],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         r = json.loads(out.stdout)
-        print(f"{mode:>14} {args.entries:>8} {r['fill_s']:>7} {r['young_max_ms']:>13} "
-              f"{r['middle_max_ms']:>14} {r['full_ms']:>11} {r['full2_ms']:>13}")
+        print(
+            f"{mode:>14} {args.entries:>8} {r['fill_s']:>7} {r['young_max_ms']:>13} "
+            f"{r['middle_max_ms']:>14} {r['full_ms']:>11} {r['full2_ms']:>13}"
+        )
     return 0
 
 

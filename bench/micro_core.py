@@ -31,8 +31,10 @@ from mifdns.core.resolver import Release, Reply, Resolver, Send
 
 # the realistic setup of bench/run.sh: wifi (default route, the benchmark's upstream), a VPN
 # with 33 routing domains and 2 reverse networks, a lab network with 15 domains
-_VPN = ", ".join([f'"~corp{i}.example"' for i in range(30)]
-                 + ['"~corp.example"', '"~internal.example.com"', '"~vpn.example.net"'])
+_VPN = ", ".join(
+    [f'"~corp{i}.example"' for i in range(30)]
+    + ['"~corp.example"', '"~internal.example.com"', '"~vpn.example.net"']
+)
 _LAB = ", ".join([f'"~lab{i}.test.example"' for i in range(14)] + ['"~k8s.example.org"'])
 REALISTIC = f"""
 listen: ["127.0.0.53:53"]
@@ -50,8 +52,12 @@ pvds:
 def _query(name: str, qid: int = 0x1234) -> bytes:
     """A dnsperf-like query: RD, one question, an OPT RR (EDNS 0, 4096 bytes)."""
     qname = wire.text_to_qname(name)
-    return (struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 1) + qname + struct.pack("!HH", 1, 1)
-            + render.opt_rr(4096))
+    return (
+        struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 1)
+        + qname
+        + struct.pack("!HH", 1, 1)
+        + render.opt_rr(4096)
+    )
 
 
 def _answer(query: bytes, ttl: int) -> bytes:
@@ -59,8 +65,14 @@ def _answer(query: bytes, ttl: int) -> bytes:
     info = wire.parse_query(query)
     end = info.question_end
     rr = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, ttl, 4) + bytes([10, 2, 0, 1])
-    return (query[:2] + b"\x81\x80" + struct.pack("!HHHH", 1, 1, 0, 1) + query[12:end] + rr
-            + query[end:])
+    return (
+        query[:2]
+        + b"\x81\x80"
+        + struct.pack("!HHHH", 1, 1, 0, 1)
+        + query[12:end]
+        + rr
+        + query[end:]
+    )
 
 
 def build(config_text: str) -> Resolver:
@@ -86,8 +98,9 @@ def bench(res: Resolver, number: int, only: str | None, raw: int = 0) -> dict[st
         hq(q, client, now[0], 65494)
         for act in res.outbox:
             if type(act) is Send:
-                res.handle_reply(act.txn, _answer(act.wire, 3600), (act.server.host, 53), False,
-                                 now[0])
+                res.handle_reply(
+                    act.txn, _answer(act.wire, 3600), (act.server.host, 53), False, now[0]
+                )
         res.outbox.clear()
     res.outbox.clear()
     hits = [_query(f"h{i}.bench.example", qid=i) for i in range(10_000)]
@@ -125,8 +138,9 @@ def bench(res: Resolver, number: int, only: str | None, raw: int = 0) -> dict[st
         box, res.outbox = res.outbox, []
         for act in box:
             if type(act) is Send:
-                res.handle_reply(act.txn, act.wire[:2] + answers[i], (act.server.host, 53),
-                                 False, 12.0)
+                res.handle_reply(
+                    act.txn, act.wire[:2] + answers[i], (act.server.host, 53), False, 12.0
+                )
         box, res.outbox = res.outbox, []
         for act in box:
             assert type(act) in (Reply, Release)
@@ -143,9 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--number", type=int, default=50_000)
     parser.add_argument("--config", help="a mifdns config file instead of the built-in setup")
     parser.add_argument("--only", choices=["hit memo", "hit", "miss"])
-    parser.add_argument("--raw", type=int, default=0, metavar="K",
-                        help="run the path K times untimed (instruction counts: run twice "
-                        "under callgrind with two K and divide the difference)")
+    parser.add_argument(
+        "--raw",
+        type=int,
+        default=0,
+        metavar="K",
+        help="run the path K times untimed (instruction counts: run twice "
+        "under callgrind with two K and divide the difference)",
+    )
     args = parser.parse_args(argv)
     if args.config:
         with open(args.config) as f:

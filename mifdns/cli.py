@@ -27,8 +27,12 @@ def _load(path: str | None):  # type: ignore[no-untyped-def]
     return cfgmod.apply_env(cfgmod.load_config(path), os.environ)
 
 
-async def serve(config, shutdown: asyncio.Event | None = None, *,  # type: ignore[no-untyped-def]
-                user=None) -> None:
+async def serve(
+    config,
+    shutdown: asyncio.Event | None = None,
+    *,  # type: ignore[no-untyped-def]
+    user=None,
+) -> None:
     """Run the daemon until ``shutdown`` is set (or SIGTERM/SIGINT). SIGHUP reloads.
 
     ``user`` (a ``privileges.Account``): become that user once the sockets are bound. Stopping
@@ -123,8 +127,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from . import config as cfgmod
 
     cfg = cfgmod.load_config(args.path)
-    print(f"{args.path}: OK ({len(cfg.pvds)} PvDs: "
-          f"{', '.join(p.name for p in cfg.pvds) or 'none'})")
+    print(
+        f"{args.path}: OK ({len(cfg.pvds)} PvDs: {', '.join(p.name for p in cfg.pvds) or 'none'})"
+    )
     return 0
 
 
@@ -136,23 +141,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"mifdns {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     r = sub.add_parser("run", help="run the daemon in the foreground")
-    r.add_argument("--config", metavar="PATH",
-                   help=f"config file (default {DEFAULT_CONFIG} if present, else built-ins)")
-    r.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"])
-    r.add_argument("--user", metavar="USER",
-                   help="started as root: become USER once the sockets are bound, keeping "
-                        "CAP_NET_RAW and CAP_NET_BIND_SERVICE")
+    r.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"config file (default {DEFAULT_CONFIG} if present, else built-ins)",
+    )
+    r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    r.add_argument(
+        "--user",
+        metavar="USER",
+        help="started as root: become USER once the sockets are bound, keeping "
+        "CAP_NET_RAW and CAP_NET_BIND_SERVICE",
+    )
     c = sub.add_parser("check-config", help="validate a config file (exit 0 or 1)")
     c.add_argument("path")
     sub.add_parser("ctl", help="talk to a running daemon (mifdns ctl --help)", add_help=False)
     sub.add_parser("resolvconf", help="resolvconf(8) compatible front end", add_help=False)
-    sub.add_parser("demo", help="simulated networks in namespaces, end to end (needs root)",
-                   add_help=False)
-    sub.add_parser("replay", help="replay scenario files against mifdns (needs root)",
-                   add_help=False)
-    sub.add_parser("record", help="record upstream exchanges into a scenario skeleton",
-                   add_help=False)
+    sub.add_parser(
+        "demo", help="simulated networks in namespaces, end to end (needs root)", add_help=False
+    )
+    sub.add_parser(
+        "replay", help="replay scenario files against mifdns (needs root)", add_help=False
+    )
+    sub.add_parser(
+        "record", help="record upstream exchanges into a scenario skeleton", add_help=False
+    )
     return p
 
 

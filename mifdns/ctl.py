@@ -63,8 +63,9 @@ def request(path: str, req: dict[str, Any], timeout: float = 10.0) -> Any:
 class _Lines:
     """Reads answer lines, turning socket errors into DaemonUnreachable."""
 
-    def __init__(self, sock: socket.socket, path: str, timeout: float,
-                 pending: OSError | None = None) -> None:
+    def __init__(
+        self, sock: socket.socket, path: str, timeout: float, pending: OSError | None = None
+    ) -> None:
         self._file = sock.makefile("rb")
         self.path, self.timeout, self.pending = path, timeout, pending
 
@@ -73,12 +74,14 @@ class _Lines:
             line = self._file.readline()
         except TimeoutError:
             raise DaemonUnreachable(
-                f"mifdns at {self.path} did not answer within {self.timeout:g} s") from None
+                f"mifdns at {self.path} did not answer within {self.timeout:g} s"
+            ) from None
         except OSError as exc:
             line, self.pending = b"", self.pending or exc
         if not line and self.pending is not None:
             raise DaemonUnreachable(
-                f"lost the connection to mifdns at {self.path}: {_reason(self.pending)}")
+                f"lost the connection to mifdns at {self.path}: {_reason(self.pending)}"
+            )
         return line
 
     def __iter__(self) -> Iterator[bytes]:
@@ -123,8 +126,9 @@ def _connect(path: str, timeout: float) -> socket.socket:
         sock.connect(path)
     except OSError as exc:
         sock.close()
-        raise DaemonUnreachable(f"cannot reach mifdns at {path}: {_reason(exc)} "
-                                "(is the daemon running? see --socket)") from None
+        raise DaemonUnreachable(
+            f"cannot reach mifdns at {path}: {_reason(exc)} (is the daemon running? see --socket)"
+        ) from None
     return sock
 
 
@@ -147,7 +151,7 @@ def _result(path: str, line: bytes) -> Any:
     except ValueError as exc:
         raise ControlError(f"malformed answer from mifdns at {path}: {exc}") from None
     if not isinstance(answer, dict) or "ok" not in answer:
-        raise ControlError(f"malformed answer from mifdns at {path}: no \"ok\" field")
+        raise ControlError(f'malformed answer from mifdns at {path}: no "ok" field')
     if answer["ok"]:
         return answer.get("result")
     error = " ".join(str(answer.get("error") or "unspecified error").split())
@@ -163,41 +167,103 @@ def _words(text: str) -> list[str]:
 
 
 def _add_spec_options(p: argparse.ArgumentParser, *, update: bool) -> None:
-    g = p.add_argument_group("PvD settings" + (" to change (lists replace the old ones)"
-                                               if update else ""))
+    g = p.add_argument_group(
+        "PvD settings" + (" to change (lists replace the old ones)" if update else "")
+    )
     g.add_argument("--interface", metavar="IF", help="the interface queries leave through")
-    g.add_argument("--server", dest="servers", action="extend", type=_words, metavar="S",
-                   help="DNS server ADDR, ADDR:PORT or [ADDR]:PORT (repeat, or comma-separate)")
-    g.add_argument("--domain", dest="domains", action="extend", type=_words, metavar="D",
-                   help="search + routing domain; '~D' for routing only (repeatable)")
-    g.add_argument("--network", dest="networks", action="extend", type=_words, metavar="CIDR",
-                   help="reverse zone routed to this PvD (repeatable)")
+    g.add_argument(
+        "--server",
+        dest="servers",
+        action="extend",
+        type=_words,
+        metavar="S",
+        help="DNS server ADDR, ADDR:PORT or [ADDR]:PORT (repeat, or comma-separate)",
+    )
+    g.add_argument(
+        "--domain",
+        dest="domains",
+        action="extend",
+        type=_words,
+        metavar="D",
+        help="search + routing domain; '~D' for routing only (repeatable)",
+    )
+    g.add_argument(
+        "--network",
+        dest="networks",
+        action="extend",
+        type=_words,
+        metavar="CIDR",
+        help="reverse zone routed to this PvD (repeatable)",
+    )
     dr = g.add_mutually_exclusive_group()
-    dr.add_argument("--default-route", dest="default_route", action="store_const", const=True,
-                    help="names no PvD claims may go here")
-    dr.add_argument("--no-default-route", dest="default_route", action="store_const",
-                    const=False, help="only its own domains go here")
+    dr.add_argument(
+        "--default-route",
+        dest="default_route",
+        action="store_const",
+        const=True,
+        help="names no PvD claims may go here",
+    )
+    dr.add_argument(
+        "--no-default-route",
+        dest="default_route",
+        action="store_const",
+        const=False,
+        help="only its own domains go here",
+    )
     ex = g.add_mutually_exclusive_group()
-    ex.add_argument("--exclusive", dest="exclusive", action="store_const", const=True,
-                    help="its domains never go to another PvD")
-    ex.add_argument("--no-exclusive", dest="exclusive", action="store_const", const=False,
-                    help="its domains may fall through (the default)")
-    g.add_argument("--dns64", metavar="auto|none|PREFIX",
-                   help="NAT64 prefix: RFC 7050 discovery, none, or e.g. 64:ff9b::/96")
-    g.add_argument("--dns64-synthesize", action="store_true",
-                   help="synthesize AAAA locally (needs --dns64 auto|PREFIX)")
-    g.add_argument("--captive-portal", metavar="URI",
-                   help="RFC 8910 captive-portal API URI ('none' to clear)")
-    g.add_argument("--captive-domain", dest="captive_domains", action="extend", type=_words,
-                   metavar="D", help="name that goes to this PvD while it is captive (repeatable)")
+    ex.add_argument(
+        "--exclusive",
+        dest="exclusive",
+        action="store_const",
+        const=True,
+        help="its domains never go to another PvD",
+    )
+    ex.add_argument(
+        "--no-exclusive",
+        dest="exclusive",
+        action="store_const",
+        const=False,
+        help="its domains may fall through (the default)",
+    )
+    g.add_argument(
+        "--dns64",
+        metavar="auto|none|PREFIX",
+        help="NAT64 prefix: RFC 7050 discovery, none, or e.g. 64:ff9b::/96",
+    )
+    g.add_argument(
+        "--dns64-synthesize",
+        action="store_true",
+        help="synthesize AAAA locally (needs --dns64 auto|PREFIX)",
+    )
+    g.add_argument(
+        "--captive-portal", metavar="URI", help="RFC 8910 captive-portal API URI ('none' to clear)"
+    )
+    g.add_argument(
+        "--captive-domain",
+        dest="captive_domains",
+        action="extend",
+        type=_words,
+        metavar="D",
+        help="name that goes to this PvD while it is captive (repeatable)",
+    )
     sp = p.add_mutually_exclusive_group()
-    sp.add_argument("--spec", metavar="TEXT",
-                    help="the PvD as a JSON or YAML mapping, in config-file form")
+    sp.add_argument(
+        "--spec", metavar="TEXT", help="the PvD as a JSON or YAML mapping, in config-file form"
+    )
     sp.add_argument("--spec-file", metavar="PATH", help="the same, read from a file")
 
 
-_SPEC_OPTIONS = ("interface", "servers", "domains", "default_route", "exclusive", "networks",
-                 "dns64", "captive_portal", "captive_domains")
+_SPEC_OPTIONS = (
+    "interface",
+    "servers",
+    "domains",
+    "default_route",
+    "exclusive",
+    "networks",
+    "dns64",
+    "captive_portal",
+    "captive_domains",
+)
 
 
 def spec_from_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -230,8 +296,10 @@ def load_spec(text: str, what: str) -> dict[str, Any]:
     if isinstance(data, list) and len(data) == 1:
         data = data[0]
     if not isinstance(data, dict):
-        raise UsageError(f"{what}: expected a mapping of PvD settings "
-                         f"(name, interface, servers, ...), got {type(data).__name__}")
+        raise UsageError(
+            f"{what}: expected a mapping of PvD settings "
+            f"(name, interface, servers, ...), got {type(data).__name__}"
+        )
     return data
 
 
@@ -256,16 +324,17 @@ def _build_attach(args: argparse.Namespace) -> dict[str, Any]:
         if options or args.spec_name is not None:
             raise UsageError("--spec/--spec-file cannot be combined with other PvD options")
         if args.name is not None and given.setdefault("name", args.name) != args.name:
-            raise UsageError(f"NAME {args.name!r} differs from the spec's name "
-                             f"{given['name']!r}")
+            raise UsageError(f"NAME {args.name!r} differs from the spec's name {given['name']!r}")
         return {"cmd": "attach", "spec": given}
     if args.name and args.spec_name and args.name != args.spec_name:
         raise UsageError(f"NAME {args.name!r} and --name {args.spec_name!r} differ")
     name = args.spec_name or args.name
     if not options and args.spec_name is None:
         if name is None:
-            raise UsageError("attach needs NAME (a known PvD), or --name and --interface (a new "
-                             "one), or --spec/--spec-file")
+            raise UsageError(
+                "attach needs NAME (a known PvD), or --name and --interface (a new "
+                "one), or --spec/--spec-file"
+            )
         return {"cmd": "attach", "name": name}
     if name is None:
         raise UsageError("a new PvD needs --name (or NAME)")
@@ -299,31 +368,53 @@ def _add_common_options(p: argparse.ArgumentParser, *, after: bool) -> None:
     """The options taken before the command and, again, after it (``after``: a value given there
     wins; one not given there leaves the one before the command, or the default, alone)."""
     keep = argparse.SUPPRESS
-    p.add_argument("--socket", metavar="PATH", default=keep if after else None,
-                   help=f"control socket (default: ${SOCKET_ENV} or {DEFAULT_SOCKET})")
-    p.add_argument("--json", action="store_true", default=keep if after else False,
-                   help="print the daemon's JSON result")
-    p.add_argument("--timeout", type=_seconds, default=keep if after else 10.0,
-                   metavar="SECONDS", help="how long to wait for an answer (default: 10)")
+    p.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=keep if after else None,
+        help=f"control socket (default: ${SOCKET_ENV} or {DEFAULT_SOCKET})",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        default=keep if after else False,
+        help="print the daemon's JSON result",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=keep if after else 10.0,
+        metavar="SECONDS",
+        help="how long to wait for an answer (default: 10)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_common_options(common, after=True)
     parser = argparse.ArgumentParser(
-        prog="mifdns ctl", description="Inspect and steer a running mifdns daemon.")
+        prog="mifdns ctl", description="Inspect and steer a running mifdns daemon."
+    )
     _add_common_options(parser, after=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, help: str, build: Callable[[argparse.Namespace], dict[str, Any]],
-                fmt: Callable[[Any], str] | None = None,
-                description: str | None = None) -> argparse.ArgumentParser:
+    def command(
+        name: str,
+        help: str,
+        build: Callable[[argparse.Namespace], dict[str, Any]],
+        fmt: Callable[[Any], str] | None = None,
+        description: str | None = None,
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=description or help, parents=[common])
         p.set_defaults(build=build, format=fmt or format_result, parser=p)
         return p
 
-    command("status", "daemon, PvDs, cache, counters and recent purges",
-            lambda a: {"cmd": "status"}, format_status)
+    command(
+        "status",
+        "daemon, PvDs, cache, counters and recent purges",
+        lambda a: {"cmd": "status"},
+        format_status,
+    )
     command("pvds", "list PvDs", lambda a: {"cmd": "pvds"}, format_pvds)
     p = command("attach", "re-attach a known PvD, or attach a new runtime PvD", _build_attach)
     p.add_argument("name", nargs="?", metavar="NAME", help="the PvD to (re-)attach")
@@ -332,8 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("update", "change settings of a PvD", _build_update)
     p.add_argument("name", metavar="NAME")
     _add_spec_options(p, update=True)
-    p = command("detach", "detach a PvD administratively (until 'attach NAME')",
-                lambda a: {"cmd": "detach", "name": a.name})
+    p = command(
+        "detach",
+        "detach a PvD administratively (until 'attach NAME')",
+        lambda a: {"cmd": "detach", "name": a.name},
+    )
     p.add_argument("name", metavar="NAME")
     p = command("remove", "remove a PvD of any origin and purge its cache",
                 lambda a: {"cmd": "remove", "name": a.name},
@@ -343,24 +437,35 @@ def build_parser() -> argparse.ArgumentParser:
                             "back at the next reload or restart; a resolvconf record at its next "
                             "'resolvconf -a'.")  # fmt: skip
     p.add_argument("name", metavar="NAME")
-    p = command("flush", "drop cached answers (of one PvD, or all)",
-                lambda a: {"cmd": "flush", "name": a.name})
+    p = command(
+        "flush",
+        "drop cached answers (of one PvD, or all)",
+        lambda a: {"cmd": "flush", "name": a.name},
+    )
     p.add_argument("name", nargs="?", metavar="NAME")
-    p = command("cache", "list cache entries", lambda a: {"cmd": "cache", "pvd": a.pvd},
-                format_cache)
+    p = command(
+        "cache", "list cache entries", lambda a: {"cmd": "cache", "pvd": a.pvd}, format_cache
+    )
     p.add_argument("--pvd", metavar="NAME", help="only this PvD's entries")
-    p = command("explain", "show which PvDs a name would go to, and why",
-                lambda a: {"cmd": "explain", "name": a.name, "type": a.type.upper()},
-                format_explain)
+    p = command(
+        "explain",
+        "show which PvDs a name would go to, and why",
+        lambda a: {"cmd": "explain", "name": a.name, "type": a.type.upper()},
+        format_explain,
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("type", nargs="?", default="A", metavar="TYPE", help="query type (default A)")
-    p = command("captive", "set a PvD's captive-portal state",
-                lambda a: {"cmd": "captive", "name": a.name, "state": a.state})
+    p = command(
+        "captive",
+        "set a PvD's captive-portal state",
+        lambda a: {"cmd": "captive", "name": a.name, "state": a.state},
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("state", choices=("captive", "open", "unknown"))
     command("reload", "re-read the configuration file", lambda a: {"cmd": "reload"})
-    command("monitor", "stream queries and PvD events until interrupted",
-            lambda a: {"cmd": "monitor"})
+    command(
+        "monitor", "stream queries and PvD events until interrupted", lambda a: {"cmd": "monitor"}
+    )
     return parser
 
 

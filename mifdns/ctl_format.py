@@ -61,8 +61,10 @@ def _with_health(pvd: dict[str, Any]) -> list[Any]:
     servers = pvd.get("servers") or []
     if not isinstance(health, dict) or not isinstance(servers, list):
         return servers if isinstance(servers, list) else [servers]
-    return [{"address": s, **health[s]} if isinstance(s, str) and isinstance(health.get(s), dict)
-             else s for s in servers]
+    return [
+        {"address": s, **health[s]} if isinstance(s, str) and isinstance(health.get(s), dict) else s
+        for s in servers
+    ]
 
 
 def _clock(t: Any, *, millis: bool = False) -> str:
@@ -127,10 +129,12 @@ def _tree(data: Any, indent: int = 2) -> list[str]:
     if not isinstance(data, dict):
         return [" " * indent + str(data)]
     for key, value in data.items():
-        if isinstance(value, dict) and value and all(
-                not isinstance(v, (dict, list)) for v in value.values()):
-            lines.append(f"{' ' * indent}{key}: "
-                         + " ".join(f"{k}={v}" for k, v in value.items()))
+        if (
+            isinstance(value, dict)
+            and value
+            and all(not isinstance(v, (dict, list)) for v in value.values())
+        ):
+            lines.append(f"{' ' * indent}{key}: " + " ".join(f"{k}={v}" for k, v in value.items()))
         elif isinstance(value, dict):
             lines.append(f"{' ' * indent}{key}:" + ("" if value else " -"))
             lines.extend(_tree(value, indent + 2))
@@ -158,8 +162,14 @@ def format_pvd(pvd: dict[str, Any]) -> str:
     pairs.append(("Exclusive", _yn(pvd.get("exclusive", False))))
     if pvd.get("dns64") not in (None, "none", {}):
         dns64 = pvd["dns64"]
-        pairs.append(("DNS64", dns64 if not isinstance(dns64, dict) else
-                      " ".join(f"{k}={v}" for k, v in dns64.items())))
+        pairs.append(
+            (
+                "DNS64",
+                dns64
+                if not isinstance(dns64, dict)
+                else " ".join(f"{k}={v}" for k, v in dns64.items()),
+            )
+        )
     pairs.append(("NAT64 prefixes", _list(pvd.get("nat64_prefixes"))))
     captive = str(pvd.get("captive", "unknown"))
     if pvd.get("captive_portal"):
@@ -210,32 +220,49 @@ def format_status(result: Any) -> str:
         pairs.append(("Query log", "on" if result.get("query_log") else "off"))
     monitor = result.get("monitor")
     if isinstance(monitor, dict):
-        pairs.append(("Monitors", (f"{monitor.get('subscribers', 0)} watching, "
-                                   f"{monitor.get('dropped', 0)} events dropped")))
+        pairs.append(
+            (
+                "Monitors",
+                (
+                    f"{monitor.get('subscribers', 0)} watching, "
+                    f"{monitor.get('dropped', 0)} events dropped"
+                ),
+            )
+        )
     blocks = ["\n".join([head, *_fields(pairs)])]
     pvds = result.get("pvds") or []
     if pvds:
         blocks.extend(format_pvd(p) if isinstance(p, dict) else str(p) for p in pvds)
     else:
         blocks.append("No PvDs.")
-    per_pvd = {k: result[k] for k in ("upstream_queries", "upstream_failures")
-               if isinstance(result.get(k), dict) and result[k]}
+    per_pvd = {
+        k: result[k]
+        for k in ("upstream_queries", "upstream_failures")
+        if isinstance(result.get(k), dict) and result[k]
+    }
     if per_pvd:
         blocks.append("\n".join(["Upstream, per PvD:", *_tree(per_pvd)]))
     if result.get("counters"):
         blocks.append("\n".join(["Counters:", *_tree(result["counters"])]))
     purges = result.get("purges") or []
     if purges:
-        rows = [[_clock(p.get("time")), p.get("pvd", "?"), f"{p.get('entries', '?')} entries",
-                 p.get("cause", "")] for p in purges if isinstance(p, dict)]
+        rows = [
+            [
+                _clock(p.get("time")),
+                p.get("pvd", "?"),
+                f"{p.get('entries', '?')} entries",
+                p.get("cause", ""),
+            ]
+            for p in purges
+            if isinstance(p, dict)
+        ]
         table = _table(["TIME", "PVD", "PURGED", "CAUSE"], rows)
         blocks.append("Recent purges:\n" + "\n".join("  " + ln for ln in table.splitlines()))
     if result.get("limits"):
         blocks.append("\n".join(["Limits:", *_tree(result["limits"])]))
     events = [e for e in result.get("lifecycle") or [] if isinstance(e, dict)][-10:]
     if events:
-        blocks.append("\n".join(["Recent events:",
-                                 *("  " + format_event(e) for e in events)]))
+        blocks.append("\n".join(["Recent events:", *("  " + format_event(e) for e in events)]))
     return "\n\n".join(blocks)
 
 
@@ -247,9 +274,14 @@ def _query_summary(c: dict[str, Any], inflight: Any) -> str:
     """``120 (100 cache hits (83%), 20 misses, 1 SERVFAIL), 2 in flight``."""
     total = c.get("queries", 0)
     hits = c.get("cache_hits", 0)
-    parts = [_count(hits, "cache hit") + (f" ({100 * hits / total:.0f}%)"
-                                          if isinstance(total, int) and total and
-                                          isinstance(hits, int) else "")]
+    parts = [
+        _count(hits, "cache hit")
+        + (
+            f" ({100 * hits / total:.0f}%)"
+            if isinstance(total, int) and total and isinstance(hits, int)
+            else ""
+        )
+    ]
     parts.append(_count(c.get("cache_misses", 0), "miss", "misses"))
     parts.append(f"{c.get('servfail', 0)} SERVFAIL")
     if c.get("local"):
@@ -267,17 +299,33 @@ def format_pvds(result: Any) -> str:
         return "No PvDs."
     pvds = [p for p in result if isinstance(p, dict)]
     with_cache = any(p.get("cache_entries") is not None for p in pvds)
-    headers = ["NAME", "STATE", "INTERFACE", "DEFAULT", "EXCL", "CAPTIVE", "NAT64", "SERVERS",
-               "DOMAINS"] + (["CACHE"] if with_cache else [])
+    headers = [
+        "NAME",
+        "STATE",
+        "INTERFACE",
+        "DEFAULT",
+        "EXCL",
+        "CAPTIVE",
+        "NAT64",
+        "SERVERS",
+        "DOMAINS",
+    ] + (["CACHE"] if with_cache else [])
     rows = []
     for p in pvds:
         state = p.get("state", "?")
         if p.get("admin_down"):
             state += "(admin)"
-        row = [p.get("name", "?"), state, p.get("interface", "-"), _yn(p.get("default_route")),
-               _yn(p.get("exclusive", False)), p.get("captive", "unknown"),
-               _list(p.get("nat64_prefixes")).replace(" ", ","),
-               _list(p.get("servers")).replace(" ", ","), _list(p.get("domains")).replace(" ", ",")]
+        row = [
+            p.get("name", "?"),
+            state,
+            p.get("interface", "-"),
+            _yn(p.get("default_route")),
+            _yn(p.get("exclusive", False)),
+            p.get("captive", "unknown"),
+            _list(p.get("nat64_prefixes")).replace(" ", ","),
+            _list(p.get("servers")).replace(" ", ","),
+            _list(p.get("domains")).replace(" ", ","),
+        ]
         if with_cache:
             row.append(p.get("cache_entries", "-"))
         rows.append(row)
@@ -289,11 +337,22 @@ def format_cache(result: Any) -> str:
         return format_result(result)
     if not result:
         return "The cache is empty."
-    rows = [[e.get("name", "?"), e.get("type", "?"), e.get("pvd", "?"), e.get("kind", "?"),
-             e.get("ttl", "?")] for e in result if isinstance(e, dict)]
+    rows = [
+        [
+            e.get("name", "?"),
+            e.get("type", "?"),
+            e.get("pvd", "?"),
+            e.get("kind", "?"),
+            e.get("ttl", "?"),
+        ]
+        for e in result
+        if isinstance(e, dict)
+    ]
     n = len(rows)
-    return _table(["NAME", "TYPE", "PVD", "KIND", "TTL"], rows) + \
-        f"\n\n{n} entr{'y' if n == 1 else 'ies'}"
+    return (
+        _table(["NAME", "TYPE", "PVD", "KIND", "TTL"], rows)
+        + f"\n\n{n} entr{'y' if n == 1 else 'ies'}"
+    )
 
 
 def format_explain(result: Any) -> str:
@@ -319,8 +378,11 @@ def format_explain(result: Any) -> str:
 def _candidates(cands: Any) -> str:
     if not isinstance(cands, list):
         return ""
-    return " ".join(f"{c.get('pvd', '?')}[{c.get('grade', '?')} {c.get('reason', '')}]".replace(
-        " ]", "]") for c in cands if isinstance(c, dict))
+    return " ".join(
+        f"{c.get('pvd', '?')}[{c.get('grade', '?')} {c.get('reason', '')}]".replace(" ]", "]")
+        for c in cands
+        if isinstance(c, dict)
+    )
 
 
 def format_event(event: Any) -> str:
@@ -357,8 +419,9 @@ def format_event(event: Any) -> str:
     if purged is not None:
         parts.append(f"purged {purged} entr{'y' if purged == 1 else 'ies'}")
     shown = {"event", "time", "pvd", "name", "cause", "purged", "entries"}
-    parts.extend(f"{k}={_list(v) if isinstance(v, list) else v}"
-                 for k, v in event.items() if k not in shown)
+    parts.extend(
+        f"{k}={_list(v) if isinstance(v, list) else v}" for k, v in event.items() if k not in shown
+    )
     return line + (": " + ", ".join(parts) if parts else "")
 
 
@@ -371,6 +434,7 @@ def format_result(result: Any) -> str:
             return format_pvd(result)
         return "\n".join(_tree(result, 0))
     if isinstance(result, list):
-        return "\n".join(format_result(r) if isinstance(r, (dict, list)) else str(r)
-                         for r in result)
+        return "\n".join(
+            format_result(r) if isinstance(r, (dict, list)) else str(r) for r in result
+        )
     return str(result)

@@ -99,8 +99,10 @@ def parse_resolv_conf(text: str) -> ResolvConf:
                 out.servers.append(args[0])
         elif key in ("domain", "search"):
             for d in args:
-                if d.rstrip(".").lower() not in [s.rstrip(".").lower() for s in out.search] \
-                        and d != ".":
+                if (
+                    d.rstrip(".").lower() not in [s.rstrip(".").lower() for s in out.search]
+                    and d != "."
+                ):
                     out.search.append(d)
         elif key == "options":
             out.options += args
@@ -116,18 +118,29 @@ class Feed:
 
 
 def spec_from_resolvconf(
-    record: str, text: str, *, exclusive: bool = False, private: bool = False,
-    skip: Collection[str] = (), exists: Callable[[str], bool] = _exists,
+    record: str,
+    text: str,
+    *,
+    exclusive: bool = False,
+    private: bool = False,
+    skip: Collection[str] = (),
+    exists: Callable[[str], bool] = _exists,
 ) -> PvdSpec | None:
     """The runtime PvD a feed describes, or None when it has no usable nameserver (the record
     then contributes nothing and is removed). See :func:`read_feed`."""
-    return read_feed(record, text, exclusive=exclusive, private=private, skip=skip,
-                     exists=exists).spec
+    return read_feed(
+        record, text, exclusive=exclusive, private=private, skip=skip, exists=exists
+    ).spec
 
 
 def read_feed(
-    record: str, text: str, *, exclusive: bool = False, private: bool = False,
-    skip: Collection[str] = (), exists: Callable[[str], bool] = _exists,
+    record: str,
+    text: str,
+    *,
+    exclusive: bool = False,
+    private: bool = False,
+    skip: Collection[str] = (),
+    exists: Callable[[str], bool] = _exists,
 ) -> Feed:
     """The runtime PvD a feed describes, and the nameservers it leaves out. ``skip``: server
     addresses never to use (the daemon's own listen addresses: a feed pointing at mifdns would
@@ -171,23 +184,32 @@ def read_feed(
         default_route = True
     elif private:
         default_route = False
-    return Feed(PvdSpec(
-        name=record,
-        interface=iface,
-        servers=tuple(servers),
-        domains=tuple(domains),
-        default_route=default_route,
-        exclusive=exclusive,
-        origin="resolvconf",
-    ), conf.ignored)
+    return Feed(
+        PvdSpec(
+            name=record,
+            interface=iface,
+            servers=tuple(servers),
+            domains=tuple(domains),
+            default_route=default_route,
+            exclusive=exclusive,
+            origin="resolvconf",
+        ),
+        conf.ignored,
+    )
 
 
 def check_record(record: str) -> None:
     """A record becomes a PvD name: ``A-Z a-z 0-9 _ . -``, 1-64 characters, not starting with
     ``.``, ``-`` or ``~`` (openresolv's rule)."""
     if not RECORD_RE.fullmatch(record or ""):
-        raise ConfigError([(f"{record!r}: not a valid record name (IFACE[.PROTO]: 1-64 "
-                            "characters of A-Z a-z 0-9 _ . -, not starting with . or -)")])
+        raise ConfigError(
+            [
+                (
+                    f"{record!r}: not a valid record name (IFACE[.PROTO]: 1-64 "
+                    "characters of A-Z a-z 0-9 _ . -, not starting with . or -)"
+                )
+            ]
+        )
 
 
 USAGE = """\
@@ -199,7 +221,9 @@ usage: resolvconf [--socket PATH] -a IFACE[.PROTO] [-x] [-p] [-m METRIC] [-f] < 
 The daemon is found by --socket, else $MIFDNS_CONTROL_SOCKET, else /run/mifdns/control.sock.
 """
 
-HELP = USAGE + """
+HELP = (
+    USAGE
+    + """
 mifdns's resolvconf(8) front end: each record is a PvD fed by a DHCP client or VPN script.
 
   -a RECORD          create or replace RECORD from the resolv.conf lines on stdin
@@ -224,12 +248,14 @@ IF_EXCLUSIVE and IF_PRIVATE: 1, yes, true, on (any case) are on; 0, no, false, o
 are off. RECORD is IFACE[.PROTO]; a PATTERN without * ? [ matches records starting with it.
 Exit status: 0 done, 1 refused or no daemon, 2 bad command line.
 """
+)
 
 ENV_ON = ("1", "yes", "true", "on")
 ENV_OFF = ("", "0", "no", "false", "off")
 
-NOOP_OPTIONS = frozenset({"-u", "-I", "--enable-updates", "--disable-updates",
-                          "--updates-are-enabled"})
+NOOP_OPTIONS = frozenset(
+    {"-u", "-I", "--enable-updates", "--disable-updates", "--updates-are-enabled"}
+)
 
 
 @dataclass
@@ -259,7 +285,7 @@ def parse_args(argv: list[str], environ: dict[str, str] | os._Environ[str]) -> A
         arg = argv[i]
         nxt = argv[i + 1] if i + 1 < len(argv) else None
         if arg == "--":
-            operands += argv[i + 1:]
+            operands += argv[i + 1 :]
             break
         if arg == "--socket" or arg.startswith("--socket="):
             if "=" in arg:
@@ -324,8 +350,10 @@ def _env_flag(environ: dict[str, str] | os._Environ[str], name: str) -> bool:
         return True
     if value.lower() in ENV_OFF:
         return False
-    raise UsageError(f"{name}={value!r}: expected {', '.join(ENV_ON)} (on) or "
-                     f"{', '.join(ENV_OFF[1:])} or empty (off)")
+    raise UsageError(
+        f"{name}={value!r}: expected {', '.join(ENV_ON)} (on) or "
+        f"{', '.join(ENV_OFF[1:])} or empty (off)"
+    )
 
 
 def _set_action(a: Args, action: str, weak: bool = False) -> None:
@@ -340,8 +368,7 @@ def _matches(name: str, pattern: str | None) -> bool:
         return True
     import fnmatch
 
-    return fnmatch.fnmatchcase(name, pattern if any(c in pattern for c in "*?[") else
-                               pattern + "*")
+    return fnmatch.fnmatchcase(name, pattern if any(c in pattern for c in "*?[") else pattern + "*")
 
 
 def format_records(pvds: list[dict[str, Any]]) -> str:
@@ -361,8 +388,9 @@ def format_records(pvds: list[dict[str, Any]]) -> str:
         exclusive = bool(p.get("exclusive"))
         private = bool(routing_only) or (not exclusive and p.get("default_route") is False)
         options = " ".join(o for o, on in (("-x", exclusive), ("-p", private)) if on)
-        out.append(f"# resolv.conf from {p['name']}" + (f" (fed with {options})" if options
-                                                         else "") + "\n")
+        out.append(
+            f"# resolv.conf from {p['name']}" + (f" (fed with {options})" if options else "") + "\n"
+        )
         if exclusive:
             out.append("# exclusive: names no other PvD claims go only here (~.)\n")
         if routing_only:
@@ -374,8 +402,9 @@ def format_records(pvds: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
-def feed_notes(feed: Feed, result: Any, *, force: bool = False,
-               exists: Callable[[str], bool] = _exists) -> list[str]:
+def feed_notes(
+    feed: Feed, result: Any, *, force: bool = False, exists: Callable[[str], bool] = _exists
+) -> list[str]:
     """What to tell the caller once the daemon took the feed (``result``: its answer): the
     nameservers it left out (it decides: it knows its own addresses, we do not), and a missing
     interface unless ``force``."""
@@ -384,8 +413,10 @@ def feed_notes(feed: Feed, result: Any, *, force: bool = False,
     if feed.spec is None:
         return notes
     if not force and not exists(feed.spec.interface):
-        notes.append(f"note: no interface {feed.spec.interface} (yet): {feed.spec.name} stays "
-                     "detached until it appears")
+        notes.append(
+            f"note: no interface {feed.spec.interface} (yet): {feed.spec.name} stays "
+            "detached until it appears"
+        )
     return notes
 
 
@@ -417,8 +448,11 @@ def main(argv: list[str]) -> int:
     try:
         if args.action in ("list", "names"):
             pvds: Any = request(sock, {"cmd": "pvds"})
-            mine = [p for p in pvds if p.get("origin") == "resolvconf"
-                    and _matches(p["name"], args.pattern)]
+            mine = [
+                p
+                for p in pvds
+                if p.get("origin") == "resolvconf" and _matches(p["name"], args.pattern)
+            ]
             if args.action == "names":
                 if mine:
                     sys.stdout.write(" ".join(p["name"] for p in mine) + "\n")
@@ -430,11 +464,20 @@ def main(argv: list[str]) -> int:
                 sys.stderr.write("resolvconf: -a reads resolv.conf lines on stdin\n")
                 return 1
             text = sys.stdin.read()
-            feed = read_feed(record, text, exclusive=args.exclusive,
-                             private=args.private)  # vetted here, decided there
-            result = request(sock, {"cmd": "resolvconf", "action": "add", "record": record,
-                                    "text": text, "exclusive": args.exclusive,
-                                    "private": args.private})
+            feed = read_feed(
+                record, text, exclusive=args.exclusive, private=args.private
+            )  # vetted here, decided there
+            result = request(
+                sock,
+                {
+                    "cmd": "resolvconf",
+                    "action": "add",
+                    "record": record,
+                    "text": text,
+                    "exclusive": args.exclusive,
+                    "private": args.private,
+                },
+            )
             for note in feed_notes(feed, result, force=args.force):  # only once accepted
                 # "mifdns": a dropped nameserver is our choice, not resolvconf's; say whose
                 prefix = "mifdns resolvconf: " if note.startswith("ignored ") else "resolvconf: "

@@ -149,9 +149,12 @@ class Prober:
             "nat64_discovery": {
                 "note": st.dns64_note or None,
                 "asked_s_ago": None if st.dns64_at is None else round(now - st.dns64_at, 1),
-                "next_in_s": None if st.dns64_next is None or not st.active
+                "next_in_s": None
+                if st.dns64_next is None or not st.active
                 else round(max(0.0, st.dns64_next - now), 1),
-            } if st.spec.dns64.prefix == "auto" else None,
+            }
+            if st.spec.dns64.prefix == "auto"
+            else None,
         }
 
     async def close(self) -> None:
@@ -173,7 +176,8 @@ class Prober:
         st = self._pvds.get(pvd.name)
         if st is None:
             st = self._pvds[pvd.name] = _PvdProbes(
-                pvd.spec, cap.CaptiveMachine(pvd.name, pvd.spec.captive_portal, now=now))
+                pvd.spec, cap.CaptiveMachine(pvd.name, pvd.spec.captive_portal, now=now)
+            )
             self.resolver.set_portal_hosts(pvd.name, st.machine.portal_hosts)
         return st
 
@@ -228,8 +232,12 @@ class Prober:
         if old.captive_portal != new.captive_portal:
             st.machine.set_api_uri(new.captive_portal, now)
             self.resolver.set_portal_hosts(pvd.name, st.machine.portal_hosts)
-        if (old.interface, old.servers, old.domains, old.default_route) != \
-                (new.interface, new.servers, new.domains, new.default_route):
+        if (old.interface, old.servers, old.domains, old.default_route) != (
+            new.interface,
+            new.servers,
+            new.domains,
+            new.default_route,
+        ):
             st.machine.probe_again(now)
         if old.dns64 != new.dns64 or old.interface != new.interface or old.servers != new.servers:
             self._restart_dns64(st, pvd, now)
@@ -316,8 +324,14 @@ class Prober:
             status = await asyncio.wait_for(self._fetch(st, uri), HTTP_TIMEOUT)
         except asyncio.CancelledError:
             raise
-        except (TimeoutError, cap.CaptiveApiError, OSError, ssl.SSLError, ValueError,
-                EOFError) as exc:
+        except (
+            TimeoutError,
+            cap.CaptiveApiError,
+            OSError,
+            ssl.SSLError,
+            ValueError,
+            EOFError,
+        ) as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         except Exception as exc:  # a poll never kills the daemon: log and go on
             log.exception("captive-portal API %s on %s", uri, st.spec.name)
@@ -405,9 +419,11 @@ class Prober:
         for st in self._pvds.values():
             if not st.active:
                 continue
-            for t in (st.dns64_next if st.dns64_token is None else None,
-                      st.machine.next_probe if not st.hijack else None,
-                      st.machine.next_poll if st.poll is None else None):
+            for t in (
+                st.dns64_next if st.dns64_token is None else None,
+                st.machine.next_probe if not st.hijack else None,
+                st.machine.next_poll if st.poll is None else None,
+            ):
                 if t is not None and (when is None or t < when):
                     when = t
         if when == self._timer_at:
@@ -446,22 +462,25 @@ class Prober:
 def _default_route(pvd: Pvd) -> bool:
     """Captive portals sit on access networks: only default routes get the hijack probe."""
     spec = pvd.spec
-    return spec.effective_default_route or any(d.routing_only and not d.name
-                                               for d in spec.domains)
+    return spec.effective_default_route or any(d.routing_only and not d.name for d in spec.domains)
 
 
 async def _http_get(sock: socket.socket, parts: Any, host: str, https: bool) -> cap.ApiStatus:
     """GET the API (RFC 8908 section 4) on a connected socket; parse its status."""
     ctx = ssl.create_default_context() if https else None
     reader, writer = await asyncio.open_connection(
-        sock=sock, ssl=ctx, server_hostname=host if https else None,
-        limit=cap.API_MAX_BYTES)
+        sock=sock, ssl=ctx, server_hostname=host if https else None, limit=cap.API_MAX_BYTES
+    )
     try:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         hostport = parts.netloc.rsplit("@", 1)[-1]
-        writer.write((f"GET {target} HTTP/1.0\r\nHost: {hostport}\r\n"
-                      "Accept: application/captive+json\r\nUser-Agent: mifdns\r\n"
-                      "Connection: close\r\n\r\n").encode("ascii"))
+        writer.write(
+            (
+                f"GET {target} HTTP/1.0\r\nHost: {hostport}\r\n"
+                "Accept: application/captive+json\r\nUser-Agent: mifdns\r\n"
+                "Connection: close\r\n\r\n"
+            ).encode("ascii")
+        )
         await writer.drain()
         try:
             head = await reader.readuntil(b"\r\n\r\n")

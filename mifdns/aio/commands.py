@@ -59,13 +59,13 @@ async def handle_control(daemon: Daemon, req: dict[str, Any]) -> Any:
             return pvd_json(daemon, reg.get(name))
         if cmd == "attach":
             if "spec" in req:
-                spec = cfgmod.pvd_spec_from_mapping(req["spec"], where="spec",
-                                                    origin="runtime")
+                spec = cfgmod.pvd_spec_from_mapping(req["spec"], where="spec", origin="runtime")
                 current = reg.find(spec.name)
                 if current is not None and current.spec.origin != "runtime":
                     raise ControlError(
                         f"attach: {spec.name!r} is a PvD from {current.spec.origin}; a spec "
-                        "attaches a new runtime PvD (change this one with 'ctl update')")
+                        "attaches a new runtime PvD (change this one with 'ctl update')"
+                    )
                 _refuse_own_servers(daemon, spec, "attach")
                 return pvd_json(daemon, daemon.upsert(spec))
             name = _name(req)
@@ -78,8 +78,7 @@ async def handle_control(daemon: Daemon, req: dict[str, Any]) -> Any:
             if not isinstance(changes, dict):
                 raise ControlError("update: 'changes' must be an object")
             merged = {**spec_to_mapping(current), **changes, "name": name}
-            spec = cfgmod.pvd_spec_from_mapping(merged, where="update",
-                                                origin=current.origin)
+            spec = cfgmod.pvd_spec_from_mapping(merged, where="update", origin=current.origin)
             _refuse_own_servers(daemon, spec, "update")
             return pvd_json(daemon, daemon.upsert(spec))
         if cmd == "remove":
@@ -91,8 +90,10 @@ async def handle_control(daemon: Daemon, req: dict[str, Any]) -> Any:
             names = [name] if name else [p.name for p in reg]
             total = 0
             for n in names:
-                total += sum(r.get("purged", 0) for r in
-                             daemon.apply(reg.purge(n, cause="flushed by operator")))
+                total += sum(
+                    r.get("purged", 0)
+                    for r in daemon.apply(reg.purge(n, cause="flushed by operator"))
+                )
             return {"flushed": names, "entries": total}
         if cmd == "captive":
             name = _name(req)
@@ -121,8 +122,9 @@ def _refuse_own_servers(daemon: Daemon, spec: PvdSpec, cmd: str) -> None:
     addresses would send its queries back to mifdns."""
     looping = cfgmod.looping_servers(spec, daemon.config.listen)
     if looping:
-        raise ControlError(f"{cmd}: {looping[0]} is one of mifdns's own listen addresses "
-                           "(queries would loop)")
+        raise ControlError(
+            f"{cmd}: {looping[0]} is one of mifdns's own listen addresses (queries would loop)"
+        )
 
 
 def _resolvconf(daemon: Daemon, req: dict[str, Any]) -> Any:
@@ -136,23 +138,33 @@ def _resolvconf(daemon: Daemon, req: dict[str, Any]) -> Any:
     check_record(record)
     current = daemon.registry.find(record)
     if current is not None and current.spec.origin != "resolvconf":
-        raise ControlError(f"resolvconf: {record!r} is a PvD from {current.spec.origin}, "
-                           "not a resolvconf record; use another record name")
+        raise ControlError(
+            f"resolvconf: {record!r} is a PvD from {current.spec.origin}, "
+            "not a resolvconf record; use another record name"
+        )
     action = req.get("action")
     if action not in ("add", "delete"):
         raise ControlError("resolvconf: action must be add or delete")
     spec, ignored = None, []
     if action == "add":
         own = {str(la.address) for la in daemon.config.listen}
-        feed = read_feed(record, str(req.get("text", "")), exclusive=bool(req.get("exclusive")),
-                         private=bool(req.get("private")), skip=own)
+        feed = read_feed(
+            record,
+            str(req.get("text", "")),
+            exclusive=bool(req.get("exclusive")),
+            private=bool(req.get("private")),
+            skip=own,
+        )
         spec, ignored = feed.spec, feed.ignored
     if spec is not None:
         # ignored: the nameservers left out, for the front end to report
         return {**pvd_json(daemon, daemon.upsert(spec)), "ignored": ignored}
     if current is not None:
-        cause = f"resolvconf -d {record}" if action == "delete" else \
-            f"resolvconf -a {record} without a usable nameserver"
+        cause = (
+            f"resolvconf -d {record}"
+            if action == "delete"
+            else f"resolvconf -a {record} without a usable nameserver"
+        )
         daemon.apply(daemon.registry.remove(record, cause=cause))
     return {"removed": record if current is not None else None, "ignored": ignored}
 
@@ -183,8 +195,9 @@ def pvd_json(daemon: Daemon, p: Pvd) -> dict[str, Any]:
         "cache_entries": daemon.resolver.cache.size_of(p.tag),
         "upstream_queries": daemon.resolver.upstream_queries.get(p.name, 0),
         "upstream_failures": daemon.resolver.upstream_failures.get(p.name, 0),
-        "server_health": {str(s): daemon.resolver.health.stats(p.name, s).to_json(now)
-                          for s in spec.servers},
+        "server_health": {
+            str(s): daemon.resolver.health.stats(p.name, s).to_json(now) for s in spec.servers
+        },
     }
 
 
@@ -225,8 +238,10 @@ def status(daemon: Daemon) -> dict[str, Any]:
             "awaiting_free": res.cache.garbage,
         },
         # purge_log times are the core's (monotonic): shown as wall-clock, like lifecycle
-        "purges": [{**p, "time": round(time.time() - (monotonic() - p["time"]), 3)}
-                   for p in res.purge_log[-20:]],
+        "purges": [
+            {**p, "time": round(time.time() - (monotonic() - p["time"]), 3)}
+            for p in res.purge_log[-20:]
+        ],
         "inflight": len(res.inflight),
         "tcp_clients": sum(len(t.clients) for t in daemon.tcp),
         "loop_stalls": dict(daemon.stalls),
@@ -252,8 +267,9 @@ def status(daemon: Daemon) -> dict[str, Any]:
         },
         "lifecycle": daemon.lifecycle[-20:],
         "control_socket": daemon.config.control_socket or None,
-        "metrics": (f"http://{daemon.metrics.address}/metrics"
-                    if daemon.metrics is not None else None),
+        "metrics": (
+            f"http://{daemon.metrics.address}/metrics" if daemon.metrics is not None else None
+        ),
         "query_log": daemon.config.query_log,
         "monitor": {"subscribers": daemon.hub.subscribers, "dropped": daemon.hub.dropped},
     }

@@ -128,8 +128,14 @@ class MonitorHub:
             self._subscribers.remove(q)  # type: ignore[arg-type]
 
 
-_IP_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Network,
-             ipaddress.IPv6Network, ipaddress.IPv4Interface, ipaddress.IPv6Interface)
+_IP_TYPES = (
+    ipaddress.IPv4Address,
+    ipaddress.IPv6Address,
+    ipaddress.IPv4Network,
+    ipaddress.IPv6Network,
+    ipaddress.IPv4Interface,
+    ipaddress.IPv6Interface,
+)
 
 
 def _json_default(obj: Any) -> Any:
@@ -154,8 +160,9 @@ def _one_line(text: str) -> str:
 class ControlServer:
     """Serves the control protocol on a unix socket at ``path``."""
 
-    def __init__(self, path: str, handler: Handler, hub: MonitorHub, *,
-                 max_clients: int = 32) -> None:
+    def __init__(
+        self, path: str, handler: Handler, hub: MonitorHub, *, max_clients: int = 32
+    ) -> None:
         self.path = path
         self.handler = handler
         self.hub = hub
@@ -172,8 +179,9 @@ class ControlServer:
         try:
             os.makedirs(parent, mode=0o755, exist_ok=True)
         except OSError as exc:
-            raise StartupError(f"cannot create {parent} for the control socket: "
-                               f"{exc.strerror or exc}") from None
+            raise StartupError(
+                f"cannot create {parent} for the control socket: {exc.strerror or exc}"
+            ) from None
         self._remove_stale()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -186,11 +194,13 @@ class ControlServer:
             self._inode = (st.st_dev, st.st_ino)
             sock.setblocking(False)
             self._server = await asyncio.start_unix_server(
-                self._serve_client, sock=sock, limit=MAX_LINE + 1)
+                self._serve_client, sock=sock, limit=MAX_LINE + 1
+            )
         except OSError as exc:
             sock.close()
-            raise StartupError(f"cannot listen on control socket {self.path}: "
-                               f"{exc.strerror or exc}") from None
+            raise StartupError(
+                f"cannot listen on control socket {self.path}: {exc.strerror or exc}"
+            ) from None
         log.info("control socket listening on %s", self.path)
 
     def _remove_stale(self) -> None:
@@ -201,8 +211,9 @@ class ControlServer:
         except OSError as exc:
             raise StartupError(f"control socket {self.path}: {exc.strerror or exc}") from None
         if not stat.S_ISSOCK(st.st_mode):
-            raise StartupError(f"control socket {self.path} exists and is not a socket; "
-                               "refusing to remove it")
+            raise StartupError(
+                f"control socket {self.path} exists and is not a socket; refusing to remove it"
+            )
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         probe.settimeout(1.0)
         try:
@@ -248,13 +259,20 @@ class ControlServer:
 
     # one connection
 
-    async def _serve_client(self, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> None:
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         if len(self._clients) >= self.max_clients:
             self.refused_clients += 1
             with contextlib.suppress(Exception):
-                writer.write(encode({"ok": False, "error":
-                                     f"too many control clients (at most {self.max_clients})"}))
+                writer.write(
+                    encode(
+                        {
+                            "ok": False,
+                            "error": f"too many control clients (at most {self.max_clients})",
+                        }
+                    )
+                )
                 await writer.drain()
             await self._close_writer(writer)
             return
@@ -278,8 +296,14 @@ class ControlServer:
             try:
                 line = await reader.readline()
             except ValueError:  # the line overran the limit
-                writer.write(encode({"ok": False, "error": "bad request: line longer than "
-                                     f"{MAX_LINE} bytes; closing"}))
+                writer.write(
+                    encode(
+                        {
+                            "ok": False,
+                            "error": f"bad request: line longer than {MAX_LINE} bytes; closing",
+                        }
+                    )
+                )
                 await writer.drain()
                 return
             if not line:
@@ -292,8 +316,10 @@ class ControlServer:
                 response = {"ok": False, "error": f"bad request: not JSON: {_one_line(str(exc))}"}
             else:
                 if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
-                    response = {"ok": False, "error":
-                                'bad request: expected a JSON object with a "cmd" string'}
+                    response = {
+                        "ok": False,
+                        "error": 'bad request: expected a JSON object with a "cmd" string',
+                    }
                 elif req["cmd"] == "monitor":
                     await self._monitor(reader, writer)
                     return
@@ -372,4 +398,3 @@ def _encode_event(event: Any) -> bytes:
 
 def _internal(exc: BaseException) -> str:
     return _one_line(f"internal error: {type(exc).__name__}: {exc}")
-

@@ -48,10 +48,16 @@ class ReloadRejected(ControlError):
 def settings_from(config: cfgmod.Config) -> Settings:
     c, u, lim = config.cache, config.upstream, config.limits
     return Settings(
-        max_entries=c.max_entries, max_bytes=c.max_bytes, max_ttl=c.max_ttl,
-        negative_max_ttl=c.negative_max_ttl, captive_max_ttl=c.captive_max_ttl,
-        timeout=u.timeout, total_timeout=u.total_timeout, negative_wait=u.negative_wait,
-        edns_udp_size=u.edns_udp_size, max_inflight=lim.max_inflight,
+        max_entries=c.max_entries,
+        max_bytes=c.max_bytes,
+        max_ttl=c.max_ttl,
+        negative_max_ttl=c.negative_max_ttl,
+        captive_max_ttl=c.captive_max_ttl,
+        timeout=u.timeout,
+        total_timeout=u.total_timeout,
+        negative_wait=u.negative_wait,
+        edns_udp_size=u.edns_udp_size,
+        max_inflight=lim.max_inflight,
     )
 
 
@@ -90,8 +96,11 @@ class Daemon:
         cfg = self.config
         check_bind_capability()
         self.upstreams = Upstreams(
-            loop, self._on_upstream_reply, self._on_upstream_error,
-            max_tcp=cfg.limits.max_upstream_tcp, queries_per_port=cfg.upstream.queries_per_port,
+            loop,
+            self._on_upstream_reply,
+            self._on_upstream_error,
+            max_tcp=cfg.limits.max_upstream_tcp,
+            queries_per_port=cfg.upstream.queries_per_port,
             after_io=self.flush,
         )
         self.prober = Prober(self.resolver, self.registry, loop, self.apply, self.flush)
@@ -100,26 +109,44 @@ class Daemon:
         await self.links.start()
         now = monotonic()
         for spec in cfg.pvds:
-            self.apply(self.registry.add(spec, now=now, link_up=self._usable(spec.interface),
-                                         ), now)
+            self.apply(
+                self.registry.add(
+                    spec,
+                    now=now,
+                    link_up=self._usable(spec.interface),
+                ),
+                now,
+            )
             self._on_link(spec.interface)
         for la in cfg.listen:
             addr = str(la.address)
-            udp = UdpListener(loop, addr, la.port, self.resolver.handle_query, self.flush,
-                              ready=self.resolver.ready_table,
-                              count_ready=self.resolver.count_ready,
-                              batch=cfg.limits.ingress_batch,
-                              queue_bytes=cfg.limits.ingress_queue_bytes)
+            udp = UdpListener(
+                loop,
+                addr,
+                la.port,
+                self.resolver.handle_query,
+                self.flush,
+                ready=self.resolver.ready_table,
+                count_ready=self.resolver.count_ready,
+                batch=cfg.limits.ingress_batch,
+                queue_bytes=cfg.limits.ingress_queue_bytes,
+            )
             try:
                 udp.start()
             except OSError as exc:
                 udp.close()
                 raise StartupError(f"cannot listen on {la} (UDP): {exc.strerror}") from None
             self.udp.append(udp)
-            tcp = TcpServer(loop, addr, la.port, self.resolver.handle_query, self.flush,
-                            max_clients=cfg.limits.max_tcp_clients,
-                            max_inflight=cfg.limits.max_tcp_queries_per_connection,
-                            idle_timeout=cfg.limits.tcp_idle_timeout)
+            tcp = TcpServer(
+                loop,
+                addr,
+                la.port,
+                self.resolver.handle_query,
+                self.flush,
+                max_clients=cfg.limits.max_tcp_clients,
+                max_inflight=cfg.limits.max_tcp_queries_per_connection,
+                idle_timeout=cfg.limits.tcp_idle_timeout,
+            )
             try:
                 await tcp.start()
             except OSError as exc:
@@ -147,8 +174,11 @@ class Daemon:
         gc.callbacks.append(self._gc_pause)
         # last: resolv.conf points at us only once we answer and can be controlled
         self._resolv_conf_take_over(cfg)
-        log.info("listening on %s; PvDs: %s", ", ".join(str(a) for a in cfg.listen),
-                 ", ".join(f"{p.name} ({p.state.value})" for p in self.registry) or "none")
+        log.info(
+            "listening on %s; PvDs: %s",
+            ", ".join(str(a) for a in cfg.listen),
+            ", ".join(f"{p.name} ({p.state.value})" for p in self.registry) or "none",
+        )
 
     async def stop(self) -> None:
         """Graceful stop: stop listening, give resolv.conf back, answer what is in flight
@@ -266,8 +296,9 @@ class Daemon:
         if phase == "start":
             self._gc_started = time.perf_counter()
         elif self._gc_started:
-            self._slowest("gc_full_ms" if info.get("generation") == 2 else "gc_ms",
-                          self._gc_started)
+            self._slowest(
+                "gc_full_ms" if info.get("generation") == 2 else "gc_ms", self._gc_started
+            )
 
     def _slowest(self, what: str, t0: float) -> None:
         ms = (time.perf_counter() - t0) * 1000
@@ -287,8 +318,9 @@ class Daemon:
         freed = self.resolver.cache.collect(5000)
         if freed:
             self._slowest("collect_ms", t0)
-        self._gc = self.loop.call_later(0 if freed and self.resolver.cache.garbage else 0.25,
-                                        self._collect)
+        self._gc = self.loop.call_later(
+            0 if freed and self.resolver.cache.garbage else 0.25, self._collect
+        )
 
     # ================================================================== lifecycle
     def apply(self, events: list[Event], now: float | None = None) -> list[dict[str, Any]]:
@@ -330,15 +362,21 @@ class Daemon:
         cancels the attempts, so no socket stays bound to an ifindex that went away."""
         assert self.links is not None
         up = self._usable(ifname)
-        self.apply(self.registry.set_link(
-            ifname, up=up, prefixes=self.links.prefixes(ifname), now=monotonic()))
+        self.apply(
+            self.registry.set_link(
+                ifname, up=up, prefixes=self.links.prefixes(ifname), now=monotonic()
+            )
+        )
 
     def _usable(self, ifname: str) -> bool:
         """Up with an address; an IPv6 link-local address counts only for a PvD on that link whose
         servers are link-local (any other PvD needs a routable address)."""
         assert self.links is not None
-        ll = any(s.address.version == 6 and s.address.is_link_local
-                 for p in self.registry.on_interface(ifname) for s in p.spec.servers)
+        ll = any(
+            s.address.version == 6 and s.address.is_link_local
+            for p in self.registry.on_interface(ifname)
+            for s in p.spec.servers
+        )
         return self.links.usable(ifname, ll)
 
     def upsert(self, spec: PvdSpec) -> Pvd:
@@ -349,8 +387,9 @@ class Daemon:
         if current is not None and current.spec == spec:  # a DHCP renewal: nothing changed
             return current
         previous = current.spec.interface if current is not None else None
-        self.apply(self.registry.upsert(spec, now=monotonic(),
-                                        link_up=self._usable(spec.interface)))
+        self.apply(
+            self.registry.upsert(spec, now=monotonic(), link_up=self._usable(spec.interface))
+        )
         self._on_link(spec.interface)
         if previous is not None and previous != spec.interface:
             self._on_link(previous)
@@ -372,29 +411,35 @@ class Daemon:
             new = cfgmod.apply_env(cfgmod.load_config(path), os.environ)
         except ConfigError as exc:
             log.error("reload rejected, running config stays in force:\n%s", exc)
-            raise ReloadRejected("reload rejected, running config stays in force: "
-                               + "; ".join(str(exc).splitlines())) from None
+            raise ReloadRejected(
+                "reload rejected, running config stays in force: "
+                + "; ".join(str(exc).splitlines())
+            ) from None
         assert self.links is not None
         now = monotonic()
         old = {p.name: p for p in self.config.pvds}
         fresh = {p.name: p for p in new.pvds}
-        changes: dict[str, list[str]] = {"removed": [], "added": [], "changed": [],
-                                          "unchanged": []}
+        changes: dict[str, list[str]] = {"removed": [], "added": [], "changed": [], "unchanged": []}
         for name in old:
-            if name not in fresh and name in self.registry \
-                    and self.registry.get(name).spec.origin == "config":
+            if (
+                name not in fresh
+                and name in self.registry
+                and self.registry.get(name).spec.origin == "config"
+            ):
                 self.apply(self.registry.remove(name, cause="removed from config (reload)"), now)
                 changes["removed"].append(name)
         for name, spec in fresh.items():
             if name not in self.registry:
-                self.apply(self.registry.add(spec, now=now,
-                                             link_up=self._usable(spec.interface)), now)
+                self.apply(
+                    self.registry.add(spec, now=now, link_up=self._usable(spec.interface)), now
+                )
                 self._on_link(spec.interface)
                 changes["added"].append(name)
             elif old.get(name) != spec and self.registry.get(name).spec != spec:
                 previous = self.registry.get(name).spec.interface
-                self.apply(self.registry.upsert(spec, now=now,
-                                                link_up=self._usable(spec.interface)), now)
+                self.apply(
+                    self.registry.upsert(spec, now=now, link_up=self._usable(spec.interface)), now
+                )
                 self._on_link(spec.interface)
                 if previous != spec.interface:
                     self._on_link(previous)
@@ -425,8 +470,13 @@ class Daemon:
             tcp.max_inflight = lim.max_tcp_queries_per_connection
             tcp.idle_timeout = lim.tcp_idle_timeout
         running = self.config  # what needs a restart stays as it runs (status shows it)
-        self.config = replace(new, listen=running.listen, control_socket=running.control_socket,
-                              netlink=running.netlink, metrics=running.metrics)
+        self.config = replace(
+            new,
+            listen=running.listen,
+            control_socket=running.control_socket,
+            netlink=running.netlink,
+            metrics=running.metrics,
+        )
         if new.resolv_conf != running.resolv_conf:
             if self.resolv_conf is not None:
                 self.resolv_conf.restore()
@@ -445,13 +495,15 @@ class Daemon:
     def _resolv_conf_take_over(self, cfg: cfgmod.Config) -> None:
         if not cfg.resolv_conf.manage:
             return
-        writer = ResolvConfWriter(cfg.resolv_conf.path,
-                                  [(str(la.address), la.port) for la in cfg.listen])
+        writer = ResolvConfWriter(
+            cfg.resolv_conf.path, [(str(la.address), la.port) for la in cfg.listen]
+        )
         try:
             writer.take_over()
         except OSError as exc:
-            raise StartupError(f"resolv_conf.manage: cannot take over {writer.path}: "
-                               f"{exc.strerror or exc}") from None
+            raise StartupError(
+                f"resolv_conf.manage: cannot take over {writer.path}: {exc.strerror or exc}"
+            ) from None
         self.resolv_conf = writer
         self._resolv_conf_refresh()
 

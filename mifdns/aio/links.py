@@ -100,8 +100,9 @@ def dump() -> dict[str, LinkView]:
             net = ipaddress.ip_network(f"{peer or local}/{plen}", strict=False)
         except ValueError:
             continue
-        if not (net.network_address.is_link_local or net.network_address.is_loopback) \
-                and net not in nets.setdefault(idx, []):
+        if not (
+            net.network_address.is_link_local or net.network_address.is_loopback
+        ) and net not in nets.setdefault(idx, []):
             nets[idx].append(net)
     out = {}
     for link in links:
@@ -111,8 +112,12 @@ def dump() -> dict[str, LinkView]:
         # IFF_UP and carrier; "UNKNOWN" operstate (tun, wireguard, dummy) counts as carrier
         up = bool(flags & IFF_UP) and (bool(flags & IFF_LOWER_UP) or oper == "UNKNOWN")
         idx = link["index"]
-        out[name] = LinkView(idx, up, tuple(sorted(by_index.get(idx, []))),
-                             tuple(sorted(nets.get(idx, []), key=_net_key)))
+        out[name] = LinkView(
+            idx,
+            up,
+            tuple(sorted(by_index.get(idx, []))),
+            tuple(sorted(nets.get(idx, []), key=_net_key)),
+        )
     return out
 
 

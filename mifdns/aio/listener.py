@@ -55,9 +55,17 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; not in the sock
 
 class UdpListener:
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, address: str, port: int, handle: HandleQuery,
-        after_batch: Callable[[], None], *, batch: int = 64, queue_bytes: int = INGRESS_BYTES,
-        ready: ReadyTable | None = None, count_ready: Callable[[int], None] | None = None,
+        self,
+        loop: asyncio.AbstractEventLoop,
+        address: str,
+        port: int,
+        handle: HandleQuery,
+        after_batch: Callable[[], None],
+        *,
+        batch: int = 64,
+        queue_bytes: int = INGRESS_BYTES,
+        ready: ReadyTable | None = None,
+        count_ready: Callable[[int], None] | None = None,
         engine: str | None = None,
     ) -> None:
         """``ready``/``count_ready``: the resolver's ``ready_table`` and ``count_ready`` (both
@@ -77,8 +85,14 @@ class UdpListener:
         # ingress queue's bound); read from /proc/net/udp by refresh_drops()
         # replayed: answered from the ready table without the resolver; aged: of those, the
         # ones whose TTLs the C loop aged first (see _udpbatch.c)
-        self.counters = {"received": 0, "sent": 0, "send_errors": 0, "ingress_drops": 0,
-                         "replayed": 0, "aged": 0}
+        self.counters = {
+            "received": 0,
+            "sent": 0,
+            "send_errors": 0,
+            "ingress_drops": 0,
+            "replayed": 0,
+            "aged": 0,
+        }
         self.ready = ready
         self.count_ready = count_ready
         if engine is None:
@@ -99,8 +113,7 @@ class UdpListener:
         self.set_queue_bytes(self.queue_bytes)
         s.bind((self.address, self.port))
         self._fd_family = (s.fileno(), int(s.family))
-        self.loop.add_reader(s.fileno(),
-                             self._readable_c if self.engine == "c" else self._readable)
+        self.loop.add_reader(s.fileno(), self._readable_c if self.engine == "c" else self._readable)
 
     def close(self) -> None:
         try:

@@ -73,89 +73,122 @@ class DaemonCollector:
         info = InfoMetricFamily("mifdns_build", "mifdns version.")
         info.add_metric([], {"version": str(status.get("version", ""))})
         yield info
-        yield GaugeMetricFamily("mifdns_uptime_seconds", "Seconds since the daemon started.",
-                                value=status.get("uptime_s", 0))
+        yield GaugeMetricFamily(
+            "mifdns_uptime_seconds",
+            "Seconds since the daemon started.",
+            value=status.get("uptime_s", 0),
+        )
 
         # client side (whole daemon: the hit path does not attribute queries to PvDs)
         yield _counter("mifdns_queries", "Client queries received.", c.get("queries", 0))
-        yield _counter("mifdns_cache_hits", "Client queries answered from the cache.",
-                       c.get("cache_hits", 0))
-        yield _counter("mifdns_cache_misses",
-                       "Client queries that needed at least one upstream transaction.",
-                       c.get("cache_misses", 0))
-        yield _counter("mifdns_coalesced", "Questions joined to an identical one in flight.",
-                       c.get("coalesced", 0))
-        yield _counter("mifdns_servfail", "SERVFAIL answers sent to clients.",
-                       c.get("servfail", 0))
-        yield _counter("mifdns_upstream_refused",
-                       "REFUSED answers passed on to clients: every server asked refused.",
-                       c.get("upstream_refused", 0))
-        yield _counter("mifdns_nxdomain", "NXDOMAIN answers sent to clients.",
-                       c.get("nxdomain", 0))
-        yield _counter("mifdns_local_answers",
-                       "Queries answered locally (localhost, RFC 6303 zones, ipv4only.arpa).",
-                       c.get("local", 0))
-        rejected = CounterMetricFamily("mifdns_rejected",
-                                       "Queries turned away at the door, by reason.",
-                                       labels=["reason"])
+        yield _counter(
+            "mifdns_cache_hits", "Client queries answered from the cache.", c.get("cache_hits", 0)
+        )
+        yield _counter(
+            "mifdns_cache_misses",
+            "Client queries that needed at least one upstream transaction.",
+            c.get("cache_misses", 0),
+        )
+        yield _counter(
+            "mifdns_coalesced",
+            "Questions joined to an identical one in flight.",
+            c.get("coalesced", 0),
+        )
+        yield _counter("mifdns_servfail", "SERVFAIL answers sent to clients.", c.get("servfail", 0))
+        yield _counter(
+            "mifdns_upstream_refused",
+            "REFUSED answers passed on to clients: every server asked refused.",
+            c.get("upstream_refused", 0),
+        )
+        yield _counter("mifdns_nxdomain", "NXDOMAIN answers sent to clients.", c.get("nxdomain", 0))
+        yield _counter(
+            "mifdns_local_answers",
+            "Queries answered locally (localhost, RFC 6303 zones, ipv4only.arpa).",
+            c.get("local", 0),
+        )
+        rejected = CounterMetricFamily(
+            "mifdns_rejected", "Queries turned away at the door, by reason.", labels=["reason"]
+        )
         for reason in REJECTED:
             rejected.add_metric([reason], c.get(reason, 0))
         yield rejected
 
         # per PvD
         pvds = [p for p in status.get("pvds", []) if isinstance(p, dict)]
-        uq = CounterMetricFamily("mifdns_upstream_queries",
-                                 "Queries sent to upstream servers (retries and mifdns's "
-                                 "own probes included), by PvD.", labels=["pvd"])
+        uq = CounterMetricFamily(
+            "mifdns_upstream_queries",
+            "Queries sent to upstream servers (retries and mifdns's own probes included), by PvD.",
+            labels=["pvd"],
+        )
         for name, n in sorted(_with_zeros(status.get("upstream_queries", {}), pvds).items()):
             uq.add_metric([name], n)
         yield uq
         uf = CounterMetricFamily(
             "mifdns_upstream_failures",
             "Upstream transactions that ended without an answer (every server timed out or "
-            "failed), by PvD.", labels=["pvd"])
+            "failed), by PvD.",
+            labels=["pvd"],
+        )
         for name, n in sorted(_with_zeros(status.get("upstream_failures", {}), pvds).items()):
             uf.add_metric([name], n)
         yield uf
 
         hist = HistogramMetricFamily(
             "mifdns_upstream_rtt_seconds",
-            "Round-trip time of upstream queries that were answered, by PvD.", labels=["pvd"])
+            "Round-trip time of upstream queries that were answered, by PvD.",
+            labels=["pvd"],
+        )
         for name, h in sorted(res.stats.rtt_by_pvd.items()):
             hist.add_metric([name], h.cumulative(), sum_value=h.total)
         yield hist
 
-        attached = GaugeMetricFamily("mifdns_pvd_attached",
-                                     "1 while the PvD is attached (routed to), else 0.",
-                                     labels=["pvd", "interface"])
+        attached = GaugeMetricFamily(
+            "mifdns_pvd_attached",
+            "1 while the PvD is attached (routed to), else 0.",
+            labels=["pvd", "interface"],
+        )
         pinfo = InfoMetricFamily("mifdns_pvd", "PvD attributes (value 1).")
-        entries = GaugeMetricFamily("mifdns_cache_entries", "Cache entries, by PvD.",
-                                    labels=["pvd"])
-        srtt = GaugeMetricFamily("mifdns_server_srtt_seconds",
-                                 "Smoothed RTT of an upstream server (absent until it answers).",
-                                 labels=["pvd", "server"])
-        sfail = CounterMetricFamily("mifdns_server_failures",
-                                    "Queries to an upstream server that timed out or failed.",
-                                    labels=["pvd", "server"])
-        sans = CounterMetricFamily("mifdns_server_answers",
-                                   "Replies accepted from an upstream server.",
-                                   labels=["pvd", "server"])
+        entries = GaugeMetricFamily(
+            "mifdns_cache_entries", "Cache entries, by PvD.", labels=["pvd"]
+        )
+        srtt = GaugeMetricFamily(
+            "mifdns_server_srtt_seconds",
+            "Smoothed RTT of an upstream server (absent until it answers).",
+            labels=["pvd", "server"],
+        )
+        sfail = CounterMetricFamily(
+            "mifdns_server_failures",
+            "Queries to an upstream server that timed out or failed.",
+            labels=["pvd", "server"],
+        )
+        sans = CounterMetricFamily(
+            "mifdns_server_answers",
+            "Replies accepted from an upstream server.",
+            labels=["pvd", "server"],
+        )
         sdown = GaugeMetricFamily(
             "mifdns_server_up",
             "0 while an upstream server is held back after consecutive failures, else 1.",
-            labels=["pvd", "server"])
+            labels=["pvd", "server"],
+        )
         per_pvd = status.get("cache", {}).get("per_pvd", {})
         for p in pvds:
             name = p["name"]
-            attached.add_metric([name, str(p.get("interface", ""))],
-                                1 if p.get("state") == "attached" else 0)
-            pinfo.add_metric([], {
-                "pvd": name, "interface": str(p.get("interface", "")),
-                "state": str(p.get("state", "")), "captive": str(p.get("captive", "")),
-                "default_route": _bool(p.get("default_route")),
-                "exclusive": _bool(p.get("exclusive")),
-                "nat64_prefixes": ",".join(p.get("nat64_prefixes") or []),
-            })
+            attached.add_metric(
+                [name, str(p.get("interface", ""))], 1 if p.get("state") == "attached" else 0
+            )
+            pinfo.add_metric(
+                [],
+                {
+                    "pvd": name,
+                    "interface": str(p.get("interface", "")),
+                    "state": str(p.get("state", "")),
+                    "captive": str(p.get("captive", "")),
+                    "default_route": _bool(p.get("default_route")),
+                    "exclusive": _bool(p.get("exclusive")),
+                    "nat64_prefixes": ",".join(p.get("nat64_prefixes") or []),
+                },
+            )
             entries.add_metric([name], per_pvd.get(name, p.get("cache_entries", 0)))
             for server, h in (p.get("server_health") or {}).items():
                 if h.get("srtt_ms") is not None:
@@ -166,12 +199,16 @@ class DaemonCollector:
         yield from (attached, pinfo, entries, srtt, sfail, sans, sdown)
 
         purges = CounterMetricFamily(
-            "mifdns_purges", "Cache partitions dropped, by PvD, event (detached: the PvD "
+            "mifdns_purges",
+            "Cache partitions dropped, by PvD, event (detached: the PvD "
             "detached; purged: it stayed attached) and cause class.",
-            labels=["pvd", "event", "cause"])
-        purged = CounterMetricFamily("mifdns_purged_entries",
-                                     "Cache entries dropped by purges, by PvD, event and cause.",
-                                     labels=["pvd", "event", "cause"])
+            labels=["pvd", "event", "cause"],
+        )
+        purged = CounterMetricFamily(
+            "mifdns_purged_entries",
+            "Cache entries dropped by purges, by PvD, event and cause.",
+            labels=["pvd", "event", "cause"],
+        )
         for (name, event, cause), (n, m) in sorted(res.stats.purges.items()):
             purges.add_metric([name, event, cause], n)
             purged.add_metric([name, event, cause], m)
@@ -180,27 +217,42 @@ class DaemonCollector:
 
         # bounds and resources
         cache = status.get("cache", {})
-        yield GaugeMetricFamily("mifdns_cache_size_entries", "Cache entries, all PvDs.",
-                                value=cache.get("entries", 0))
-        yield GaugeMetricFamily("mifdns_cache_size_bytes", "Bytes of cached answers, all PvDs.",
-                                value=cache.get("bytes", 0))
-        yield GaugeMetricFamily("mifdns_cache_max_entries", "cache.max_entries.",
-                                value=cache.get("max_entries", 0))
+        yield GaugeMetricFamily(
+            "mifdns_cache_size_entries", "Cache entries, all PvDs.", value=cache.get("entries", 0)
+        )
+        yield GaugeMetricFamily(
+            "mifdns_cache_size_bytes",
+            "Bytes of cached answers, all PvDs.",
+            value=cache.get("bytes", 0),
+        )
+        yield GaugeMetricFamily(
+            "mifdns_cache_max_entries", "cache.max_entries.", value=cache.get("max_entries", 0)
+        )
         limits = CounterMetricFamily(
             "mifdns_limit_hits",
             "Work turned away because a bound was reached, by limit (cache_evictions: entries "
-            "evicted to stay under cache.max_entries / max_bytes).", labels=["limit"])
+            "evicted to stay under cache.max_entries / max_bytes).",
+            labels=["limit"],
+        )
         for limit, n in sorted(status.get("limits", {}).get("hits", {}).items()):
             limits.add_metric([limit], n)
         yield limits
-        yield GaugeMetricFamily("mifdns_inflight_transactions", "Upstream transactions in flight.",
-                                value=status.get("inflight", 0))
-        yield GaugeMetricFamily("mifdns_tcp_clients", "Client TCP connections open.",
-                                value=status.get("tcp_clients", 0))
-        yield GaugeMetricFamily("mifdns_monitor_subscribers", "`mifdns ctl monitor` clients.",
-                                value=d.hub.subscribers)
-        yield _counter("mifdns_monitor_dropped_events",
-                       "Monitor events dropped because a subscriber fell behind.", d.hub.dropped)
+        yield GaugeMetricFamily(
+            "mifdns_inflight_transactions",
+            "Upstream transactions in flight.",
+            value=status.get("inflight", 0),
+        )
+        yield GaugeMetricFamily(
+            "mifdns_tcp_clients", "Client TCP connections open.", value=status.get("tcp_clients", 0)
+        )
+        yield GaugeMetricFamily(
+            "mifdns_monitor_subscribers", "`mifdns ctl monitor` clients.", value=d.hub.subscribers
+        )
+        yield _counter(
+            "mifdns_monitor_dropped_events",
+            "Monitor events dropped because a subscriber fell behind.",
+            d.hub.dropped,
+        )
 
 
 def _with_zeros(counts: dict[str, int], pvds: list[dict[str, Any]]) -> dict[str, int]:
@@ -231,11 +283,13 @@ class MetricsServer:
     async def start(self) -> None:
         host, port = str(self.address.address), self.address.port
         try:
-            self._server = await asyncio.start_server(self._serve, host, port,
-                                                      limit=MAX_HEAD, reuse_address=True)
+            self._server = await asyncio.start_server(
+                self._serve, host, port, limit=MAX_HEAD, reuse_address=True
+            )
         except OSError as exc:
-            raise StartupError(f"cannot serve metrics on {self.address}: "
-                               f"{exc.strerror or exc}") from None
+            raise StartupError(
+                f"cannot serve metrics on {self.address}: {exc.strerror or exc}"
+            ) from None
         log.info("metrics on http://%s/metrics", self.address)
 
     async def close(self) -> None:
@@ -260,8 +314,12 @@ class MetricsServer:
                 self._clients.add(task)
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
-                    TimeoutError):
+            except (
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+                ValueError,
+                TimeoutError,
+            ):
                 await self._respond(writer, 400, "text/plain", b"bad request\n")
                 return
             method, path, accept = _parse_head(head)
@@ -278,9 +336,13 @@ class MetricsServer:
                 self.scrapes += 1
                 await self._respond(writer, 200, content_type, body, head_only=method == "HEAD")
             elif path == "/":
-                await self._respond(writer, 200, "text/html; charset=utf-8",
-                                    b'<html><body><a href="/metrics">/metrics</a></body></html>\n',
-                                    head_only=method == "HEAD")
+                await self._respond(
+                    writer,
+                    200,
+                    "text/html; charset=utf-8",
+                    b'<html><body><a href="/metrics">/metrics</a></body></html>\n',
+                    head_only=method == "HEAD",
+                )
             else:
                 await self._respond(writer, 404, "text/plain", b"not found; try /metrics\n")
         except (ConnectionError, asyncio.CancelledError):
@@ -293,12 +355,25 @@ class MetricsServer:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
     @staticmethod
-    async def _respond(writer: asyncio.StreamWriter, code: int, content_type: str, body: bytes,
-                       head_only: bool = False) -> None:
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                  500: "Internal Server Error", 503: "Service Unavailable"}[code]
-        head = (f"HTTP/1.0 {code} {reason}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    async def _respond(
+        writer: asyncio.StreamWriter,
+        code: int,
+        content_type: str,
+        body: bytes,
+        head_only: bool = False,
+    ) -> None:
+        reason = {
+            200: "OK",
+            400: "Bad Request",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            500: "Internal Server Error",
+            503: "Service Unavailable",
+        }[code]
+        head = (
+            f"HTTP/1.0 {code} {reason}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
         writer.write(head if head_only else head + body)
         await writer.drain()
 

@@ -46,8 +46,17 @@ KEEP = (CAP_NET_BIND_SERVICE, CAP_NET_RAW)
 # Modules the daemon imports lazily (control commands, error paths). They are imported before the
 # drop: a Python installed where USER cannot read (a virtualenv under /root) would otherwise fail
 # on the first ``ctl explain`` after it.
-WARM_IMPORTS = ("json", "fnmatch", "traceback", "linecache", "dns.rdatatype", "dns.name",
-                "dns.message", "mifdns.resolvconf", "mifdns.aio.resolvconf_writer")
+WARM_IMPORTS = (
+    "json",
+    "fnmatch",
+    "traceback",
+    "linecache",
+    "dns.rdatatype",
+    "dns.name",
+    "dns.message",
+    "mifdns.resolvconf",
+    "mifdns.aio.resolvconf_writer",
+)
 
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_READ = 23
@@ -107,8 +116,13 @@ def _reachable(path: str, account: Account) -> bool:
             st = os.stat(d)
         except OSError:
             return False
-        bit = (stat.S_IXUSR if st.st_uid == account.uid else
-               stat.S_IXGRP if st.st_gid in account.groups else stat.S_IXOTH)
+        bit = (
+            stat.S_IXUSR
+            if st.st_uid == account.uid
+            else stat.S_IXGRP
+            if st.st_gid in account.groups
+            else stat.S_IXOTH
+        )
         if not st.st_mode & bit:
             return False
     return True
@@ -123,8 +137,9 @@ def prepare(account: Account, *, resolv_conf: str | None, control_socket: str | 
       if it exists and USER may not write it, the socket file stays behind (a warning; the
       next start replaces it)."""
     if os.geteuid() != 0:
-        raise StartupError(f"--user {account.name}: mifdns must be started as root to drop to "
-                           "another user")
+        raise StartupError(
+            f"--user {account.name}: mifdns must be started as root to drop to another user"
+        )
     if resolv_conf:
         d = os.path.dirname(os.path.abspath(resolv_conf))
         if not may_write_dir(d, account):
@@ -132,11 +147,16 @@ def prepare(account: Account, *, resolv_conf: str | None, control_socket: str | 
                 f"--user {account.name}: resolv_conf.manage rewrites {resolv_conf} by rename "
                 f"in {d}, which {account.name} may not write. Point resolv_conf.path at a file "
                 f"in a directory {account.name} owns (e.g. /run/mifdns/resolv.conf, with "
-                "/etc/resolv.conf a symlink to it) or run without --user")
+                "/etc/resolv.conf a symlink to it) or run without --user"
+            )
     if not _reachable(os.path.dirname(os.__file__), account):
-        log.warning("the Python library %s is not readable by %s: modules not loaded before "
-                    "the drop cannot be imported after it; install mifdns where %s can read it",
-                    os.path.dirname(os.__file__), account.name, account.name)
+        log.warning(
+            "the Python library %s is not readable by %s: modules not loaded before "
+            "the drop cannot be imported after it; install mifdns where %s can read it",
+            os.path.dirname(os.__file__),
+            account.name,
+            account.name,
+        )
     if control_socket:
         d = os.path.dirname(os.path.abspath(control_socket))
         if not os.path.exists(d):
@@ -144,11 +164,15 @@ def prepare(account: Account, *, resolv_conf: str | None, control_socket: str | 
                 os.makedirs(d, mode=0o755)
                 os.chown(d, account.uid, account.gid)
             except OSError as exc:
-                raise StartupError(f"cannot create {d} for the control socket: "
-                                   f"{exc.strerror or exc}") from None
+                raise StartupError(
+                    f"cannot create {d} for the control socket: {exc.strerror or exc}"
+                ) from None
         elif not may_write_dir(d, account):
-            log.warning("%s is not writable by %s: the control socket will stay behind at exit",
-                        d, account.name)
+            log.warning(
+                "%s is not writable by %s: the control socket will stay behind at exit",
+                d,
+                account.name,
+            )
 
 
 # ---------------------------------------------------------------------- the drop
@@ -157,8 +181,11 @@ class _CapHeader(ctypes.Structure):
 
 
 class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
 
 
 def _libc() -> ctypes.CDLL:
@@ -166,8 +193,13 @@ def _libc() -> ctypes.CDLL:
 
 
 def _prctl(libc: ctypes.CDLL, option: int, arg: int) -> int:
-    rc = libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0),
-                    ctypes.c_ulong(0), ctypes.c_ulong(0))
+    rc = libc.prctl(
+        ctypes.c_int(option),
+        ctypes.c_ulong(arg),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+    )
     if rc < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -206,8 +238,9 @@ def effective_caps(pid: int | str = "self") -> int:
 def drop(account: Account, *, chown: tuple[str, ...] = ()) -> None:
     """Become ``account`` keeping CAP_NET_RAW and CAP_NET_BIND_SERVICE (see the docstring)."""
     if os.geteuid() != 0:
-        raise StartupError(f"--user {account.name}: mifdns must be started as root to drop to "
-                           "another user")
+        raise StartupError(
+            f"--user {account.name}: mifdns must be started as root to drop to another user"
+        )
     import importlib
 
     for mod in WARM_IMPORTS:
@@ -233,8 +266,9 @@ def drop(account: Account, *, chown: tuple[str, ...] = ()) -> None:
         _prctl(libc, PR_SET_KEEPCAPS, 0)
         _prctl(libc, PR_SET_NO_NEW_PRIVS, 1)
     except OSError as exc:
-        raise StartupError(f"--user {account.name}: dropping privileges failed: "
-                           f"{exc.strerror or exc}") from None
+        raise StartupError(
+            f"--user {account.name}: dropping privileges failed: {exc.strerror or exc}"
+        ) from None
     if account.uid != 0:
         try:
             os.setuid(0)
@@ -245,8 +279,12 @@ def drop(account: Account, *, chown: tuple[str, ...] = ()) -> None:
     want = sum(1 << c for c in KEEP)
     have = effective_caps()
     if have != want:
-        raise StartupError(f"--user {account.name}: effective capabilities are {have:#x}, "
-                           f"expected {want:#x}")
-    log.info("now running as %s (uid %d, gid %d) with CAP_NET_RAW and CAP_NET_BIND_SERVICE",
-             account.name, account.uid, account.gid)
-
+        raise StartupError(
+            f"--user {account.name}: effective capabilities are {have:#x}, expected {want:#x}"
+        )
+    log.info(
+        "now running as %s (uid %d, gid %d) with CAP_NET_RAW and CAP_NET_BIND_SERVICE",
+        account.name,
+        account.uid,
+        account.gid,
+    )

@@ -55,9 +55,16 @@ class TcpServer:
     """Accepts DNS-over-TCP clients on one address."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, address: str, port: int, handle: HandleQuery,
-        after_batch: Callable[[], None], *, max_clients: int = 256,
-        max_inflight: int = 128, idle_timeout: float = 10.0,
+        self,
+        loop: asyncio.AbstractEventLoop,
+        address: str,
+        port: int,
+        handle: HandleQuery,
+        after_batch: Callable[[], None],
+        *,
+        max_clients: int = 256,
+        max_inflight: int = 128,
+        idle_timeout: float = 10.0,
     ) -> None:
         self.loop = loop
         self.address = address
@@ -73,9 +80,17 @@ class TcpServer:
         # one receive buffer for every connection: room for a frame's tail and a full frame
         self._rbuf = bytearray(2 * FRAME_MAX)
         self._rview = memoryview(self._rbuf)
-        self.counters = {"accepted": 0, "refused_limit": 0, "idle_closed": 0,
-                         "oversize": 0, "inflight_limit": 0, "responses_dropped": 0,
-                         "write_blocked": 0, "read_paused": 0, "accept_errors": 0}
+        self.counters = {
+            "accepted": 0,
+            "refused_limit": 0,
+            "idle_closed": 0,
+            "oversize": 0,
+            "inflight_limit": 0,
+            "responses_dropped": 0,
+            "write_blocked": 0,
+            "read_paused": 0,
+            "accept_errors": 0,
+        }
 
     async def start(self) -> None:
         ip = ipaddress.ip_address(self.address)
@@ -116,8 +131,9 @@ class TcpServer:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     # out of descriptors: the backlog waits (the kernel holds it) instead of
                     # this callback spinning; the open connections free some as they close
-                    log.warning("TCP accept: %s; pausing accepts for %.1f s",
-                                exc.strerror, ACCEPT_RETRY)
+                    log.warning(
+                        "TCP accept: %s; pausing accepts for %.1f s", exc.strerror, ACCEPT_RETRY
+                    )
                     self.loop.remove_reader(sock.fileno())
                     self.loop.call_later(ACCEPT_RETRY, self._resume_accepting)
                 return

@@ -43,8 +43,9 @@ ROUNDS = 64  # polls of the ports' epoll set per wake-up (one datagram per ready
 READY_MAX = 256  # attempts' sockets served per wake-up of the epoll set
 _NONBLOCK = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 # errors a connected UDP socket reports for its peer (from ICMP), on a send or a receive
-_PEER_ERRORS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
-                          errno.EHOSTDOWN, errno.EPROTO})
+_PEER_ERRORS = frozenset(
+    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.EPROTO}
+)
 WANT_FILES = 65536  # open-file limit asked for: every query in flight holds a socket
 
 OnReply = Callable[[Transaction, bytes, tuple[str, int], bool], None]
@@ -119,8 +120,13 @@ class _Port:
 
 class Upstreams:
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, on_reply: OnReply, on_error: OnError,
-        *, max_tcp: int = 64, queries_per_port: int = 16,
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_reply: OnReply,
+        on_error: OnError,
+        *,
+        max_tcp: int = 64,
+        queries_per_port: int = 16,
         after_io: Callable[[], None] = lambda: None,
     ) -> None:
         self.loop = loop
@@ -136,8 +142,15 @@ class Upstreams:
         self._ep = select.epoll()
         loop.add_reader(self._ep.fileno(), self._ready)
         self._tcp: dict[Transaction, asyncio.Task[None]] = {}
-        self.counters = {"udp_sent": 0, "udp_ports": 0, "tcp_sent": 0, "send_errors": 0,
-                         "tcp_limit": 0, "stray": 0, "icmp_errors": 0}
+        self.counters = {
+            "udp_sent": 0,
+            "udp_ports": 0,
+            "tcp_sent": 0,
+            "send_errors": 0,
+            "tcp_limit": 0,
+            "stray": 0,
+            "icmp_errors": 0,
+        }
         raise_file_limit()
 
     # ------------------------------------------------------------------ sending
@@ -200,8 +213,11 @@ class Upstreams:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname)
             # connect() binds a random port (RFC 5452 9.2) and filters other sources
-            sock.connect(sockaddr(server, txn.interface) if af == socket.AF_INET6
-                         else (server.host, server.port))
+            sock.connect(
+                sockaddr(server, txn.interface)
+                if af == socket.AF_INET6
+                else (server.host, server.port)
+            )
             self._ep.register(sock.fileno(), select.EPOLLIN)
         except OSError as exc:
             sock.close()
@@ -311,8 +327,16 @@ class Upstreams:
         was given something."""
         self.counters["icmp_errors"] += 1
         handled = False
-        doomed = [txn for p in list(self._by_fd.values()) if p.key == port.key
-                  for txn in p.pending.values()] if exc.errno in _PEER_ERRORS else []
+        doomed = (
+            [
+                txn
+                for p in list(self._by_fd.values())
+                if p.key == port.key
+                for txn in p.pending.values()
+            ]
+            if exc.errno in _PEER_ERRORS
+            else []
+        )
         for txn in doomed or list(port.pending.values()):
             self._forget(txn)
             if not txn.done:

@@ -73,15 +73,25 @@ class _Loader:
             return None
         lines = []
         for line, text in sorted(self.problems, key=lambda p: p[0]):
-            where = f"{self.source}:{line}: " if self.source and line else (
-                f"{self.source}: " if self.source else "")
+            where = (
+                f"{self.source}:{line}: "
+                if self.source and line
+                else (f"{self.source}: " if self.source else "")
+            )
             lines.append(where + text)
         return _config_error(lines, self.source)
 
     # typed values
 
-    def expect(self, value: Any, base: type, path: str, *, optional: bool = False,
-               meta: Mapping[str, Any] | None = None) -> Any:
+    def expect(
+        self,
+        value: Any,
+        base: type,
+        path: str,
+        *,
+        optional: bool = False,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Any:
         """``value`` as ``base`` (bool, int, float, str, list, dict) or _BAD after a problem."""
         meta = meta or {}
         if value is None and optional:
@@ -95,14 +105,20 @@ class _Loader:
             dict: isinstance(value, dict),
         }[base]
         if not ok:
-            want = {bool: "a boolean (true or false)", int: "an integer", float: "a number",
-                    str: "a string", list: "a list", dict: "a mapping"}[base]
+            want = {
+                bool: "a boolean (true or false)",
+                int: "an integer",
+                float: "a number",
+                str: "a string",
+                list: "a list",
+                dict: "a mapping",
+            }[base]
             if optional:
                 want += " or null"
             hint = ""
             raw = self.plain.unquoted.get(path)
             if base is str and raw is not None and value is not None:
-                hint = f" (YAML reads unquoted {raw} as {_kind(value)}; quote it: \"{raw}\")"
+                hint = f' (YAML reads unquoted {raw} as {_kind(value)}; quote it: "{raw}")'
             self.problem(path, f"expected {want}, got {_describe(value)}{hint}")
             return _BAD
         if base is float:
@@ -126,8 +142,9 @@ class _Loader:
             return None
         for key in value:
             if not isinstance(key, str):
-                self.problem(_join(path, key), f"keys must be strings, got {_describe(key)}",
-                             at_key=True)
+                self.problem(
+                    _join(path, key), f"keys must be strings, got {_describe(key)}", at_key=True
+                )
             elif key not in known:
                 self.problem(_join(path, key), "unknown key" + _suggest(key, known), at_key=True)
         return {k: v for k, v in value.items() if isinstance(k, str) and k in known}
@@ -220,8 +237,10 @@ class _Loader:
             name = item.get("name") if isinstance(item, dict) else None
             if isinstance(name, str) and _NAME_RE.fullmatch(name):
                 if name in first:
-                    self.problem(f"{sub}.name", f"duplicate PvD name {name!r} "
-                                 f"(first at {path}[{first[name]}])")
+                    self.problem(
+                        f"{sub}.name",
+                        f"duplicate PvD name {name!r} (first at {path}[{first[name]}])",
+                    )
                     continue
                 first[name] = i
             if spec is not None:
@@ -253,18 +272,22 @@ class _Loader:
             ifname = None
         scope = ifname if isinstance(ifname, str) else None
         kwargs: dict[str, Any] = {
-            "servers": tuple(self.each(data.get("servers"), f"{path}.servers",
-                                       lambda s: _server(s, scope))),
+            "servers": tuple(
+                self.each(data.get("servers"), f"{path}.servers", lambda s: _server(s, scope))
+            ),
             "domains": tuple(self.each(data.get("domains"), f"{path}.domains", _domain)),
             "networks": tuple(self.each(data.get("networks"), f"{path}.networks", _network)),
-            "captive_domains": tuple(self.each(data.get("captive_domains"),
-                                               f"{path}.captive_domains", _domain)),
+            "captive_domains": tuple(
+                self.each(data.get("captive_domains"), f"{path}.captive_domains", _domain)
+            ),
             "dns64": self.dns64(data.get("dns64"), f"{path}.dns64"),
-            "default_route": self.expect(data.get("default_route"), bool,
-                                         f"{path}.default_route", optional=True),
+            "default_route": self.expect(
+                data.get("default_route"), bool, f"{path}.default_route", optional=True
+            ),
             "exclusive": self.expect(data.get("exclusive", False), bool, f"{path}.exclusive"),
-            "captive_portal": self.captive_portal(data.get("captive_portal"),
-                                                  f"{path}.captive_portal"),
+            "captive_portal": self.captive_portal(
+                data.get("captive_portal"), f"{path}.captive_portal"
+            ),
         }
         if len(self.problems) > before or not isinstance(name, str) or ifname is None:
             return None
@@ -280,8 +303,10 @@ class _Loader:
                 self.problem(path, str(exc))
                 return _BAD
         if not isinstance(value, dict):
-            self.problem(path, "expected a mapping or 'auto', 'none' or an IPv6 prefix, "
-                         f"got {_describe(value)}")
+            self.problem(
+                path,
+                f"expected a mapping or 'auto', 'none' or an IPv6 prefix, got {_describe(value)}",
+            )
             return _BAD
         data = self.mapping(value, path, _DNS64_KEYS) or {}
         prefix = self.expect(data.get("prefix", "none"), str, f"{path}.prefix")
@@ -315,17 +340,23 @@ class _Loader:
     def cross_check(self, config: Config) -> None:
         up = config.upstream
         if up.timeout > up.total_timeout:
-            self.problem("upstream.timeout", f"{up.timeout} exceeds upstream.total_timeout "
-                         f"({up.total_timeout})")
+            self.problem(
+                "upstream.timeout",
+                f"{up.timeout} exceeds upstream.total_timeout ({up.total_timeout})",
+            )
         if up.negative_wait > up.total_timeout:
-            self.problem("upstream.negative_wait", f"{up.negative_wait} exceeds "
-                         f"upstream.total_timeout ({up.total_timeout})")
+            self.problem(
+                "upstream.negative_wait",
+                f"{up.negative_wait} exceeds upstream.total_timeout ({up.total_timeout})",
+            )
         for i, spec in enumerate(config.pvds):
             looping = looping_servers(spec, config.listen)
             for j, server in enumerate(spec.servers):
                 if server in looping:
-                    self.problem(f"pvds[{i}].servers[{j}]", f"{server} is one of mifdns's own "
-                                 "listen addresses (queries would loop)")
+                    self.problem(
+                        f"pvds[{i}].servers[{j}]",
+                        f"{server} is one of mifdns's own listen addresses (queries would loop)",
+                    )
 
 
 def looping_servers(spec: PvdSpec, listen: Sequence[ListenAddr]) -> list[ServerAddr]:
@@ -336,8 +367,11 @@ def looping_servers(spec: PvdSpec, listen: Sequence[ListenAddr]) -> list[ServerA
 
 
 def _in_range(value: float, meta: Mapping[str, Any]) -> bool:
-    return (("min" not in meta or value >= meta["min"]) and ("gt" not in meta or value > meta["gt"])
-            and ("max" not in meta or value <= meta["max"]))
+    return (
+        ("min" not in meta or value >= meta["min"])
+        and ("gt" not in meta or value > meta["gt"])
+        and ("max" not in meta or value <= meta["max"])
+    )
 
 
 def _range_text(meta: Mapping[str, Any], *, doc: bool = False) -> str:
@@ -370,7 +404,9 @@ def _domain(text: str) -> Domain:
     try:
         _ = domain.labels  # raises UnicodeEncodeError for a name that is not ASCII
     except UnicodeEncodeError:
-        raise _Bad(f"{text!r}: not ASCII; write an internationalized name in its xn-- form") from None
+        raise _Bad(
+            f"{text!r}: not ASCII; write an internationalized name in its xn-- form"
+        ) from None
     return domain
 
 
@@ -490,5 +526,3 @@ def apply_env(config: Config, environ: Mapping[str, str]) -> Config:
     if problems:
         raise _config_error(problems, "environment")
     return replace(config, **changes)
-
-

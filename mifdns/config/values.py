@@ -63,8 +63,11 @@ def _suggest(key: str, known: list[str]) -> str:
 
 def _valid_ifname(name: str) -> bool:
     # Linux dev_valid_name(): 1-15 bytes, not "." or "..", no '/', ':' or whitespace.
-    return (0 < len(name.encode()) < 16 and name not in (".", "..")
-            and not any(c in "/:" or c.isspace() for c in name))
+    return (
+        0 < len(name.encode()) < 16
+        and name not in (".", "..")
+        and not any(c in "/:" or c.isspace() for c in name)
+    )
 
 
 def _unix_path(text: str) -> str:
@@ -72,8 +75,9 @@ def _unix_path(text: str) -> str:
         raise _Bad("must not be empty")
     size = len(os.fsencode(text))
     if size > _SUN_PATH_MAX:
-        raise _Bad(f"{text!r} is too long for a Unix socket path ({size} bytes, at most "
-                   f"{_SUN_PATH_MAX})")
+        raise _Bad(
+            f"{text!r} is too long for a Unix socket path ({size} bytes, at most {_SUN_PATH_MAX})"
+        )
     return text
 
 
@@ -181,5 +185,3 @@ class _Plain:
             self.key_lines[sub] = key_line
             out[key] = self.convert(value_node, sub)
         return out
-
-

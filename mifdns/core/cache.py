@@ -78,8 +78,18 @@ Key = tuple[bytes, int, int, int]
 
 
 class Entry:
-    __slots__ = ("body", "ttl_offsets", "ttls", "stored", "expires", "kind", "rcode", "used", "size",
-                 "dead")
+    __slots__ = (
+        "body",
+        "ttl_offsets",
+        "ttls",
+        "stored",
+        "expires",
+        "kind",
+        "rcode",
+        "used",
+        "size",
+        "dead",
+    )
 
     def __init__(
         self,
@@ -149,7 +159,9 @@ class Cache:
         return None
 
     # ------------------------------------------------------------------ changes
-    def insert(self, tag: int, pvd: str, key: Key, entry: Entry, *, covers_name: bool = False) -> None:
+    def insert(
+        self, tag: int, pvd: str, key: Key, entry: Entry, *, covers_name: bool = False
+    ) -> None:
         """Store ``entry`` under ``tag``. ``covers_name``: an NXDOMAIN for every type of the name."""
         part = self._parts.get(tag)
         if part is None:
@@ -262,4 +274,3 @@ class Cache:
             self.bytes -= entry.size
             victim.bytes -= entry.size
             self.evictions += 1
-

@@ -86,8 +86,13 @@ class ApiStatus:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"captive": self.captive}
-        for key in ("user_portal_url", "venue_info_url", "can_extend_session",
-                    "seconds_remaining", "bytes_remaining"):
+        for key in (
+            "user_portal_url",
+            "venue_info_url",
+            "can_extend_session",
+            "seconds_remaining",
+            "bytes_remaining",
+        ):
             value = getattr(self, key)
             if value is not None:
                 out[key.replace("_", "-")] = value
@@ -123,8 +128,9 @@ def parse_api(body: bytes | str) -> ApiStatus:
 
     def count(key: str) -> int | None:
         value = data.get(key)
-        return value if isinstance(value, int) and not isinstance(value, bool) \
-            and value >= 0 else None
+        return (
+            value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+        )
 
     extend = data.get("can-extend-session")
     return ApiStatus(
@@ -162,9 +168,9 @@ def probe_names(entropy: bytes) -> tuple[str, ...]:
         raise ValueError("probe_names needs 16 random bytes per name")
     names = []
     for i in range(PROBE_LABELS + 1):
-        chunk = entropy[16 * i:16 * (i + 1)]
+        chunk = entropy[16 * i : 16 * (i + 1)]
         size = 10 + chunk[0] % 6
-        label = "".join(_LETTERS[b % 26] for b in chunk[1:1 + size])
+        label = "".join(_LETTERS[b % 26] for b in chunk[1 : 1 + size])
         names.append(f"{label}." if i < PROBE_LABELS else f"{label}.{RESERVED_TLD}.")
     return tuple(names)
 
@@ -188,13 +194,18 @@ def judge(results: Sequence[tuple[str, Sequence[str]]]) -> Verdict:
     denied = sum(1 for outcome, _ in results if outcome in ("nxdomain", "nodata"))
     addresses = tuple(dict.fromkeys(a for addrs in lies for a in addrs))
     if len(lies) >= 2:
-        return Verdict(True, addresses, f"{len(lies)} of {len(results)} names that cannot "
-                       f"exist resolved (to {', '.join(addresses)})")
+        return Verdict(
+            True,
+            addresses,
+            f"{len(lies)} of {len(results)} names that cannot "
+            f"exist resolved (to {', '.join(addresses)})",
+        )
     if not lies and denied:
         return Verdict(False, (), f"{denied} of {len(results)} names that cannot exist denied")
     failed = len(results) - len(lies) - denied
-    return Verdict(None, addresses, f"inconclusive ({len(lies)} resolved, {denied} denied, "
-                   f"{failed} failed)")
+    return Verdict(
+        None, addresses, f"inconclusive ({len(lies)} resolved, {denied} denied, {failed} failed)"
+    )
 
 
 # ------------------------------------------------------------------------------ the machine
@@ -247,8 +258,9 @@ class CaptiveMachine:
         self._schedule_probe(now)
         return t
 
-    def on_api(self, status: ApiStatus | None, now: float, error: str | None = None
-               ) -> Transition | None:
+    def on_api(
+        self, status: ApiStatus | None, now: float, error: str | None = None
+    ) -> Transition | None:
         """A poll of the API finished: ``status``, or None and ``error``."""
         self.api_at = now
         if status is None:
@@ -265,8 +277,9 @@ class CaptiveMachine:
             self.operator = None
         if login:
             self._forget_probe(now)
-        t = self._settle(now, "api", f"captive-portal API says captive: "
-                         f"{'true' if status.captive else 'false'}")
+        t = self._settle(
+            now, "api", f"captive-portal API says captive: {'true' if status.captive else 'false'}"
+        )
         self._schedule_poll(now)
         return t
 
@@ -398,8 +411,7 @@ class CaptiveMachine:
             self.next_poll = None
             return
         delay = POLL_CAPTIVE if self.state == CaptiveState.CAPTIVE else POLL_OTHER
-        if self.api is not None and self.api.seconds_remaining is not None \
-                and not self.api.captive:
+        if self.api is not None and self.api.seconds_remaining is not None and not self.api.captive:
             delay = min(delay, max(POLL_CAPTIVE, float(self.api.seconds_remaining)))
         nxt = now + delay
         if self.next_poll is None or self.next_poll > nxt or self.next_poll <= now:
@@ -407,6 +419,13 @@ class CaptiveMachine:
 
 
 __all__ = [
-    "ApiStatus", "CaptiveApiError", "CaptiveMachine", "Transition", "Verdict", "host_of",
-    "judge", "parse_api", "probe_names",
+    "ApiStatus",
+    "CaptiveApiError",
+    "CaptiveMachine",
+    "Transition",
+    "Verdict",
+    "host_of",
+    "judge",
+    "parse_api",
+    "probe_names",
 ]

@@ -168,8 +168,11 @@ def _other(v4: IPv4) -> IPv4:
 
 def aaaa_addresses(data: bytes, info: wire.ResponseInfo) -> list[IPv6]:
     """The AAAA addresses (class IN) in a parsed response's answer section."""
-    return [IPv6(data[off:off + 16]) for rtype, _ttl, off, length in info.answers
-            if rtype == wire.AAAA and length == 16]
+    return [
+        IPv6(data[off : off + 16])
+        for rtype, _ttl, off, length in info.answers
+        if rtype == wire.AAAA and length == 16
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +189,9 @@ class Discovery:
     note: str
 
 
-def discover(outcome: str, data: bytes | None, info: wire.ResponseInfo | None, now: float,
-             failures: int = 0) -> Discovery:
+def discover(
+    outcome: str, data: bytes | None, info: wire.ResponseInfo | None, now: float, failures: int = 0
+) -> Discovery:
     """Interpret one discovery exchange. ``outcome`` is the transaction's (answer, nodata,
     nxdomain, timeout, failed, ...); ``failures`` counts the failed exchanges before this one."""
     if outcome == "answer" and data is not None and info is not None:
@@ -195,8 +199,9 @@ def discover(outcome: str, data: bytes | None, info: wire.ResponseInfo | None, n
         ttl = info.min_answer_ttl or 0
         refresh = min(max(float(ttl), MIN_REFRESH), MAX_REFRESH)
         if prefixes:
-            return Discovery(prefixes, now + refresh,
-                             f"found {', '.join(map(str, prefixes))} (TTL {ttl})")
+            return Discovery(
+                prefixes, now + refresh, f"found {', '.join(map(str, prefixes))} (TTL {ttl})"
+            )
         return Discovery((), now + refresh, "AAAA answer without a well-known address")
     if outcome in ("nodata", "nxdomain"):
         ttl = info.soa_ttl if info is not None and info.soa_ttl is not None else 0
@@ -260,7 +265,7 @@ def read_name(data: bytes, pos: int) -> tuple[bytes, int]:
                 raise wire.WireError("compression loop")
             pos = ((n & 0x3F) << 8) | data[pos + 1]
             continue
-        out += data[pos:pos + n + 1]
+        out += data[pos : pos + n + 1]
         if n == 0:
             return bytes(out), (end if end >= 0 else pos + 1)
         pos += n + 1
@@ -294,7 +299,7 @@ def records(data: bytes, info: wire.ResponseInfo, section: str = "answer") -> li
         elif rtype == wire.SOA:
             mname, at = read_name(data, rdata_at)
             rname, at = read_name(data, at)
-            rdata = mname + rname + data[at:at + 20]
+            rdata = mname + rname + data[at : at + 20]
         elif rtype in _NO_NAMES:
             rdata = data[rdata_at:pos]
         else:
@@ -303,20 +308,35 @@ def records(data: bytes, info: wire.ResponseInfo, section: str = "answer") -> li
     return out
 
 
-def build_response(qname: bytes, qtype: int, qclass: int, rcode: int,
-                   answer: Sequence[Record], authority: Sequence[Record] = ()) -> bytes:
+def build_response(
+    qname: bytes,
+    qtype: int,
+    qclass: int,
+    rcode: int,
+    answer: Sequence[Record],
+    authority: Sequence[Record] = (),
+) -> bytes:
     """A response (ID 0, QR RD RA) with uncompressed names, ready for ``wire.parse_response``."""
     flags = wire.QR | wire.RD | wire.RA | (rcode & 0xF)
-    parts = [struct.pack("!6H", 0, flags, 1, len(answer), len(authority), 0),
-             qname, struct.pack("!HH", qtype, qclass)]
+    parts = [
+        struct.pack("!6H", 0, flags, 1, len(answer), len(authority), 0),
+        qname,
+        struct.pack("!HH", qtype, qclass),
+    ]
     for owner, rtype, rclass, ttl, rdata in (*answer, *authority):
         parts.append(owner + _RR.pack(rtype, rclass, max(0, ttl), len(rdata)) + rdata)
     return b"".join(parts)
 
 
-def synthesize_aaaa_response(qname: bytes, qclass: int, a_data: bytes, a_info: wire.ResponseInfo,
-                             prefix: Net6, negative_ttl: int | None,
-                             elapsed: int = 0) -> bytes | None:
+def synthesize_aaaa_response(
+    qname: bytes,
+    qclass: int,
+    a_data: bytes,
+    a_info: wire.ResponseInfo,
+    prefix: Net6,
+    negative_ttl: int | None,
+    elapsed: int = 0,
+) -> bytes | None:
     """The AAAA answer synthesized from an A answer (RFC 6147 section 5.1.7).
 
     The A answer's CNAME/DNAME chain is kept; each A record becomes an AAAA under ``prefix``
@@ -340,8 +360,9 @@ def synthesize_aaaa_response(qname: bytes, qclass: int, a_data: bytes, a_info: w
     return build_response(qname, wire.AAAA, qclass, wire.NOERROR, answer)
 
 
-def filter_excluded(data: bytes, info: wire.ResponseInfo,
-                    excluded: Sequence[Net6] = EXCLUDED_AAAA) -> bytes | None:
+def filter_excluded(
+    data: bytes, info: wire.ResponseInfo, excluded: Sequence[Net6] = EXCLUDED_AAAA
+) -> bytes | None:
     """An AAAA answer without its records in the excluded ranges (RFC 6147 section 5.1.4).
 
     None when nothing is excluded (use the answer as it is); a NODATA-shaped answer (only the
@@ -350,8 +371,9 @@ def filter_excluded(data: bytes, info: wire.ResponseInfo,
     addrs = aaaa_addresses(data, info)
     if not any(is_excluded(a, excluded) for a in addrs):
         return None
-    keep = [r for r in records(data, info)
-            if r[1] != wire.AAAA or not is_excluded(IPv6(r[4]), excluded)]
+    keep = [
+        r for r in records(data, info) if r[1] != wire.AAAA or not is_excluded(IPv6(r[4]), excluded)
+    ]
     return build_response(info.qname, info.qtype, info.qclass, wire.NOERROR, keep)
 
 
@@ -359,16 +381,21 @@ def has_aaaa(info: wire.ResponseInfo) -> bool:
     return any(rtype == wire.AAAA for rtype, _ttl, _off, _len in info.answers)
 
 
-def synthesize_ptr_response(qname: bytes, qclass: int, target: bytes, data: bytes,
-                            info: wire.ResponseInfo, elapsed: int = 0) -> bytes:
+def synthesize_ptr_response(
+    qname: bytes, qclass: int, target: bytes, data: bytes, info: wire.ResponseInfo, elapsed: int = 0
+) -> bytes:
     """The answer to a PTR question for an address under the NAT64 prefix: a CNAME from the
     ip6.arpa name to the embedded IPv4 address's in-addr.arpa name (``target``), then what the
     PvD answered for that name: its PTR records, or its negative answer (rcode and SOA)."""
-    answer = [(owner, rtype, rclass, max(0, ttl - elapsed), rdata)
-              for owner, rtype, rclass, ttl, rdata in records(data, info)]
-    authority = [(owner, rtype, rclass, max(0, ttl - elapsed), rdata)
-                 for owner, rtype, rclass, ttl, rdata in records(data, info, "authority")
-                 if rtype == wire.SOA]
+    answer = [
+        (owner, rtype, rclass, max(0, ttl - elapsed), rdata)
+        for owner, rtype, rclass, ttl, rdata in records(data, info)
+    ]
+    authority = [
+        (owner, rtype, rclass, max(0, ttl - elapsed), rdata)
+        for owner, rtype, rclass, ttl, rdata in records(data, info, "authority")
+        if rtype == wire.SOA
+    ]
     ttls = [r[3] for r in answer] or [r[3] for r in authority] or [NO_SOA_TTL]
     cname = (qname, wire.CNAME, qclass, min(min(ttls), NO_SOA_TTL), target)
     return build_response(qname, wire.PTR, qclass, info.rcode & 0xF, [cname, *answer], authority)

@@ -20,8 +20,18 @@ class Resolution:
     """
 
     __slots__ = (
-        "query", "client", "decision", "pending", "negatives", "failures", "started", "done",
-        "wait_until", "key", "synthesized", "refusals",
+        "query",
+        "client",
+        "decision",
+        "pending",
+        "negatives",
+        "failures",
+        "started",
+        "done",
+        "wait_until",
+        "key",
+        "synthesized",
+        "refusals",
     )
 
     def __init__(self, query: wire.Query, client: object, decision: Decision, key: Key, now: float):
@@ -48,8 +58,15 @@ class Synth:
 
     __slots__ = ("key", "kind", "negative", "pvd", "tag", "target", "waiters")
 
-    def __init__(self, kind: str, pvd: str, tag: int, key: Key, target: bytes,
-                 negative: tuple[bytes, wire.ResponseInfo] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        pvd: str,
+        tag: int,
+        key: Key,
+        target: bytes,
+        negative: tuple[bytes, wire.ResponseInfo] | None = None,
+    ) -> None:
         self.kind = kind
         self.pvd = pvd
         self.tag = tag
@@ -68,8 +85,17 @@ class ProbeResult:
 
     __slots__ = ("info", "outcome", "pvd", "qname", "qtype", "response", "tag", "token")
 
-    def __init__(self, token: int, pvd: str, tag: int, qname: bytes, qtype: int, outcome: str,
-                 response: bytes | None = None, info: wire.ResponseInfo | None = None) -> None:
+    def __init__(
+        self,
+        token: int,
+        pvd: str,
+        tag: int,
+        qname: bytes,
+        qtype: int,
+        outcome: str,
+        response: bytes | None = None,
+        info: wire.ResponseInfo | None = None,
+    ) -> None:
         self.token = token
         self.pvd = pvd
         self.tag = tag
@@ -87,12 +113,14 @@ class ProbeResult:
         out = []
         for rtype, _ttl, off, length in info.answers:
             if (rtype, length) in ((wire.A, 4), (wire.AAAA, 16)):
-                out.append(str(ipaddress.ip_address(data[off:off + length])))
+                out.append(str(ipaddress.ip_address(data[off : off + length])))
         return out
 
     def __repr__(self) -> str:
-        return (f"ProbeResult({self.token}, {self.pvd}, {wire.qname_to_text(self.qname)!r}, "
-                f"{self.qtype}, {self.outcome})")
+        return (
+            f"ProbeResult({self.token}, {self.pvd}, {wire.qname_to_text(self.qname)!r}, "
+            f"{self.qtype}, {self.outcome})"
+        )
 
 
 class _Probe:

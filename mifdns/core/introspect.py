@@ -27,8 +27,9 @@ def explain(router: Router, name: str, qtype: int = wire.A) -> dict[str, Any]:
     return decision.to_json()
 
 
-def cache_listing(cache: Cache, registry: Registry, now: float,
-                  pvd: str | None = None) -> list[dict[str, Any]]:
+def cache_listing(
+    cache: Cache, registry: Registry, now: float, pvd: str | None = None
+) -> list[dict[str, Any]]:
     """Live cache entries, each with the PvD whose partition holds it (``ctl cache``)."""
     rows = []
     for part in cache.partitions():
@@ -36,22 +37,34 @@ def cache_listing(cache: Cache, registry: Registry, now: float,
         if owner is None or (pvd is not None and owner.name != pvd):
             continue
         for (name, qtype, _qclass, flags), entry, covers in cache.items(part.tag, now):
-            rows.append({
-                "name": wire.qname_to_text(name),
-                "type": "*" if covers else dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype)),
-                "pvd": owner.name,
-                "kind": entry.kind.value,
-                "ttl": entry.ttl_left(now),
-                "rcode": {0: "NOERROR", 3: "NXDOMAIN"}.get(entry.rcode, str(entry.rcode)),
-                "dnssec_ok": bool(flags & 1),
-            })
+            rows.append(
+                {
+                    "name": wire.qname_to_text(name),
+                    "type": "*"
+                    if covers
+                    else dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype)),
+                    "pvd": owner.name,
+                    "kind": entry.kind.value,
+                    "ttl": entry.ttl_left(now),
+                    "rcode": {0: "NOERROR", 3: "NXDOMAIN"}.get(entry.rcode, str(entry.rcode)),
+                    "dnssec_ok": bool(flags & 1),
+                }
+            )
     rows.sort(key=lambda r: (r["pvd"], r["name"], r["type"]))
     return rows
 
 
-def query_event(q: wire.Query, decision: Decision, pvd: str | None, source: str, kind: str,
-                started: float, now: float, error: str | None = None,
-                rcode: str | None = None) -> dict[str, Any]:
+def query_event(
+    q: wire.Query,
+    decision: Decision,
+    pvd: str | None,
+    source: str,
+    kind: str,
+    started: float,
+    now: float,
+    error: str | None = None,
+    rcode: str | None = None,
+) -> dict[str, Any]:
     """One monitor/query-log record. The adapter stamps the wall-clock ``time``; the keys are
     those mifdns.aio.control documents. ``rcode``: the answer's, when ``kind`` does not tell it
     (a local answer is NOERROR or NXDOMAIN)."""
@@ -64,8 +77,9 @@ def query_event(q: wire.Query, decision: Decision, pvd: str | None, source: str,
         "kind": kind,
         "rcode": rcode or _RCODES.get(kind, "NOERROR"),
         "ms": round((now - started) * 1000, 3),
-        "candidates": [{"pvd": c.pvd, "grade": c.grade, "reason": c.reason}
-                       for c in decision.candidates],
+        "candidates": [
+            {"pvd": c.pvd, "grade": c.grade, "reason": c.reason} for c in decision.candidates
+        ],
         "local": decision.local if source == "local" else None,
         "refused": decision.ede[1] if decision.ede is not None else None,
         **({"error": error} if error else {}),

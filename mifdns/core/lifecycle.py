@@ -28,8 +28,11 @@ def apply(r: Resolver, events: list[Event], now: float) -> list[dict[str, Any]]:
     event (for the monitor, the log and ``ctl status``)."""
     out: list[dict[str, Any]] = []
     for ev in events:
-        rec: dict[str, Any] = {"event": type(ev).__name__.removeprefix("Pvd").lower(),
-                               "pvd": ev.name, "time": now}
+        rec: dict[str, Any] = {
+            "event": type(ev).__name__.removeprefix("Pvd").lower(),
+            "pvd": ev.name,
+            "time": now,
+        }
         if isinstance(ev, (PvdDetached, PvdPurged)):
             n = r.cache.purge(ev.old_tag)
             again = r.registry.find(ev.name) if isinstance(ev, PvdPurged) else None
@@ -63,8 +66,11 @@ def _cancel_tag(r: Resolver, tag: int, now: float, again: Pvd | None = None) -> 
         movers: list[Resolution] = []
         if again is not None and again.attached and again.tag != tag:
             for w in txn.waiters:
-                if type(w) is Resolution and not w.done and any(
-                        c.pvd == again.name for c in r.router.route(w.key[0]).candidates):
+                if (
+                    type(w) is Resolution
+                    and not w.done
+                    and any(c.pvd == again.name for c in r.router.route(w.key[0]).candidates)
+                ):
                     movers.append(w)
             if movers:
                 txn.waiters = [w for w in txn.waiters if w not in movers]
@@ -79,12 +85,12 @@ def _cancel_tag(r: Resolver, tag: int, now: float, again: Pvd | None = None) -> 
 def _reask(r: Resolver, pvd: Pvd, old: Transaction, movers: list[Resolution], now: float) -> None:
     key: Key = (old.qname, old.qtype, old.qclass, old.do | (old.cd << 1))
     txn = r.inflight.get((pvd.tag, key))
-    if txn is None and (len(r.inflight) >= r.settings.max_inflight
-                        or (txn := r._launch(pvd, key, now)) is None):
+    if txn is None and (
+        len(r.inflight) >= r.settings.max_inflight or (txn := r._launch(pvd, key, now)) is None
+    ):
         for res in movers:  # as if the old transaction had failed
             r._deliver(res, old, pvd.name, None, "PvD changed", now)
         return
     for res in movers:
         res.pending[res.pending.index(old)] = txn
         txn.waiters.append(res)
-

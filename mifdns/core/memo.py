@@ -45,8 +45,9 @@ AGING_HORIZON = 30.0
 Record = tuple[Entry, int, float, bytes, int | None, wire.Query, tuple[int, Key] | None]
 # (stored, expires, TTL offsets from the start of the message, TTLs as stored): see above
 Aging = tuple[float, float, tuple[int, ...], tuple[int, ...]]
-ReadyTable = dict[bytes, tuple[bytes, float] | tuple[bytes, float, float, float,
-                                                      tuple[int, ...], tuple[int, ...]]]
+ReadyTable = dict[
+    bytes, tuple[bytes, float] | tuple[bytes, float, float, float, tuple[int, ...], tuple[int, ...]]
+]
 
 
 class AnswerMemo:
@@ -67,8 +68,7 @@ class AnswerMemo:
         table[key] = record
         ready = self._ready.get(record[4])
         if ready is not None:
-            ready[key] = (record[3], record[2]) if aging is None else (record[3], record[2],
-                                                                       *aging)
+            ready[key] = (record[3], record[2]) if aging is None else (record[3], record[2], *aging)
 
     def forget(self) -> None:
         """Drop everything (a routing change the registry version does not show, or full)."""

@@ -135,7 +135,11 @@ class Domain:
 
     @property
     def labels(self) -> tuple[bytes, ...]:
-        return tuple(lab.encode("ascii", "strict") for lab in self.name.split(".")) if self.name else ()
+        return (
+            tuple(lab.encode("ascii", "strict") for lab in self.name.split("."))
+            if self.name
+            else ()
+        )
 
     def __str__(self) -> str:
         return ("~" if self.routing_only else "") + (self.name or ".")
@@ -163,7 +167,9 @@ class PvdSpec:
     interface: str
     servers: tuple[ServerAddr, ...] = ()
     domains: tuple[Domain, ...] = ()
-    default_route: bool | None = None  # None: auto, like systemd-resolved (see effective_default_route)
+    default_route: bool | None = (
+        None  # None: auto, like systemd-resolved (see effective_default_route)
+    )
     exclusive: bool = False
     networks: tuple[IPNetwork, ...] = ()
     dns64: Dns64Spec = field(default_factory=Dns64Spec)
@@ -224,4 +230,6 @@ class Pvd:
 
     @property
     def networks(self) -> tuple[IPNetwork, ...]:
-        return self.spec.networks + tuple(p for p in self.link_prefixes if p not in self.spec.networks)
+        return self.spec.networks + tuple(
+            p for p in self.link_prefixes if p not in self.spec.networks
+        )

@@ -138,7 +138,8 @@ class Registry:
             # link change, with its events: the partition goes, the probes start
             link = "usable" if pvd.link_up else "not usable"
             events += self._after_state_change(
-                pvd, was, now=now, cause=f"moved to {spec.interface} (link {link})")
+                pvd, was, now=now, cause=f"moved to {spec.interface} (link {link})"
+            )
         else:
             events.append(PvdChanged(spec.name, "settings"))
         return events

@@ -127,10 +127,25 @@ class Resolver:
         self.events: list[dict[str, Any]] = []
         self.counters: dict[str, int] = dict.fromkeys(
             (
-                "queries", "cache_hits", "cache_misses", "local", "servfail", "refused",
-                "formerr", "notimp", "badvers", "nxdomain", "coalesced", "limit_inflight",
-                "purged_entries", "purges", "ignored_replies", "upstream_queries",
-                "probes", "synthesized", "upstream_refused",
+                "queries",
+                "cache_hits",
+                "cache_misses",
+                "local",
+                "servfail",
+                "refused",
+                "formerr",
+                "notimp",
+                "badvers",
+                "nxdomain",
+                "coalesced",
+                "limit_inflight",
+                "purged_entries",
+                "purges",
+                "ignored_replies",
+                "upstream_queries",
+                "probes",
+                "synthesized",
+                "upstream_refused",
             ),
             0,
         )
@@ -179,8 +194,9 @@ class Resolver:
             return render.error_reply(data, wire.NOTIMP, query=q, opt=self._opt_for(q))
         if q.edns and q.edns_version != 0:
             c["badvers"] += 1
-            return render.error_reply(data, wire.BADVERS, query=q,
-                                      opt=render.opt_rr(self.settings.edns_udp_size))
+            return render.error_reply(
+                data, wire.BADVERS, query=q, opt=render.opt_rr(self.settings.edns_udp_size)
+            )
         qtype = q.qtype
         if qtype == wire.AXFR or qtype == wire.IXFR or q.qclass not in (1, 255):
             c["refused"] += 1
@@ -197,8 +213,16 @@ class Resolver:
             if decision.local is not None:
                 c["local"] += 1
                 if self.monitoring:
-                    self._event_query(q, decision, None, "local", "local", now, now,
-                                      rcode="NXDOMAIN" if is_nxdomain(q, decision) else "NOERROR")
+                    self._event_query(
+                        q,
+                        decision,
+                        None,
+                        "local",
+                        "local",
+                        now,
+                        now,
+                        rcode="NXDOMAIN" if is_nxdomain(q, decision) else "NOERROR",
+                    )
                 return self._local(q, decision)
         cands = decision.candidates
         if not cands:
@@ -248,7 +272,12 @@ class Resolver:
         return self._start(Resolution(q, client, decision, key, now), cands, now)
 
     def _memoize(
-        self, data: bytes, entry: Entry, q: wire.Query, now: float, max_udp: int | None,
+        self,
+        data: bytes,
+        entry: Entry,
+        q: wire.Query,
+        now: float,
+        max_udp: int | None,
         renew: tuple[int, Key] | None = None,
     ) -> bytes:
         """Render a hit and remember it in the answer memo (see memo.py). ``renew`` (the
@@ -263,10 +292,14 @@ class Resolver:
         # its records (a truncated reply has none, so no TTLs where the offsets point), for
         # AGING_HORIZON: then the resolver looks again (the entry is still cached and marked
         # recently used, or it is fetched again)
-        aging = ((stored, min(entry.expires, now + AGING_HORIZON), entry.ttl_offsets,
-                  entry.ttls) if renew is not None and not reply[2] & 2 else None)
-        self.memo.remember(data, (entry, self.registry.version, until, reply[2:], max_udp, q,
-                                  renew), aging)
+        aging = (
+            (stored, min(entry.expires, now + AGING_HORIZON), entry.ttl_offsets, entry.ttls)
+            if renew is not None and not reply[2] & 2
+            else None
+        )
+        self.memo.remember(
+            data, (entry, self.registry.version, until, reply[2:], max_udp, q, renew), aging
+        )
         return reply
 
     def ready_table(self, max_udp: int | None) -> ReadyTable | None:
@@ -305,8 +338,9 @@ class Resolver:
                 if q.qtype == wire.PTR and pvd.spec.dns64.synthesize and pvd.nat64_prefixes:
                     target = dns64.ptr_target(q.key, dns64.v6_prefixes(pvd.nat64_prefixes))
                     if target is not None:  # RFC 6147 5.3.1: ask the embedded IPv4's name
-                        got = synthesis.start(self, Synth("ptr", pvd.name, pvd.tag, res.key, target),
-                                          now)
+                        got = synthesis.start(
+                            self, Synth("ptr", pvd.name, pvd.tag, res.key, target), now
+                        )
                         if isinstance(got, Synth):
                             got.waiters.append(res)
                             res.pending.append(got)
@@ -330,8 +364,7 @@ class Resolver:
             self._push_timer(res.wait_until, res)
         return None
 
-    def _launch(self, pvd: Pvd, key: Key, now: float, *, shared: bool = True
-                ) -> Transaction | None:
+    def _launch(self, pvd: Pvd, key: Key, now: float, *, shared: bool = True) -> Transaction | None:
         """Start a transaction for ``key`` on ``pvd``; ``shared``: registered in ``inflight`` so
         identical questions coalesce on it. None if the PvD has no servers."""
         s = self.settings
@@ -339,10 +372,20 @@ class Resolver:
         servers = spec.servers
         qname, qtype, qclass, flags = key
         txn = Transaction(
-            pvd.name, pvd.tag, spec.interface,
+            pvd.name,
+            pvd.tag,
+            spec.interface,
             self.health.order(pvd.name, servers, now) if len(servers) > 1 else servers,
-            qname, qtype, qclass, flags & 1 == 1, flags & 2 == 2, now, s.timeout,
-            s.total_timeout, self._rand, s.edns_udp_size,
+            qname,
+            qtype,
+            qclass,
+            flags & 1 == 1,
+            flags & 2 == 2,
+            now,
+            s.timeout,
+            s.total_timeout,
+            self._rand,
+            s.edns_udp_size,
         )
         send = txn.start(now)
         if send is None:
@@ -456,10 +499,18 @@ class Resolver:
         if waiters and type(waiters[0]) is _Probe:
             token = waiters[0].token
             self._probes.pop(token, None)
-            self.probe_results.append(ProbeResult(
-                token, txn.pvd, txn.tag, txn.qname, txn.qtype,
-                txn.outcome.value if txn.outcome is not None else "cancelled",
-                txn.response, txn.info))
+            self.probe_results.append(
+                ProbeResult(
+                    token,
+                    txn.pvd,
+                    txn.tag,
+                    txn.qname,
+                    txn.qtype,
+                    txn.outcome.value if txn.outcome is not None else "cancelled",
+                    txn.response,
+                    txn.info,
+                )
+            )
             return
         outcome = txn.outcome
         entry: Entry | Synth | None = None
@@ -493,8 +544,15 @@ class Resolver:
         # cyclic collector (whose full passes over a large cache pause the loop)
         txn.waiters = []
 
-    def _deliver(self, res: Resolution, item: Transaction | Synth, pvd: str, entry: Entry | None,
-                 why: str, now: float) -> None:
+    def _deliver(
+        self,
+        res: Resolution,
+        item: Transaction | Synth,
+        pvd: str,
+        entry: Entry | None,
+        why: str,
+        now: float,
+    ) -> None:
         """One of the things ``res`` waits for is done: answer, or wait (bounded) for the rest.
         The first positive answer wins, except a synthesized one while another PvD may still
         answer natively; negatives wait for the others."""
@@ -526,8 +584,16 @@ class Resolver:
         key = (txn.qname, txn.qtype, txn.qclass, txn.do | (txn.cd << 1))
         return self._store_response(txn.pvd, txn.tag, key, data, info, now)
 
-    def _store_response(self, pvd_name: str, tag: int, key: Key, data: bytes,
-                        info: wire.ResponseInfo, now: float, synthesized: bool = False) -> Entry:
+    def _store_response(
+        self,
+        pvd_name: str,
+        tag: int,
+        key: Key,
+        data: bytes,
+        info: wire.ResponseInfo,
+        now: float,
+        synthesized: bool = False,
+    ) -> Entry:
         s = self.settings
         body, offsets, ttls = render.make_cacheable(data, info)
         pvd = self.registry.find(pvd_name)
@@ -535,8 +601,12 @@ class Resolver:
             kind, ttl, cap = Kind.NXDOMAIN, info.soa_ttl, s.negative_max_ttl
         elif info.ancount:
             kind, ttl, cap = Kind.POSITIVE, info.min_answer_ttl, s.max_ttl
-            if synthesized or (pvd is not None and pvd.nat64_prefixes and key[1] == wire.AAAA
-                  and synthesis.any_in_prefixes(data, info, pvd.nat64_prefixes)):
+            if synthesized or (
+                pvd is not None
+                and pvd.nat64_prefixes
+                and key[1] == wire.AAAA
+                and synthesis.any_in_prefixes(data, info, pvd.nat64_prefixes)
+            ):
                 kind = Kind.SYNTHESIZED
         else:
             kind, ttl, cap = Kind.NODATA, info.soa_ttl, s.negative_max_ttl
@@ -555,8 +625,9 @@ class Resolver:
     def _answer(self, res: Resolution, pvd: str, entry: Entry, now: float, source: str) -> None:
         res.done = True
         if self.monitoring:
-            self._event_query(res.query, res.decision, pvd, source, entry.kind.value,
-                              res.started, now)
+            self._event_query(
+                res.query, res.decision, pvd, source, entry.kind.value, res.started, now
+            )
         self.outbox.append(Reply(res.client, self._render(entry, res.query, now)))
 
     def _finish_negative_or_fail(
@@ -579,8 +650,9 @@ class Resolver:
             reply = self._servfail(res.query, None, (EDE_NETWORK_ERROR, why[:200]))
         if self.monitoring:
             kind = "refused" if reply is not None and reply[3] & 0xF == wire.REFUSED else "servfail"
-            self._event_query(res.query, res.decision, None, "upstream", kind, res.started, now,
-                              error=why)
+            self._event_query(
+                res.query, res.decision, None, "upstream", kind, res.started, now, error=why
+            )
         if immediate:
             return reply
         if reply is not None:
@@ -600,8 +672,13 @@ class Resolver:
             self.counters["nxdomain"] += 1
         elapsed = int(now - entry.stored) if now > entry.stored else 0
         out = render.render_reply(
-            entry.body, entry.ttl_offsets, entry.ttls, elapsed, q,
-            opt=self._opt_for(q), clear_ad=not (q.ad or q.do),
+            entry.body,
+            entry.ttl_offsets,
+            entry.ttls,
+            elapsed,
+            q,
+            opt=self._opt_for(q),
+            clear_ad=not (q.ad or q.do),
         )
         if entry.rcode == wire.NXDOMAIN and len(out) >= 16 + len(q.qname):
             # an NXDOMAIN stored for one type answers every type: put the asked type back
@@ -610,12 +687,10 @@ class Resolver:
                 out = out[:pos] + q.qtype.to_bytes(2, "big") + out[pos + 2 :]
         return out
 
-    def _servfail(
-        self, q: wire.Query, data: bytes | None, ede: tuple[int, str]
-    ) -> bytes | None:
+    def _servfail(self, q: wire.Query, data: bytes | None, ede: tuple[int, str]) -> bytes | None:
         self.counters["servfail"] += 1
         if data is None:  # answering later: rebuild the header the reply echoes
-            data = (q.id.to_bytes(2, "big") + q.flags.to_bytes(2, "big") + b"\x00\x01" + bytes(6))
+            data = q.id.to_bytes(2, "big") + q.flags.to_bytes(2, "big") + b"\x00\x01" + bytes(6)
         return render.error_reply(data, wire.SERVFAIL, query=q, opt=self._opt_for(q, ede))
 
     def _refused(self, q: wire.Query, ede: tuple[int, str]) -> bytes | None:
@@ -642,11 +717,20 @@ class Resolver:
         return introspect.cache_listing(self.cache, self.registry, now, pvd)
 
     def _event_query(
-        self, q: wire.Query, decision: Decision, pvd: str | None, source: str, kind: str,
-        started: float, now: float, error: str | None = None, rcode: str | None = None,
+        self,
+        q: wire.Query,
+        decision: Decision,
+        pvd: str | None,
+        source: str,
+        kind: str,
+        started: float,
+        now: float,
+        error: str | None = None,
+        rcode: str | None = None,
     ) -> None:
-        self.events.append(introspect.query_event(q, decision, pvd, source, kind, started, now,
-                                                  error, rcode))
+        self.events.append(
+            introspect.query_event(q, decision, pvd, source, kind, started, now, error, rcode)
+        )
 
 
 def _stale(item: tuple[float, int, object]) -> bool:
@@ -673,5 +757,13 @@ def _best_negative(negatives: list[tuple[str, Entry]]) -> tuple[str, Entry]:
     return negatives[0]
 
 
-__all__ = ["Resolver", "Settings", "Reply", "Release", "Send", "Resolution", "wire_to_text",
-           "EDE_NO_REACHABLE_AUTHORITY"]
+__all__ = [
+    "Resolver",
+    "Settings",
+    "Reply",
+    "Release",
+    "Send",
+    "Resolution",
+    "wire_to_text",
+    "EDE_NO_REACHABLE_AUTHORITY",
+]

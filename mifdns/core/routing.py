@@ -139,9 +139,21 @@ def reverse_zones(net: IPNetwork) -> list[str]:
 
 # RFC 6303 (plus RFC 7793 and the documentation ranges): answered locally unless a PvD claims them.
 _RFC6303_NETS = [
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "0.0.0.0/8", "127.0.0.0/8",
-    "169.254.0.0/16", "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24",
-    "255.255.255.255/32", "100.64.0.0/10", "::/128", "::1/128", "fd00::/8", "fe80::/10",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "192.0.2.0/24",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "255.255.255.255/32",
+    "100.64.0.0/10",
+    "::/128",
+    "::1/128",
+    "fd00::/8",
+    "fe80::/10",
     "2001:db8::/32",
 ]
 RFC6303_ZONES: tuple[str, ...] = tuple(
@@ -158,8 +170,9 @@ ALWAYS_LOCAL: dict[str, str] = {
 class RouteTable:
     """Compiled routing state for one registry version. Immutable once built."""
 
-    def __init__(self, registry: Registry,
-                 portal_hosts: dict[str, tuple[str, ...]] | None = None) -> None:
+    def __init__(
+        self, registry: Registry, portal_hosts: dict[str, tuple[str, ...]] | None = None
+    ) -> None:
         self.version = registry.version
         self._map: dict[bytes, Decision] = {}
         self._portal_hosts = portal_hosts or {}
@@ -180,9 +193,12 @@ class RouteTable:
         if not dns64:
             return Decision(local="ipv4only", zone=wire_name("ipv4only.arpa"))
         defaults = [p for p in dns64 if _is_default_route(p)] or dns64
-        return Decision(candidates=tuple(
-            Candidate(p.name, 0, f"DNS64 ({p.spec.dns64.prefix}): RFC 7050 discovery", p.tag)
-            for p in sorted(defaults, key=lambda p: p.name)))
+        return Decision(
+            candidates=tuple(
+                Candidate(p.name, 0, f"DNS64 ({p.spec.dns64.prefix}): RFC 7050 discovery", p.tag)
+                for p in sorted(defaults, key=lambda p: p.name)
+            )
+        )
 
     # ------------------------------------------------------------------ the hot path
     def route(self, key: bytes) -> Decision:
@@ -213,18 +229,20 @@ class RouteTable:
             live = [p for p in owners if p.attached]
             if not live:
                 names = ", ".join(sorted(p.name for p in owners))
-                return Decision(ede=(EDE_NO_REACHABLE_AUTHORITY,
-                                     f"exclusive default route {names} is detached"))
-            return Decision(candidates=tuple(
-                Candidate(p.name, 0, "exclusive default route (~.)", p.tag)
-                for p in sorted(live, key=lambda p: p.name)))
+                return Decision(
+                    ede=(EDE_NO_REACHABLE_AUTHORITY, f"exclusive default route {names} is detached")
+                )
+            return Decision(
+                candidates=tuple(
+                    Candidate(p.name, 0, "exclusive default route (~.)", p.tag)
+                    for p in sorted(live, key=lambda p: p.name)
+                )
+            )
         defaults = [p for p in registry.attached() if _is_default_route(p)]
         open_defaults = [p for p in defaults if p.captive != CaptiveState.CAPTIVE]
         chosen = open_defaults or defaults
         if not chosen:
-            return Decision(
-                ede=(EDE_NO_REACHABLE_AUTHORITY, "no attached PvD is a default route")
-            )
+            return Decision(ede=(EDE_NO_REACHABLE_AUTHORITY, "no attached PvD is a default route"))
         cands = []
         for p in sorted(chosen, key=lambda p: p.name):
             reason = "default route"
@@ -294,8 +312,10 @@ class RouteTable:
                 return Decision(
                     ede=(
                         EDE_NO_REACHABLE_AUTHORITY,
-                        (f"{wire_to_text(suffix)} belongs to exclusive PvD {names}, "
-                         "which is detached"),
+                        (
+                            f"{wire_to_text(suffix)} belongs to exclusive PvD {names}, "
+                            "which is detached"
+                        ),
                     )
                 )
             chosen = live

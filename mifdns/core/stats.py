@@ -20,8 +20,7 @@ from bisect import bisect_left
 
 # Upper bounds, in seconds, of the upstream RTT histogram buckets ("le" in Prometheus terms):
 # from a LAN resolver (~1 ms) to a VPN across an ocean (~300 ms) to a retry-worthy wait.
-RTT_BOUNDS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                                 2.5)
+RTT_BOUNDS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 # Purge causes as a closed set of label values (the free-text cause stays in ``purge_log``):
 CAUSES = ("link", "operator", "config", "resolvconf", "captive", "nat64", "other")

@@ -53,10 +53,35 @@ class Send:
 
 class Transaction:
     __slots__ = (
-        "pvd", "tag", "interface", "servers", "qname", "qtype", "qclass", "do", "cd", "udp_size",
-        "timeout", "started", "final", "deadline", "index", "tries", "txid", "tcp", "server",
-        "outcome", "response", "info", "waiters", "samples", "sent_at", "errors", "_rand",
-        "ignored", "refusals",
+        "pvd",
+        "tag",
+        "interface",
+        "servers",
+        "qname",
+        "qtype",
+        "qclass",
+        "do",
+        "cd",
+        "udp_size",
+        "timeout",
+        "started",
+        "final",
+        "deadline",
+        "index",
+        "tries",
+        "txid",
+        "tcp",
+        "server",
+        "outcome",
+        "response",
+        "info",
+        "waiters",
+        "samples",
+        "sent_at",
+        "errors",
+        "_rand",
+        "ignored",
+        "refusals",
     )
 
     def __init__(  # positional on the hot path (keywords cost ~1 us per miss)
@@ -211,14 +236,24 @@ class Transaction:
         self.sent_at = now
         self.deadline = min(now + self.timeout * (2 if tcp else 1), self.final)
         data = render.build_query(
-            self.txid, self.qname, self.qtype, self.qclass, do=self.do, cd=self.cd,
+            self.txid,
+            self.qname,
+            self.qtype,
+            self.qclass,
+            do=self.do,
+            cd=self.cd,
             udp_size=self.udp_size,
         )
         return Send(self, server, data, tcp, self.txid)
 
 
-RCODE_NAMES = {wire.FORMERR: "FORMERR", wire.SERVFAIL: "SERVFAIL", wire.NOTIMP: "NOTIMP",
-               wire.REFUSED: "REFUSED", wire.BADVERS: "BADVERS"}
+RCODE_NAMES = {
+    wire.FORMERR: "FORMERR",
+    wire.SERVFAIL: "SERVFAIL",
+    wire.NOTIMP: "NOTIMP",
+    wire.REFUSED: "REFUSED",
+    wire.BADVERS: "BADVERS",
+}
 
 
 def _same_source(source: tuple[str, int], server: ServerAddr) -> bool:

@@ -372,8 +372,11 @@ def parse_response(data: bytes) -> ResponseInfo:
             if c == 0:
                 known[pos] = 1
                 pos += 1
-            elif c >= 192 and (k := known.get((c & 0x3F) << 8 | data[pos + 1])) is not None \
-                    and k >> 16 < _MAX_HOPS:
+            elif (
+                c >= 192
+                and (k := known.get((c & 0x3F) << 8 | data[pos + 1])) is not None
+                and k >> 16 < _MAX_HOPS
+            ):
                 known[pos] = k + 0x10000  # one more hop, the same expanded size
                 pos += 2
             else:
@@ -387,7 +390,8 @@ def parse_response(data: bytes) -> ResponseInfo:
             if rtype == OPT:
                 if i < an + ns or info.opt_start is not None or c:
                     raise WireError(
-                        "bad OPT RR: outside the additional section, twice, or not at the root")
+                        "bad OPT RR: outside the additional section, twice, or not at the root"
+                    )
                 if rdlen:
                     _check_options(data, rdata, end)
                 info.rcode |= (ttl >> 24) << 4

@@ -57,13 +57,16 @@ class Demo:
 
         t = self.topo
         nets = {
-            "wifi": t.add_network("wifi", "wlan0", host_addrs=["192.0.2.10/24"],
-                                  server_addrs=["192.0.2.53/24"]),
-            "corp": t.add_network("corp", "tun0", host_addrs=["198.51.100.10/24"],
-                                  server_addrs=["198.51.100.53/24"]),
+            "wifi": t.add_network(
+                "wifi", "wlan0", host_addrs=["192.0.2.10/24"], server_addrs=["192.0.2.53/24"]
+            ),
+            "corp": t.add_network(
+                "corp", "tun0", host_addrs=["198.51.100.10/24"], server_addrs=["198.51.100.53/24"]
+            ),
             # the lab's server has the same address as the Wi-Fi's (overlapping ranges)
-            "lab": t.add_network("lab", "eth1", host_addrs=["192.0.2.10/24"],
-                                 server_addrs=["192.0.2.53/24"]),
+            "lab": t.add_network(
+                "lab", "eth1", host_addrs=["192.0.2.10/24"], server_addrs=["192.0.2.53/24"]
+            ),
         }
         zones = {"wifi": WIFI_ZONE, "corp": CORP_ZONE, "lab": LAB_ZONE}
         for name, net in nets.items():
@@ -75,12 +78,25 @@ class Demo:
             "listen": ["127.0.0.53:53"],
             "control_socket": self.sock,
             "pvds": [
-                {"name": "wifi", "interface": "wlan0", "servers": ["192.0.2.53"],
-                 "default_route": True},
-                {"name": "corp", "interface": "tun0", "servers": ["198.51.100.53"],
-                 "domains": ["~corp.example"], "exclusive": True},
-                {"name": "lab", "interface": "eth1", "servers": ["192.0.2.53"],
-                 "domains": ["~lab.example"]},
+                {
+                    "name": "wifi",
+                    "interface": "wlan0",
+                    "servers": ["192.0.2.53"],
+                    "default_route": True,
+                },
+                {
+                    "name": "corp",
+                    "interface": "tun0",
+                    "servers": ["198.51.100.53"],
+                    "domains": ["~corp.example"],
+                    "exclusive": True,
+                },
+                {
+                    "name": "lab",
+                    "interface": "eth1",
+                    "servers": ["192.0.2.53"],
+                    "domains": ["~lab.example"],
+                },
             ],
         }
         path = os.path.join(self.work, "mifdns.yaml")
@@ -88,9 +104,12 @@ class Demo:
             yaml.safe_dump(config, f, sort_keys=False)
         # the child gets its own copy of the descriptor; ours is not needed once it has started
         with open(os.path.join(self.work, "mifdns.log"), "wb") as daemon_log:
-            self.proc = t.popen_host([sys.executable, "-m", "mifdns", "run", "--config", path],
-                                     stdin=subprocess.DEVNULL, stdout=daemon_log,
-                                     stderr=daemon_log)
+            self.proc = t.popen_host(
+                [sys.executable, "-m", "mifdns", "run", "--config", path],
+                stdin=subprocess.DEVNULL,
+                stdout=daemon_log,
+                stderr=daemon_log,
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -131,8 +150,7 @@ class Demo:
     def ask(self, name: str, rdtype: str = "A", timeout: float = 3.0) -> Any:
         from .fakeupstream import query_from
 
-        return query_from(self.topo.host, "127.0.0.53", name, rdtype, timeout=timeout,
-                          payload=1232)
+        return query_from(self.topo.host, "127.0.0.53", name, rdtype, timeout=timeout, payload=1232)
 
     def ctl(self, cmd: str, **args: Any) -> Any:
         from ..ctl import request
@@ -186,13 +204,19 @@ class Demo:
         self.row("localhost")
         p()
         ex = self.ctl("explain", name="intranet.corp.example", type="A")
-        cands = "; ".join(f"{c['pvd']} (grade {c['grade']}: {c['reason']})"
-                          for c in ex["candidates"])
+        cands = "; ".join(
+            f"{c['pvd']} (grade {c['grade']}: {c['reason']})" for c in ex["candidates"]
+        )
         p(f"  why intranet.corp.example went to corp: {cands}")
         p()
         cache = self.ctl("cache", pvd=None)
-        p("  cache partitions: " + ", ".join(
-            f"{pvd}: {sum(1 for r in cache if r['pvd'] == pvd)}" for pvd in ("wifi", "corp", "lab")))
+        p(
+            "  cache partitions: "
+            + ", ".join(
+                f"{pvd}: {sum(1 for r in cache if r['pvd'] == pvd)}"
+                for pvd in ("wifi", "corp", "lab")
+            )
+        )
         p()
         p("The VPN goes away (mifdns ctl detach corp):")
         res = self.ctl("detach", name="corp")
@@ -239,8 +263,11 @@ def tour(names: tuple[str, ...] = TOUR, out: Any = sys.stdout) -> bool:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mifdns demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--no-tour", action="store_true",
-                        help="skip replaying library scenarios after the live part")
+    parser.add_argument(
+        "--no-tour",
+        action="store_true",
+        help="skip replaying library scenarios after the live part",
+    )
     args = parser.parse_args(argv)
     from .netns import available
 
@@ -257,8 +284,10 @@ def main(argv: list[str]) -> int:
             demo.close()
         if args.no_tour:
             return 0
-        print("\nPart 2: scenarios from the library, replayed on fresh simulated networks "
-              "(mifdns replay)")
+        print(
+            "\nPart 2: scenarios from the library, replayed on fresh simulated networks "
+            "(mifdns replay)"
+        )
         return 0 if tour() else 1
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)

@@ -77,7 +77,7 @@ def _pcap(data: bytes, e: str, unit: float, path: str) -> Iterator[Packet]:
     while pos + 16 <= len(data):
         sec, frac, incl, _orig = struct.unpack_from(e + "IIII", data, pos)
         pos += 16
-        frame = data[pos:pos + incl]
+        frame = data[pos : pos + incl]
         pos += incl
         yield from _frame(linktype, frame, sec + frac * unit)
 
@@ -89,7 +89,7 @@ def _pcapng(data: bytes, path: str) -> Iterator[Packet]:
     while pos + 12 <= len(data):
         btype = struct.unpack_from(e + "I", data, pos)[0]
         if btype == 0x0A0D0D0A:  # section header: byte order for this section
-            bom = data[pos + 8:pos + 12]
+            bom = data[pos + 8 : pos + 12]
             e = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">" if bom == b"\x1a\x2b\x3c\x4d" else ""
             if not e:
                 raise PcapError(f"{path}: bad pcapng byte-order magic at offset {pos}")
@@ -97,7 +97,7 @@ def _pcapng(data: bytes, path: str) -> Iterator[Packet]:
         blen = struct.unpack_from(e + "I", data, pos + 4)[0]
         if blen < 12 or pos + blen > len(data):
             break  # a truncated capture: keep what came before
-        body = data[pos + 8:pos + blen - 4]
+        body = data[pos + 8 : pos + blen - 4]
         if btype == 1:  # interface description
             linktype = struct.unpack_from(e + "H", body, 0)[0]
             ifaces.append((linktype, *_if_options(body[8:], e)))
@@ -105,15 +105,15 @@ def _pcapng(data: bytes, path: str) -> Iterator[Packet]:
             iface, hi, lo, incl = struct.unpack_from(e + "IIII", body, 0)
             if iface < len(ifaces):
                 linktype, unit, name = ifaces[iface]
-                yield from _frame(linktype, body[20:20 + incl], ((hi << 32) | lo) * unit, name)
+                yield from _frame(linktype, body[20 : 20 + incl], ((hi << 32) | lo) * unit, name)
         elif btype == 3 and ifaces:  # simple packet (interface 0, no timestamp)
             orig = struct.unpack_from(e + "I", body, 0)[0]
-            yield from _frame(ifaces[0][0], body[4:4 + orig], 0.0, ifaces[0][2])
+            yield from _frame(ifaces[0][0], body[4 : 4 + orig], 0.0, ifaces[0][2])
         elif btype == 2 and len(body) >= 20:  # obsolete packet block
             iface, _drops, hi, lo, incl = struct.unpack_from(e + "HHIII", body, 0)
             if iface < len(ifaces):
                 linktype, unit, name = ifaces[iface]
-                yield from _frame(linktype, body[20:20 + incl], ((hi << 32) | lo) * unit, name)
+                yield from _frame(linktype, body[20 : 20 + incl], ((hi << 32) | lo) * unit, name)
         pos += blen
 
 
@@ -125,10 +125,10 @@ def _if_options(opts: bytes, e: str) -> tuple[float, str | None]:
         code, length = struct.unpack_from(e + "HH", opts, pos)
         if code == 0:
             break
-        value = opts[pos + 4:pos + 4 + length]
+        value = opts[pos + 4 : pos + 4 + length]
         if code == 9 and length >= 1:  # if_tsresol
             v = value[0]
-            unit = 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0 ** -v
+            unit = 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0**-v
         elif code == 2:  # if_name
             name = value.rstrip(b"\0").decode("utf-8", "replace") or None
         pos += 4 + ((length + 3) & ~3)
@@ -187,7 +187,7 @@ def _ipv4(p: bytes, ts: float) -> Iterator[Packet]:
         return
     src = str(ipaddress.IPv4Address(p[12:16]))
     dst = str(ipaddress.IPv4Address(p[16:20]))
-    yield from _transport(p[9], p[ihl:total if total >= ihl else len(p)], src, dst, ts)
+    yield from _transport(p[9], p[ihl : total if total >= ihl else len(p)], src, dst, ts)
 
 
 def _ipv6(p: bytes, ts: float) -> Iterator[Packet]:
@@ -197,7 +197,7 @@ def _ipv6(p: bytes, ts: float) -> Iterator[Packet]:
     nxt = p[6]
     src = str(ipaddress.IPv6Address(p[8:24]))
     dst = str(ipaddress.IPv6Address(p[24:40]))
-    rest = p[40:40 + plen] if plen else p[40:]
+    rest = p[40 : 40 + plen] if plen else p[40:]
     while nxt in (0, 43, 60, 51):  # hop-by-hop, routing, destination options, AH
         if len(rest) < 8:
             return
@@ -256,7 +256,7 @@ class _Stream:
             n = struct.unpack_from(">H", self.buf, 0)[0]
             if len(self.buf) < 2 + n:
                 return
-            msg, self.buf = self.buf[2:2 + n], self.buf[2 + n:]
+            msg, self.buf = self.buf[2 : 2 + n], self.buf[2 + n :]
             yield msg
 
 

@@ -201,8 +201,11 @@ def _net_addrs(addrs: list[str], clients: set[str]) -> tuple[list[str], list[str
         if ip.is_link_local:
             continue
         same = sorted(c for c in clients if c != a and ipaddress.ip_address(c) in net)
-        host = same[0] if same else str(net.network_address + (10 if net.network_address + 10
-                                                                   != ip else 11))
+        host = (
+            same[0]
+            if same
+            else str(net.network_address + (10 if net.network_address + 10 != ip else 11))
+        )
         if f"{host}/{plen}" not in hosts:
             hosts.append(f"{host}/{plen}")
     return servers, hosts
@@ -290,7 +293,7 @@ def build_scenario(rec: Recording, *, networks: dict[str, list[str]] | None = No
         "format": 1,
         **({"name": name} if name else {}),
         "story": "TODO: one paragraph: the network, what happens, what mifdns must do. Recorded "
-                 f"by mifdns record from {', '.join(rec.sources) or 'a capture'}.",
+        f"by mifdns record from {', '.join(rec.sources) or 'a capture'}.",
         "recorded": recorded,
         "networks": nets_out,
         "steps": _skeleton_steps(nets_out, order, groups),
@@ -384,8 +387,21 @@ def live_capture(args: argparse.Namespace, pcap: str) -> None:
     if args.server:
         hosts = " or ".join("host " + s.split("%")[0] for s in args.server)
         flt = f"({flt}) and ({hosts})"
-    argv = ["tcpdump", "-i", args.interface or "any", "--immediate-mode", "-U", "-Z", "root", "-n",
-            "-s", "0", "-w", pcap, flt]  # immediate: else the last block stays in the ring
+    argv = [
+        "tcpdump",
+        "-i",
+        args.interface or "any",
+        "--immediate-mode",
+        "-U",
+        "-Z",
+        "root",
+        "-n",
+        "-s",
+        "0",
+        "-w",
+        pcap,
+        flt,
+    ]  # immediate: else the last block stays in the ring
     proc = netns.popen(args.netns, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                        text=True)  # fmt: skip
     try:
@@ -444,25 +460,56 @@ def build_parser() -> argparse.ArgumentParser:
                     "network namespace) into a scenario (docs/scenarios.md).",
     )  # fmt: skip
     src = p.add_argument_group("sources")
-    src.add_argument("--from-pcap", action="append", default=[], metavar="FILE",
-                     help="a pcap or pcapng file (repeatable)")
+    src.add_argument(
+        "--from-pcap",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a pcap or pcapng file (repeatable)",
+    )
     src.add_argument("--live", action="store_true", help="capture with tcpdump in --netns")
     src.add_argument("--netns", metavar="NS", help="namespace to capture and query in (--live)")
     src.add_argument("--interface", metavar="IF", help="tcpdump interface (default: any)")
-    src.add_argument("--server", action="append", default=[], metavar="ADDR",
-                     help="only this server's traffic (repeatable); --live asks it --query")
-    src.add_argument("--query", action="append", default=[], metavar="'NAME [TYPE]'",
-                     help="a question to ask every --server (--live; repeatable)")
+    src.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="only this server's traffic (repeatable); --live asks it --query",
+    )
+    src.add_argument(
+        "--query",
+        action="append",
+        default=[],
+        metavar="'NAME [TYPE]'",
+        help="a question to ask every --server (--live; repeatable)",
+    )
     src.add_argument("--tcp", action="store_true", help="ask --query questions over TCP")
-    src.add_argument("--command", action="append", default=[], metavar="CMD",
-                     help="a shell command to run in --netns while capturing (repeatable)")
-    src.add_argument("--duration", type=float, metavar="S",
-                     help="without --query/--command: capture this long (default: until Ctrl-C)")
+    src.add_argument(
+        "--command",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="a shell command to run in --netns while capturing (repeatable)",
+    )
+    src.add_argument(
+        "--duration",
+        type=float,
+        metavar="S",
+        help="without --query/--command: capture this long (default: until Ctrl-C)",
+    )
     src.add_argument("--pcap-out", metavar="FILE", help="keep the live capture here")
-    src.add_argument("--port", type=int, action="append", metavar="N",
-                     help="DNS server port (default 53; repeatable)")
+    src.add_argument(
+        "--port",
+        type=int,
+        action="append",
+        metavar="N",
+        help="DNS server port (default 53; repeatable)",
+    )
     out = p.add_argument_group("output")
-    out.add_argument("--out", required=True, metavar="FILE", help="scenario file to write ('-': stdout)")
+    out.add_argument(
+        "--out", required=True, metavar="FILE", help="scenario file to write ('-': stdout)"
+    )
     out.add_argument("--when", action="append", default=[], choices=("any", "captive", "open"),
                      help="mark the exchanges of the Nth --from-pcap (or all, if given once; "
                           "--live: this capture) as served only while the upstream is captive "
@@ -470,13 +517,24 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--network", action="append", default=[], metavar="NAME=ADDR[,ADDR]",
                      help="name the network of these server addresses (repeatable; then only "
                           "these servers are kept)")  # fmt: skip
-    out.add_argument("--by-interface", action="store_true",
-                     help="one network per capture interface (a tap on mifdns's PvD links)")
+    out.add_argument(
+        "--by-interface",
+        action="store_true",
+        help="one network per capture interface (a tap on mifdns's PvD links)",
+    )
     out.add_argument("--name", help="the scenario's name")
-    out.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
-                     help="a 'recorded' metadata field (where, server, version, config...)")
-    out.add_argument("--template", metavar="FILE",
-                     help="a scenario whose networks receive the recorded exchanges")
+    out.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a 'recorded' metadata field (where, server, version, config...)",
+    )
+    out.add_argument(
+        "--template",
+        metavar="FILE",
+        help="a scenario whose networks receive the recorded exchanges",
+    )
     return p
 
 
@@ -517,8 +575,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pcap = os.path.join(tmpdir, "live.pcap")
             live_capture(args, pcap)
             inputs.append((pcap, whens[0]))
-            rec.sources.append(f"live capture in netns {args.netns}"
-                               + (f" on {args.interface}" if args.interface else ""))
+            rec.sources.append(
+                f"live capture in netns {args.netns}"
+                + (f" on {args.interface}" if args.interface else "")
+            )
         for i, path in enumerate(args.from_pcap):
             if len(whens) > 1 and i >= len(whens):
                 raise RecordError(f"{len(args.from_pcap)} --from-pcap but {len(whens)} --when")
@@ -560,9 +620,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mifdns record: {exc}", file=sys.stderr)
         return 1
     text = dump_yaml(scenario)
-    header = ("# The recorded exchanges were written by `mifdns record --template`; the rest is kept "
-              "as\n# written. See docs/scenarios.md.\n" if args.template else
-              "# Written by `mifdns record`: complete the story and the steps (docs/scenarios.md).\n")
+    header = (
+        "# The recorded exchanges were written by `mifdns record --template`; the rest is kept "
+        "as\n# written. See docs/scenarios.md.\n"
+        if args.template
+        else "# Written by `mifdns record`: complete the story and the steps (docs/scenarios.md).\n"
+    )
     if args.out == "-":
         sys.stdout.write(header + text)
     else:

@@ -149,8 +149,9 @@ class Replay:
                 self.loop.call(up.start())
                 self.ups.append(up)
         self.daemon = Daemon(topo, workdir)
-        self.daemon.write_config(sc.mifdns_config(listen=f"{LISTEN}:53",
-                                                  control_socket=self.daemon.socket))
+        self.daemon.write_config(
+            sc.mifdns_config(listen=f"{LISTEN}:53", control_socket=self.daemon.socket)
+        )
         self.daemon.start()
 
     def _teardown(self) -> None:
@@ -385,8 +386,13 @@ class Replay:
                 return
             if time.monotonic() > deadline:
                 state = "attached" if attached else "detached"
-                raise StepFailed([f"PvD {p['name']} on {ifname} not {state} within "
-                                  f"{LINK_WAIT:g} s (state {p['state']})" for p in wrong])
+                raise StepFailed(
+                    [
+                        f"PvD {p['name']} on {ifname} not {state} within "
+                        f"{LINK_WAIT:g} s (state {p['state']})"
+                        for p in wrong
+                    ]
+                )
             time.sleep(0.02)
 
     def _ctl_ok(self, *args: str) -> Any:
@@ -551,7 +557,7 @@ class Replay:
     def _asked(self, marks: dict[int, int], name: str, qtype: str) -> set[tuple[str, str]]:
         out = set()
         for u in self.ups:
-            for s in list(u.log)[marks.get(id(u), 0):]:
+            for s in list(u.log)[marks.get(id(u), 0) :]:
                 if s.qname == name and s.qtype == qtype:
                     out.add((u.network, u.address))
         return out
@@ -564,7 +570,7 @@ class Replay:
         marks = self.marks.get(since, {}) if since else {}
         out = []
         for u in self._ups_of(ref):
-            for s in list(u.log)[marks.get(id(u), 0):]:
+            for s in list(u.log)[marks.get(id(u), 0) :]:
                 if s.qname == want and (t is None or s.qtype == t) and \
                         (transport is None or s.transport == transport):  # fmt: skip
                     out.append(s)
@@ -588,19 +594,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "namespaces (needs root). Exit status 0 only if every scenario passes "
                     "(an xfail scenario that fails counts as passing; one that passes, not).",
     )  # fmt: skip
-    p.add_argument("paths", nargs="*", metavar="FILE|DIR",
-                   help="scenario files, or directories of *.yaml (default: the library "
-                        "shipped with mifdns)")
+    p.add_argument(
+        "paths",
+        nargs="*",
+        metavar="FILE|DIR",
+        help="scenario files, or directories of *.yaml (default: the library shipped with mifdns)",
+    )
     p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
     p.add_argument("-v", "--verbose", action="store_true", help="show every step")
-    p.add_argument("-k", metavar="TEXT", dest="filter",
-                   help="only scenarios whose name contains TEXT")
-    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
-                   help="replay N scenarios at once (default 1)")
-    p.add_argument("--keep-going", action="store_true",
-                   help="run every step even after one failed")
-    p.add_argument("--check", action="store_true",
-                   help="only load and validate the files (no root needed)")
+    p.add_argument(
+        "-k", metavar="TEXT", dest="filter", help="only scenarios whose name contains TEXT"
+    )
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="replay N scenarios at once (default 1)",
+    )
+    p.add_argument("--keep-going", action="store_true", help="run every step even after one failed")
+    p.add_argument(
+        "--check", action="store_true", help="only load and validate the files (no root needed)"
+    )
     args = p.parse_args(argv)
 
     from .scenario import library
@@ -608,8 +624,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = discover(args.paths or [library()])
     missing = [str(f) for f in files if not f.exists()]
     if missing or not files:
-        print(f"mifdns replay: no such file or no scenarios: {', '.join(missing) or args.paths}",
-              file=sys.stderr)
+        print(
+            f"mifdns replay: no such file or no scenarios: {', '.join(missing) or args.paths}",
+            file=sys.stderr,
+        )
         return 2
     scenarios: list[Scenario] = []
     load_errors: list[str] = []
@@ -626,8 +644,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mifdns replay: {e}", file=sys.stderr)
     if args.check:
         for sc in scenarios:
-            print(f"ok {sc.name}: {len(sc.networks)} networks, {len(sc.steps)} steps"
-                  f"{' (xfail)' if sc.xfail else ''} [{sc.path}]")
+            print(
+                f"ok {sc.name}: {len(sc.networks)} networks, {len(sc.steps)} steps"
+                f"{' (xfail)' if sc.xfail else ''} [{sc.path}]"
+            )
         return 1 if load_errors else 0
     ok, why = netns.available()
     if not ok:

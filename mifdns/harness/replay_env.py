@@ -129,7 +129,8 @@ class ScenarioUpstream(FakeUpstream):
 
 
 _EXCHANGE: contextvars.ContextVar[tuple[Exchange | None, str]] = contextvars.ContextVar(
-    "exchange", default=(None, ""))
+    "exchange", default=(None, "")
+)
 
 
 def _patch(template: bytes, req: Any) -> bytes:
@@ -227,7 +228,9 @@ class Daemon:
 
         return request(self.socket, req, timeout=10)
 
-    def cli(self, argv: Sequence[str], *, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, argv: Sequence[str], *, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """``python -m mifdns ARGV`` in the host namespace (ctl, resolvconf: the real CLIs)."""
         return netns.run(self.topo.host, [sys.executable, "-m", "mifdns", *argv], check=False,
                          input=stdin, timeout=30, env=self.env())  # fmt: skip

@@ -48,7 +48,9 @@ class ScenarioResult:
             if verbose or not st.ok:
                 mark = "ok  " if st.ok else "FAIL"
                 extra = f"  -> {st.summary}" if st.summary and verbose else ""
-                lines.append(f"  {mark} {st.index:3d} {st.label}{extra}  ({st.seconds * 1000:.0f} ms)")
+                lines.append(
+                    f"  {mark} {st.index:3d} {st.label}{extra}  ({st.seconds * 1000:.0f} ms)"
+                )
                 if not st.ok and st.note:
                     lines.append(f"           note: {st.note}")
                 lines += [f"           {d}" for d in st.diff]
@@ -215,8 +217,13 @@ def write_junit(results: list[ScenarioResult], path: str, load_errors: list[str]
         if r.status == "failed" or r.status == "xpassed":
             failures += 1
             first = next((s for s in r.steps if not s.ok), None)
-            msg = (f"step {first.index} {first.label}: " + " ".join(first.diff))[:500] if first \
-                else "unexpected pass (xfail is strict)" if r.status == "xpassed" else "failed"
+            msg = (
+                (f"step {first.index} {first.label}: " + " ".join(first.diff))[:500]
+                if first
+                else "unexpected pass (xfail is strict)"
+                if r.status == "xpassed"
+                else "failed"
+            )
             ET.SubElement(case, "failure", message=msg).text = text
         elif r.status == "error":
             errors += 1

@@ -362,8 +362,9 @@ def norm_rdata(rdtype: int, text: Any) -> str:
     import dns.name
 
     try:  # names in rdata are absolute, with or without their final dot
-        rd = dns.rdata.from_text(_IN, _rt(rdtype), str(text), origin=dns.name.root,
-                                 relativize=False)
+        rd = dns.rdata.from_text(
+            _IN, _rt(rdtype), str(text), origin=dns.name.root, relativize=False
+        )
     except Exception as exc:  # noqa: BLE001 - dnspython's own error kinds vary
         raise ValueError(f"{text!r} is not valid {tname(rdtype)} data: {exc}") from None
     return rd.to_text().lower() if rdtype in _NAME_RDATA else rd.to_text()
@@ -449,8 +450,9 @@ def response_template(name: str, qtype: int, qclass: int, spec: dict[str, Any]) 
     for section in ("answer", "authority", "additional"):
         for line in spec.get(section) or []:
             owner, ttl, rdtype, rdata = parse_rr_line(line)
-            rd = dns.rdata.from_text(_IN, _rt(rdtype), rdata, origin=dns.name.root,
-                                     relativize=False)
+            rd = dns.rdata.from_text(
+                _IN, _rt(rdtype), rdata, origin=dns.name.root, relativize=False
+            )
             rrset = dns.rrset.from_rdata(owner, 300 if ttl is None else ttl, rd)
             target = r.find_rrset(getattr(r, section), rrset.name, rrset.rdclass,
                                   rrset.rdtype, create=True)  # fmt: skip
@@ -466,7 +468,6 @@ def wire_question(data: bytes) -> tuple[str, int, int]:
         raise ValueError("the recorded response has no (single) question")
     q = msg.question[0]
     return q.name.to_text().lower(), int(q.rdtype), int(q.rdclass)
-
 
 
 def cache_matcher(e: Any) -> dict[str, Any]:

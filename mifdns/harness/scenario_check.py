@@ -117,8 +117,17 @@ class Checker:
                 self.problem(line, "steps", "must be a non-empty list of steps")
             else:
                 steps = self.steps_section(steps_data, line)
-        sc = Scenario(self.source, name, str(story or "").strip(), networks, config, steps,
-                      xfail=xfail, recorded=plain(data.get("recorded")), tags=list(tags))
+        sc = Scenario(
+            self.source,
+            name,
+            str(story or "").strip(),
+            networks,
+            config,
+            steps,
+            xfail=xfail,
+            recorded=plain(data.get("recorded")),
+            tags=list(tags),
+        )
         self.check_config(sc, config, self.line_of(config, line), "config")
         return sc
 
@@ -157,20 +166,29 @@ class Checker:
             where = f"networks.{name}"
             nline = self.line_of(nd, line)
             if not isinstance(name, str) or not NET_RE.match(name) or len(name) > 40:
-                self.problem(nline, where, "network names are 1-40 of A-Z a-z 0-9 _ . - "
-                             "(not starting with . or -)")
+                self.problem(
+                    nline,
+                    where,
+                    "network names are 1-40 of A-Z a-z 0-9 _ . - (not starting with . or -)",
+                )
                 continue
             net = self.network(name, nd if nd is not None else Map(), where, nline)
             if net is None:
                 continue
             if net.interface in ifnames:
-                self.problem(nline, f"{where}.interface",
-                             f"{net.interface!r} is already network {ifnames[net.interface]}'s")
+                self.problem(
+                    nline,
+                    f"{where}.interface",
+                    f"{net.interface!r} is already network {ifnames[net.interface]}'s",
+                )
             ifnames[net.interface] = name
             if net.pvd_name is not None:
                 if net.pvd_name in pvd_names:
-                    self.problem(nline, f"{where}.pvd", f"PvD name {net.pvd_name!r} is already "
-                                 f"network {pvd_names[net.pvd_name]}'s")
+                    self.problem(
+                        nline,
+                        f"{where}.pvd",
+                        f"PvD name {net.pvd_name!r} is already network {pvd_names[net.pvd_name]}'s",
+                    )
                 pvd_names[net.pvd_name] = name
             out[name] = net
         self.networks = out
@@ -209,8 +227,11 @@ class Checker:
         for addr, ud in ups.items():
             key = str(addr)
             if key not in ips:
-                self.problem(self.line_of(ud, line), f"{where}.upstreams.{key}",
-                             f"not one of this network's server addresses {ips}")
+                self.problem(
+                    self.line_of(ud, line),
+                    f"{where}.upstreams.{key}",
+                    f"not one of this network's server addresses {ips}",
+                )
                 continue
             per[key] = self.upstream(ud or Map(), f"{where}.upstreams.{key}",
                                      self.line_of(ud, line))  # fmt: skip
@@ -223,8 +244,9 @@ class Checker:
         out = []
         for i, a in enumerate(value):
             if not isinstance(a, str) or "/" not in a:
-                self.problem(line, f"{where}[{i}]", f"{a!r}: expected ADDRESS/PREFIXLEN "
-                             "(quote it in YAML)")
+                self.problem(
+                    line, f"{where}[{i}]", f"{a!r}: expected ADDRESS/PREFIXLEN (quote it in YAML)"
+                )
                 continue
             try:
                 ipaddress.ip_interface(a)
@@ -314,8 +336,9 @@ class Checker:
                     if net.prefixlen not in (32, 40, 48, 56, 64, 96):
                         raise ValueError
                 except ValueError:
-                    self.problem(line, f"{where}.dns64",
-                                 f"{v!r}: an IPv6 prefix of length 32/40/48/56/64/96")
+                    self.problem(
+                        line, f"{where}.dns64", f"{v!r}: an IPv6 prefix of length 32/40/48/56/64/96"
+                    )
                     v = None
             put("dns64", v)
         if "portal" in ud:
@@ -331,8 +354,9 @@ class Checker:
                 put("captive", True)
                 put("portal", v)
             else:
-                self.problem(line, f"{where}.captive", "must be true, false or the portal's "
-                             "IPv4 address")
+                self.problem(
+                    line, f"{where}.captive", "must be true, false or the portal's IPv4 address"
+                )
 
     @staticmethod
     def ipv4(v: Any) -> bool:
@@ -391,8 +415,11 @@ class Checker:
             return None
         resp = e["response"]
         if not isinstance(resp, dict):
-            self.problem(line, f"{where}.response", "must be a mapping (wire: BASE64, or "
-                         "rcode/flags/answer/authority/additional)")
+            self.problem(
+                line,
+                f"{where}.response",
+                "must be a mapping (wire: BASE64, or rcode/flags/answer/authority/additional)",
+            )
             return None
         drop = resp.get("drop", False)
         if not isinstance(drop, bool) or drop and set(resp) - {"drop", "note"}:
@@ -460,8 +487,18 @@ class Checker:
                 self.problem(line, f"{where}.response", f"cannot build the response: {exc}")
                 return None
         server = e.get("server")
-        return Exchange(name, qtype, qclass, transport, when, template,
-                        str(server) if server is not None else None, e.get("note"), drop, times)
+        return Exchange(
+            name,
+            qtype,
+            qclass,
+            transport,
+            when,
+            template,
+            str(server) if server is not None else None,
+            e.get("note"),
+            drop,
+            times,
+        )
 
     # ---- steps
     def steps_section(self, data: list[Any], line: int) -> list[Step]:
@@ -476,8 +513,9 @@ class Checker:
             actions = [k for k in sd if k in CHECKS]
             if len(actions) != 1:
                 found = ", ".join(map(str, sd)) or "nothing"
-                self.problem(sline, where, f"needs exactly one action ({', '.join(CHECKS)}); "
-                             f"found {found}")
+                self.problem(
+                    sline, where, f"needs exactly one action ({', '.join(CHECKS)}); found {found}"
+                )
                 continue
             action = actions[0]
             where = f"steps[{i}] ({action})"
@@ -505,8 +543,11 @@ class Checker:
             return False
         net, _, addr = v.partition("@")
         if net not in self.networks:
-            self.problem(line, where, f"{net!r} is not a network of this scenario "
-                         f"({', '.join(self.networks) or 'none'})")
+            self.problem(
+                line,
+                where,
+                f"{net!r} is not a network of this scenario ({', '.join(self.networks) or 'none'})",
+            )
             return False
         if addr:
             if not at_ok:

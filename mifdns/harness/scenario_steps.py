@@ -138,7 +138,9 @@ def _check_query_log(c: Checker, s: Step, where: str, *, many: bool) -> None:
     for r in refs:
         c.net_ref(r, where, s.line)
     extra: dict[str, Callable[[Any], str | None]] = {
-        "name": lambda v: _name_err(v), "type": is_rdtype, "since": c.since,
+        "name": lambda v: _name_err(v),
+        "type": is_rdtype,
+        "since": c.since,
     }
     if many:
         extra["names"] = lambda v: (
@@ -219,7 +221,8 @@ def _check_resolvconf(c: Checker, s: Step, where: str) -> None:
 def _check_captive(c: Checker, s: Step, where: str) -> None:
     c.net_ref(s.arg, where, s.line, at_ok=False)
     allowed: dict[str, Callable[[Any], str | None]] = {
-        "tell": is_bool, "pvd": lambda v: None if isinstance(v, str) else "a PvD name",
+        "tell": is_bool,
+        "pvd": lambda v: None if isinstance(v, str) else "a PvD name",
     }
     if s.action == "captive_on":
         allowed["portal"] = lambda v: None if is_ipv4(v) else "an IPv4 address"
@@ -268,8 +271,11 @@ def _check_upstream(c: Checker, s: Step, where: str) -> None:
 def _check_advance(c: Checker, s: Step, where: str) -> None:
     v = s.arg
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= MAX_ADVANCE:
-        c.problem(s.line, where, f"{v!r}: seconds, more than 0 and at most {MAX_ADVANCE:g} "
-                  "(time passes for real)")
+        c.problem(
+            s.line,
+            where,
+            f"{v!r}: seconds, more than 0 and at most {MAX_ADVANCE:g} (time passes for real)",
+        )
     c.params(s, where, {})
 
 
@@ -293,11 +299,16 @@ def _check_reload(c: Checker, s: Step, where: str) -> None:
 
 
 def _check_ctl(c: Checker, s: Step, where: str) -> None:
-    if not isinstance(s.arg, list) or not s.arg or not all(
-        isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in s.arg
+    if (
+        not isinstance(s.arg, list)
+        or not s.arg
+        or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in s.arg)
     ):
-        c.problem(s.line, where, "must be the list of `mifdns ctl` arguments, e.g. "
-                  "[explain, www.corp.example]")
+        c.problem(
+            s.line,
+            where,
+            "must be the list of `mifdns ctl` arguments, e.g. [explain, www.corp.example]",
+        )
     c.params(s, where, {"expect": lambda v: None, "fails": is_bool})
 
 

@@ -293,8 +293,9 @@ def counter(daemon: Any, name: str) -> int:
 STUB = ("127.0.0.53", 53)
 
 
-async def start_corp(topology: Any, corp_net: Any, upstream_factory: Any, mifdns_factory: Any,
-                     **top: Any) -> tuple[Any, Any]:
+async def start_corp(
+    topology: Any, corp_net: Any, upstream_factory: Any, mifdns_factory: Any, **top: Any
+) -> tuple[Any, Any]:
     up = await upstream_factory(corp_net, CORP_ZONE)
     d = await mifdns_factory(topology, config(corp_pvd(), **top))
     return up, d

@@ -30,11 +30,15 @@ from mifdns.harness.topology import Network, Topology
 pytestmark = [pytest.mark.netns, pytest.mark.asyncio]
 
 PORTAL = "192.0.2.53"  # the captive network's server: its DNS and its portal web server
-CELL_ADDRS = {"host_addrs": ["192.0.2.10/24", "2001:db8:1::10/64"],
-              "server_addrs": ["192.0.2.53/24", "2001:db8:1::53/64"]}
+CELL_ADDRS = {
+    "host_addrs": ["192.0.2.10/24", "2001:db8:1::10/64"],
+    "server_addrs": ["192.0.2.53/24", "2001:db8:1::53/64"],
+}
 WIFI_ADDRS = CELL_ADDRS
-OTHER_ADDRS = {"host_addrs": ["198.51.100.10/24", "2001:db8:2::10/64"],
-               "server_addrs": ["198.51.100.53/24", "2001:db8:2::53/64"]}
+OTHER_ADDRS = {
+    "host_addrs": ["198.51.100.10/24", "2001:db8:2::10/64"],
+    "server_addrs": ["198.51.100.53/24", "2001:db8:2::53/64"],
+}
 
 ZONE = """
 example.         300 IN SOA ns.example. hostmaster.example. 1 3600 600 86400 60
@@ -56,8 +60,12 @@ login.hotel.example. 300 IN A 203.0.113.7
 
 # ------------------------------------------------------------------------------ helpers
 def pvd(name: str, net: Network, **over: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {"name": name, "interface": net.ifname,
-                            "servers": [net.server_ip(4)], "default_route": True}
+    spec: dict[str, Any] = {
+        "name": name,
+        "interface": net.ifname,
+        "servers": [net.server_ip(4)],
+        "default_route": True,
+    }
     spec.update(over)
     return spec
 
@@ -118,8 +126,10 @@ async def test_nat64_prefix_is_discovered_through_the_pvd_and_synthesized_aaaa_a
     up = await upstream_factory(cell, ZONE, dns64="64:ff9b::/96")
     d = await mifdns_factory(topology, config(pvd("cell", cell, dns64="auto")))
 
-    await wait_for(lambda: pvd_view(d, "cell")["nat64_prefixes"] == ["64:ff9b::/96"],
-                   what="NAT64 prefix discovery")
+    await wait_for(
+        lambda: pvd_view(d, "cell")["nat64_prefixes"] == ["64:ff9b::/96"],
+        what="NAT64 prefix discovery",
+    )
     # discovery went through the PvD's own server, over its own link
     (seen,) = [s for s in up.log if s.qname == "ipv4only.arpa."]
     assert seen.qtype == "AAAA" and seen.ns_iface == "eth0" and seen.source[0] == "192.0.2.10"
@@ -150,20 +160,21 @@ async def test_nat64_prefix_is_discovered_through_the_pvd_and_synthesized_aaaa_a
     assert pvd_view(d, "cell")["nat64_prefixes"] == []
     # and it is discovered again when the PvD comes back
     d.ctl("attach", "cell")
-    await wait_for(lambda: pvd_view(d, "cell")["nat64_prefixes"] == ["64:ff9b::/96"],
-                   what="rediscovery after attach")
+    await wait_for(
+        lambda: pvd_view(d, "cell")["nat64_prefixes"] == ["64:ff9b::/96"],
+        what="rediscovery after attach",
+    )
 
 
 async def test_native_aaaa_from_one_network_beats_a_synthesized_one_from_another(
     topology, cell, upstream_factory, mifdns_factory
 ):
     wifi = topology.add_network("wifi", "wlan0", **OTHER_ADDRS)
-    await upstream_factory(cell, ZONE + "both.example. 300 IN A 192.0.2.90\n",
-                           dns64="64:ff9b::/96")
-    up_wifi = await upstream_factory(wifi, "both.example. 300 IN AAAA 2001:db8:9::90\n"
-                                     "onlyv4.example. 300 IN A 192.0.2.91\n")
-    d = await mifdns_factory(topology, config(pvd("cell", cell, dns64="auto"),
-                                              pvd("wifi", wifi)))
+    await upstream_factory(cell, ZONE + "both.example. 300 IN A 192.0.2.90\n", dns64="64:ff9b::/96")
+    up_wifi = await upstream_factory(
+        wifi, "both.example. 300 IN AAAA 2001:db8:9::90\nonlyv4.example. 300 IN A 192.0.2.91\n"
+    )
+    d = await mifdns_factory(topology, config(pvd("cell", cell, dns64="auto"), pvd("wifi", wifi)))
     await wait_for(lambda: pvd_view(d, "cell")["nat64_prefixes"], what="discovery")
     up_wifi.delay = 0.3  # the synthesized answer comes first; it must wait for the native one
     got = await d.aquery("both.example", "AAAA")
@@ -187,8 +198,11 @@ async def test_prefix_change_is_rediscovered_when_the_ttl_runs_out_and_purges_th
     asked = sum(1 for s in up.log if s.qname == "ipv4only.arpa.")
 
     up.set(dns64="2001:db8:64::/96")  # the network renumbers its NAT64
-    await wait_for(lambda: pvd_view(d, "cell")["nat64_prefixes"] == ["2001:db8:64::/96"],
-                   timeout=15, what="rediscovery at TTL expiry")
+    await wait_for(
+        lambda: pvd_view(d, "cell")["nat64_prefixes"] == ["2001:db8:64::/96"],
+        timeout=15,
+        what="rediscovery at TTL expiry",
+    )
     assert sum(1 for s in up.log if s.qname == "ipv4only.arpa.") > asked
     assert ("cell", "v4only.example.", "AAAA") not in cache_kinds(d)
     purges = d.ctl("status")["purges"]
@@ -200,15 +214,18 @@ async def test_local_synthesis_and_ptr_from_a_plain_resolver(
     topology, cell, upstream_factory, mifdns_factory
 ):
     up = await upstream_factory(cell, ZONE)  # no DNS64 at all
-    d = await mifdns_factory(topology, config(
-        pvd("cell", cell, dns64={"prefix": "64:ff9b::/96", "synthesize": True})))
+    d = await mifdns_factory(
+        topology, config(pvd("cell", cell, dns64={"prefix": "64:ff9b::/96", "synthesize": True}))
+    )
     assert pvd_view(d, "cell")["nat64_prefixes"] == ["64:ff9b::/96"]  # static: set at attach
 
     got = await d.aquery("v4only.example", "AAAA")
     assert addrs(got, "AAAA") == ["64:ff9b::c000:250"]
     assert got.answer[0].ttl <= 60  # min(A TTL 300, the NODATA's SOA minimum 60)
     assert [(s.qname, s.qtype) for s in up.log if s.qname == "v4only.example."] == [
-        ("v4only.example.", "AAAA"), ("v4only.example.", "A")]
+        ("v4only.example.", "AAAA"),
+        ("v4only.example.", "A"),
+    ]
     kinds = cache_kinds(d, "cell")
     assert kinds[("cell", "v4only.example.", "AAAA")] == "synthesized"
     assert kinds[("cell", "v4only.example.", "A")] == "positive"
@@ -240,17 +257,37 @@ def _start_real_dns64(kind: str, topology: Topology, net: Network, workdir: Path
     workdir.mkdir()
     if kind == "unbound":
         conf = workdir / "unbound.conf"
-        conf.write_text("\n".join([
-            "server:", f"  interface: {net.server_ip(4)}", "  port: 53",
-            "  access-control: 0.0.0.0/0 allow", "  do-daemonize: no", '  username: ""',
-            '  chroot: ""', f'  directory: "{workdir}"', '  pidfile: ""', "  use-syslog: no",
-            f'  logfile: "{workdir}/unbound.log"', "  verbosity: 1", "  do-ip6: no",
-            '  module-config: "dns64 iterator"', "  dns64-prefix: 64:ff9b::/96",
-            "  do-not-query-localhost: no", "  qname-minimisation: no",
-            "  num-threads: 1", "  so-reuseport: no",
-            "forward-zone:", '  name: "."', "  forward-addr: 127.0.0.1@5353",
-            "remote-control:", "  control-enable: no",
-        ]) + "\n")
+        conf.write_text(
+            "\n".join(
+                [
+                    "server:",
+                    f"  interface: {net.server_ip(4)}",
+                    "  port: 53",
+                    "  access-control: 0.0.0.0/0 allow",
+                    "  do-daemonize: no",
+                    '  username: ""',
+                    '  chroot: ""',
+                    f'  directory: "{workdir}"',
+                    '  pidfile: ""',
+                    "  use-syslog: no",
+                    f'  logfile: "{workdir}/unbound.log"',
+                    "  verbosity: 1",
+                    "  do-ip6: no",
+                    '  module-config: "dns64 iterator"',
+                    "  dns64-prefix: 64:ff9b::/96",
+                    "  do-not-query-localhost: no",
+                    "  qname-minimisation: no",
+                    "  num-threads: 1",
+                    "  so-reuseport: no",
+                    "forward-zone:",
+                    '  name: "."',
+                    "  forward-addr: 127.0.0.1@5353",
+                    "remote-control:",
+                    "  control-enable: no",
+                ]
+            )
+            + "\n"
+        )
         argv = ["unbound", "-d", "-c", str(conf)]
     else:
         conf = workdir / "named.conf"
@@ -273,15 +310,22 @@ controls {{ }};
 """)
         argv = ["named", "-g", "-c", str(conf)]
     with open(workdir / "server.out", "w") as out:
-        proc = topology.popen(net.ns, argv, stdout=out, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL)
+        proc = topology.popen(
+            net.ns, argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
     deadline = time.monotonic() + 15
     while True:
         if proc.poll() is not None:
             raise AssertionError(f"{kind} exited: {(workdir / 'server.out').read_text()}")
         try:
-            r = query_from(topology.host, net.server_ip(4), "v4only.example", "AAAA",
-                           ifname=net.ifname, timeout=0.3)
+            r = query_from(
+                topology.host,
+                net.server_ip(4),
+                "v4only.example",
+                "AAAA",
+                ifname=net.ifname,
+                timeout=0.3,
+            )
             if r.answer:
                 return proc
         except (OSError, dns.exception.DNSException):
@@ -300,8 +344,10 @@ async def test_prefix_discovered_from_a_real_dns64_resolver(
     try:
         await asyncio.to_thread(_start_real_dns64, server, topology, cell, tmp_path / server)
         d = await mifdns_factory(topology, config(pvd("cell", cell, dns64="auto")))
-        await wait_for(lambda: pvd_view(d, "cell")["nat64_prefixes"] == ["64:ff9b::/96"],
-                       what=f"discovery from {server}")
+        await wait_for(
+            lambda: pvd_view(d, "cell")["nat64_prefixes"] == ["64:ff9b::/96"],
+            what=f"discovery from {server}",
+        )
         assert addrs(await d.aquery("v4only.example", "AAAA"), "AAAA") == ["64:ff9b::c000:250"]
         assert addrs(await d.aquery("dual.example", "AAAA"), "AAAA") == ["2001:db8:7::81"]
         kinds = cache_kinds(d)
@@ -326,18 +372,29 @@ def hotel(topology: Topology) -> tuple[Network, Network]:
 def _dnsmasq_portal(topology: Topology, net: Network, workdir: Path) -> Any:
     """dnsmasq as hotel captive portals run it: every name -> the portal's address."""
     workdir.mkdir()
-    argv = ["dnsmasq", "-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-            f"--listen-address={net.server_ip(4)}", "--bind-interfaces", "--user=root",
-            f"--pid-file={workdir}/dnsmasq.pid", f"--address=/#/{PORTAL}", "--local-ttl=300",
-            "--log-queries", f"--log-facility={workdir}/dnsmasq.log"]
+    argv = [
+        "dnsmasq",
+        "-k",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        f"--listen-address={net.server_ip(4)}",
+        "--bind-interfaces",
+        "--user=root",
+        f"--pid-file={workdir}/dnsmasq.pid",
+        f"--address=/#/{PORTAL}",
+        "--local-ttl=300",
+        "--log-queries",
+        f"--log-facility={workdir}/dnsmasq.log",
+    ]
     with open(workdir / "dnsmasq.out", "w") as out:
-        proc = topology.popen(net.ns, argv, stdout=out, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL)
+        proc = topology.popen(
+            net.ns, argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
     deadline = time.monotonic() + 10
     while True:
         try:
-            query_from(topology.host, net.server_ip(4), "x.example", ifname=net.ifname,
-                       timeout=0.2)
+            query_from(topology.host, net.server_ip(4), "x.example", ifname=net.ifname, timeout=0.2)
             return proc
         except (OSError, dns.exception.DNSException):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -355,12 +412,14 @@ async def test_captive_network_is_detected_by_probe_and_avoided_then_released_at
         up_wifi = await upstream_factory(wifi, PUBLIC, captive=PORTAL)
     else:
         proc = await asyncio.to_thread(_dnsmasq_portal, topology, wifi, tmp_path / "dnsmasq")
-    d = await mifdns_factory(topology, config(
-        pvd("wifi", wifi, captive_domains=["hotel.example"]), pvd("cell", cell)))
+    d = await mifdns_factory(
+        topology, config(pvd("wifi", wifi, captive_domains=["hotel.example"]), pvd("cell", cell))
+    )
 
     # detected without being told: the hijack probe's impossible names came back with addresses
-    view = await wait_for(lambda: (v := pvd_view(d, "wifi"))["captive"] == "captive" and v,
-                          what="captive detection")
+    view = await wait_for(
+        lambda: (v := pvd_view(d, "wifi"))["captive"] == "captive" and v, what="captive detection"
+    )
     detail = view["captive_detail"]
     assert detail["probe"] == "hijacked" and detail["probe_addresses"] == [PORTAL]
     assert pvd_view(d, "cell")["captive"] != "captive"
@@ -396,8 +455,9 @@ async def test_captive_network_is_detected_by_probe_and_avoided_then_released_at
             assert PORTAL not in addrs(got), name
             assert got.rcode() == dns.rcode.NOERROR
     # probed again after the login, and the probe agrees
-    await wait_for(lambda: pvd_view(d, "wifi")["captive_detail"]["probe"] == "clean",
-                   what="probe after login")
+    await wait_for(
+        lambda: pvd_view(d, "wifi")["captive_detail"]["probe"] == "clean", what="probe after login"
+    )
     assert pvd_view(d, "wifi")["captive"] == "open"
 
 
@@ -410,8 +470,10 @@ async def test_saying_open_while_the_portal_dns_still_lies_serves_no_portal_answ
     d = await mifdns_factory(topology, config(pvd("wifi", wifi), pvd("cell", cell)))
     await wait_for(lambda: pvd_view(d, "wifi")["captive"] == "captive", what="detection")
     d.ctl("captive", "wifi", "open")  # nobody logged in: the DNS still answers every name
-    view = await wait_for(lambda: (v := pvd_view(d, "wifi"))["captive"] == "captive" and v,
-                          what="captive again after the re-probe")
+    view = await wait_for(
+        lambda: (v := pvd_view(d, "wifi"))["captive"] == "captive" and v,
+        what="captive again after the re-probe",
+    )
     assert view["captive_detail"]["probe"] == "hijacked"
     for _ in range(5):
         assert addrs(await d.aquery("www.example.com")) == ["203.0.113.1"]
@@ -422,10 +484,29 @@ async def test_saying_open_while_the_portal_dns_still_lies_serves_no_portal_answ
 def _make_cert(workdir: Path, host: str) -> tuple[Path, Path]:
     cert, key = workdir / "portal.crt", workdir / "portal.key"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={host}",
-         "-addext", f"subjectAltName=DNS:{host}"],
-        check=True, capture_output=True)
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={host}",
+            "-addext",
+            f"subjectAltName=DNS:{host}",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -454,9 +535,11 @@ class PortalApi:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             self.hits.append(head.decode("latin-1").split("\r\n")[0])
             body = json.dumps(self.status).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/captive+json\r\n"
-                         b"Cache-Control: private\r\nContent-Length: %d\r\nConnection: close"
-                         b"\r\n\r\n%s" % (len(body), body))
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/captive+json\r\n"
+                b"Cache-Control: private\r\nContent-Length: %d\r\nConnection: close"
+                b"\r\n\r\n%s" % (len(body), body)
+            )
             await writer.drain()
         except (OSError, asyncio.IncompleteReadError, TimeoutError):
             pass  # a client that went away; the test sees it in ``hits``
@@ -475,25 +558,40 @@ async def test_captive_portal_api_says_captive_then_open_after_login(
     wifi, cell = hotel
     cert, key = _make_cert(tmp_path, "portal.wifi.example")
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the daemon trusts the portal's certificate
-    api = PortalApi({"captive": True, "user-portal-url": "https://login.portal-cdn.example/",
-                     "seconds-remaining": 0})
+    api = PortalApi(
+        {
+            "captive": True,
+            "user-portal-url": "https://login.portal-cdn.example/",
+            "seconds-remaining": 0,
+        }
+    )
     await server_loop.acall(api.start(wifi.ns, PORTAL, 8443, cert, key))
     try:
         # this portal intercepts HTTP but does not rewrite DNS: only the API can tell
-        wifi_zone = PUBLIC + f"""
+        wifi_zone = (
+            PUBLIC
+            + f"""
 portal.wifi.example.     60 IN A {PORTAL}
 login.portal-cdn.example. 60 IN A {PORTAL}
 """
+        )
         up_wifi = await upstream_factory(wifi, wifi_zone)
-        up_cell = await upstream_factory(cell, PUBLIC + """
+        up_cell = await upstream_factory(
+            cell,
+            PUBLIC
+            + """
 portal-cdn.example. 300 IN SOA ns.portal-cdn.example. h.portal-cdn.example. 1 3600 600 86400 60
 login.portal-cdn.example. 300 IN A 203.0.113.50
-""")
+""",
+        )
         uri = "https://portal.wifi.example:8443/captive-api"
-        d = await mifdns_factory(topology, config(
-            pvd("wifi", wifi, captive_portal=uri), pvd("cell", cell)))
-        view = await wait_for(lambda: (v := pvd_view(d, "wifi"))["captive"] == "captive" and v,
-                              what="captive state from the API")
+        d = await mifdns_factory(
+            topology, config(pvd("wifi", wifi, captive_portal=uri), pvd("cell", cell))
+        )
+        view = await wait_for(
+            lambda: (v := pvd_view(d, "wifi"))["captive"] == "captive" and v,
+            what="captive state from the API",
+        )
         detail = view["captive_detail"]
         assert detail["api"]["captive"] is True and detail["probe"] == "clean"
         assert detail["portal_hosts"] == ["portal.wifi.example", "login.portal-cdn.example"]
@@ -510,12 +608,15 @@ login.portal-cdn.example. 300 IN A 203.0.113.50
 
         # login done: the API says so; the PvD is open, its partition purged, no portal answer
         api.status = {"captive": False}
-        await wait_for(lambda: pvd_view(d, "wifi")["captive"] == "open", timeout=15,
-                       what="open after login")
+        await wait_for(
+            lambda: pvd_view(d, "wifi")["captive"] == "open", timeout=15, what="open after login"
+        )
         assert not any(p == "wifi" for p, _, _ in cache_kinds(d))
         got = await d.aquery("login.portal-cdn.example")
         assert addrs(got) in (["203.0.113.50"], [PORTAL])  # both default routes may answer
-        assert d.ctl("explain", "login.portal-cdn.example")["candidates"][0]["reason"] \
+        assert (
+            d.ctl("explain", "login.portal-cdn.example")["candidates"][0]["reason"]
             == "default route"
+        )
     finally:
         await server_loop.acall(api.stop())

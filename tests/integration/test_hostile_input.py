@@ -39,8 +39,6 @@ from mifdns.harness import netns
 pytestmark = [pytest.mark.netns, pytest.mark.asyncio]
 
 
-
-
 def _query(name: str = "www.corp.example", qid: int = 0x1234) -> bytes:
     q = dns.message.make_query(name, "A")
     q.id = qid

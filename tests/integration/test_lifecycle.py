@@ -71,8 +71,13 @@ def config(**extra: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "listen": ["127.0.0.53:53"],
         "pvds": [
-            {"name": "corp", "interface": "corp0", "servers": ["10.1.0.53"],
-             "domains": ["corp.example"], "default_route": False},
+            {
+                "name": "corp",
+                "interface": "corp0",
+                "servers": ["10.1.0.53"],
+                "domains": ["corp.example"],
+                "default_route": False,
+            },
             {"name": "wifi", "interface": "wlan0", "servers": ["10.2.0.53"]},
         ],
     }
@@ -105,8 +110,10 @@ async def test_link_down_detaches_and_purges_within_a_second_and_up_reattaches(e
     corp.link_down()
     rec = wait_for(lambda: lifecycle_after(daemon, t0, "detached", "corp"))
     latency = rec["time"] - t0
-    print(f"\ndetach latency after `ip link set corp0 down`: {latency * 1000:.0f} ms "
-          f"(purged {rec['purged']})")
+    print(
+        f"\ndetach latency after `ip link set corp0 down`: {latency * 1000:.0f} ms "
+        f"(purged {rec['purged']})"
+    )
     assert latency < 1.0
     assert rec["purged"] >= 1
     assert pvd(daemon, "corp")["state"] == "detached"
@@ -173,8 +180,9 @@ async def test_interface_prefixes_become_the_pvds_networks_for_reverse_lookups(e
     assert up_corp.count("10.0.1.10.in-addr.arpa", "PTR") == 1
     assert up_wifi.count("10.0.1.10.in-addr.arpa", "PTR") == 0
     # the wifi side's reverse zone is wifi's
-    ip6 = daemon.ctl("explain", "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.2.0.0.0.8.b.d.0.1.0.0.2"
-                     ".ip6.arpa", "PTR")
+    ip6 = daemon.ctl(
+        "explain", "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.2.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa", "PTR"
+    )
     assert [c["pvd"] for c in ip6["candidates"]] == ["wifi"]
 
 
@@ -191,8 +199,7 @@ async def test_deleted_interface_detaches_and_a_recreated_one_is_followed_by_nam
     assert pvd(daemon, "corp")["networks"] == []
 
     # a new corp0 (new ifindex) on another network with its own server at the same address
-    corp2 = topology.add_network("corp2", "corp0", host_addrs=CORP_HOST,
-                                 server_addrs=CORP_SERVER)
+    corp2 = topology.add_network("corp2", "corp0", host_addrs=CORP_HOST, server_addrs=CORP_SERVER)
     assert corp2.host_ifindex != old_index
     up2 = await upstream_factory(corp2, {"www.corp.example": {"A": "198.51.100.99"}})
     wait_for(lambda: pvd(daemon, "corp")["state"] == "attached")
@@ -239,8 +246,11 @@ async def test_link_events_for_unrelated_interfaces_and_bursts_never_stop_the_da
     # a burst: 40 veth pairs created, addressed, brought up and deleted
     lines = []
     for i in range(40):
-        lines += [f"link add vb{i} type veth peer name vc{i}", f"link set vb{i} up",
-                  f"address add 10.9.{i}.1/24 dev vb{i}"]
+        lines += [
+            f"link add vb{i} type veth peer name vc{i}",
+            f"link set vb{i} up",
+            f"address add 10.9.{i}.1/24 dev vb{i}",
+        ]
     lines += [f"link del vb{i}" for i in range(40)]
     netns.ip_batch(topology.host, lines)
     await asyncio.sleep(0.3)

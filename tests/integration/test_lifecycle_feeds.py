@@ -33,7 +33,7 @@ VPN_ZONE = {
 }
 
 # Debian's /etc/dhcp/dhclient-enter-hooks.d/resolvconf (make_resolv_conf, BOUND|RENEW|...)
-DHCLIENT_BOUND = r'''
+DHCLIENT_BOUND = r"""
 R=""
 if [ "$new_domain_name" ] ; then
 	R="${R}domain $new_domain_name
@@ -48,27 +48,27 @@ for nameserver in $new_domain_name_servers ; do
 "
 done
 [ ! "$interface" ] || echo -n "$R" | $RESOLVCONF -a "${interface}.dhclient"
-'''
+"""
 # ... and its exit hook on EXPIRE|FAIL|RELEASE|STOP
 DHCLIENT_RELEASE = '$RESOLVCONF -d "${interface}.dhclient"'
 # the BOUND6 branch: DHCPv6 servers under IFACE.ip6.dhclient
-DHCLIENT_BOUND6 = r'''
+DHCLIENT_BOUND6 = r"""
 R=""
 for nameserver in $new_dhcp6_name_servers ; do
 	R="${R}nameserver $nameserver
 "
 done
 [ ! "$interface" ] || echo -n "$R" | $RESOLVCONF -a "${interface}.ip6.dhclient"
-'''
+"""
 
 # wg-quick(8) set_dns / unset_dns, with resolvconf_iface_prefix() = "tun." (Debian's
 # /etc/resolvconf/interface-order has "tun*" as its first "X*" line)
-WG_QUICK_UP = r'''
+WG_QUICK_UP = r"""
 DNS=(10.3.0.53); DNS_SEARCH=(vpn.example); INTERFACE=wg0
 { printf 'nameserver %s\n' "${DNS[@]}"
   [[ ${#DNS_SEARCH[@]} -eq 0 ]] || printf 'search %s\n' "${DNS_SEARCH[*]}"
 } | resolvconf -a "tun.$INTERFACE" -m 0 -x
-'''
+"""
 WG_QUICK_DOWN = 'INTERFACE=wg0; resolvconf -d "tun.$INTERFACE" -f'
 
 
@@ -88,12 +88,21 @@ def symlink_bin(tmp_path: Path) -> Path:
     return d
 
 
-def hook(topology: Any, daemon: Any, script: str, *, shell: str = "sh", path: Path | None = None,
-         resolvconf: str = "resolvconf", **env: str) -> Any:
+def hook(
+    topology: Any,
+    daemon: Any,
+    script: str,
+    *,
+    shell: str = "sh",
+    path: Path | None = None,
+    resolvconf: str = "resolvconf",
+    **env: str,
+) -> Any:
     """Run a hook script in the host namespace, finding the daemon as a real host would: by
     MIFDNS_CONTROL_SOCKET (the systemd unit's default path is used without it)."""
-    full = dict(daemon.env(), MIFDNS_CONTROL_SOCKET=str(daemon.control_socket),
-                RESOLVCONF=resolvconf, **env)
+    full = dict(
+        daemon.env(), MIFDNS_CONTROL_SOCKET=str(daemon.control_socket), RESOLVCONF=resolvconf, **env
+    )
     if path is not None:
         full["PATH"] = f"{path}:{full.get('PATH', '/usr/bin:/bin')}"
     proc = topology.run_host([shell, "-c", script], env=full, check=False)
@@ -124,8 +133,12 @@ async def test_dhclient_hook_feeds_a_pvd_that_renewals_keep_and_release_purges(
     _, _, _, ups = nets3
     daemon = await mifdns_factory(topology, WIFI_ONLY)
     rc = f"{mifdns_script()} resolvconf" if entry == "mifdns resolvconf" else "resolvconf"
-    lease = {"interface": "corp0", "new_domain_name": "corp.example",
-             "new_domain_search": "corp.example", "new_domain_name_servers": "10.1.0.53"}
+    lease = {
+        "interface": "corp0",
+        "new_domain_name": "corp.example",
+        "new_domain_search": "corp.example",
+        "new_domain_name_servers": "10.1.0.53",
+    }
     hook(topology, daemon, DHCLIENT_BOUND, path=symlink_bin, resolvconf=rc, **lease)
 
     p = pvd(daemon, "corp0.dhclient")
@@ -138,14 +151,27 @@ async def test_dhclient_hook_feeds_a_pvd_that_renewals_keep_and_release_purges(
     hook(topology, daemon, DHCLIENT_BOUND, path=symlink_bin, resolvconf=rc, **lease)  # RENEW
     assert "www.corp.example" in cache_names(daemon, "corp0.dhclient")  # kept
 
-    hook(topology, daemon, DHCLIENT_BOUND6, path=symlink_bin, resolvconf=rc, interface="corp0",
-         new_dhcp6_name_servers="2001:db8:1::53")
+    hook(
+        topology,
+        daemon,
+        DHCLIENT_BOUND6,
+        path=symlink_bin,
+        resolvconf=rc,
+        interface="corp0",
+        new_dhcp6_name_servers="2001:db8:1::53",
+    )
     p6 = pvd(daemon, "corp0.ip6.dhclient")
     assert p6["interface"] == "corp0" and p6["servers"] == ["2001:db8:1::53"]
 
     hook(topology, daemon, DHCLIENT_RELEASE, path=symlink_bin, resolvconf=rc, interface="corp0")
-    hook(topology, daemon, DHCLIENT_RELEASE.replace(".dhclient", ".ip6.dhclient"),
-         path=symlink_bin, resolvconf=rc, interface="corp0")
+    hook(
+        topology,
+        daemon,
+        DHCLIENT_RELEASE.replace(".dhclient", ".ip6.dhclient"),
+        path=symlink_bin,
+        resolvconf=rc,
+        interface="corp0",
+    )
     assert pvd(daemon, "corp0.dhclient") is None and pvd(daemon, "corp0.ip6.dhclient") is None
     assert "corp0.dhclient" not in {e["pvd"] for e in daemon.ctl("cache")}
     # corp.example now has no PvD of its own: the wifi horizon answers
@@ -158,11 +184,18 @@ async def test_wg_quick_feed_makes_the_vpn_the_exclusive_default_route_until_dow
     topology: Any, nets3: Any, mifdns_factory: Any, symlink_bin: Path
 ) -> None:
     _, _, _, ups = nets3
-    cfg = {"pvds": [
-        {"name": "corp", "interface": "corp0", "servers": ["10.1.0.53"],
-         "domains": ["corp.example"], "default_route": False},
-        {"name": "wifi", "interface": "wlan0", "servers": ["10.2.0.53"]},
-    ]}
+    cfg = {
+        "pvds": [
+            {
+                "name": "corp",
+                "interface": "corp0",
+                "servers": ["10.1.0.53"],
+                "domains": ["corp.example"],
+                "default_route": False,
+            },
+            {"name": "wifi", "interface": "wlan0", "servers": ["10.2.0.53"]},
+        ]
+    }
     daemon = await mifdns_factory(topology, cfg)
     assert addrs(daemon.query("www.example.com")) == ["203.0.113.1"]  # wifi, before the VPN
 
@@ -190,20 +223,25 @@ async def test_resolvconf_never_touches_a_configured_pvd_and_finds_the_socket_by
     daemon = await mifdns_factory(topology, WIFI_ONLY)
     argv = [mifdns_script(), "resolvconf", "--socket", str(daemon.control_socket)]
     env = {k: v for k, v in daemon.env().items() if k != "MIFDNS_CONTROL_SOCKET"}
-    proc = topology.run_host(argv + ["-a", "wifi"], input="nameserver 10.2.0.99\n", env=env,
-                             check=False)
+    proc = topology.run_host(
+        argv + ["-a", "wifi"], input="nameserver 10.2.0.99\n", env=env, check=False
+    )
     assert proc.returncode == 1 and "not a resolvconf record" in proc.stderr
     proc = topology.run_host(argv + ["-d", "wifi"], env=env, check=False)
     assert proc.returncode == 1
     assert pvd(daemon, "wifi")["servers"] == ["10.2.0.53"]
     # a feed whose only server is mifdns itself is no PvD at all (it would loop)
-    proc = topology.run_host(argv + ["-a", "lo.dnsmasq"], input="nameserver 127.0.0.53\n",
-                             env=env, check=False)
+    proc = topology.run_host(
+        argv + ["-a", "lo.dnsmasq"], input="nameserver 127.0.0.53\n", env=env, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     assert pvd(daemon, "lo.dnsmasq") is None
     # no daemon: a one-line error, exit 1
-    proc = topology.run_host([mifdns_script(), "resolvconf", "--socket", "/nonexistent.sock",
-                              "-d", "x"], env=env, check=False)
+    proc = topology.run_host(
+        [mifdns_script(), "resolvconf", "--socket", "/nonexistent.sock", "-d", "x"],
+        env=env,
+        check=False,
+    )
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     wait_for(lambda: daemon.proc.poll() is None)
 
@@ -214,14 +252,27 @@ async def test_networkmanager_dispatcher_script_feeds_and_removes_a_connection(
     script = str(Path(__file__).resolve().parents[2] / "packaging" / "mifdns-dispatcher")
     daemon = await mifdns_factory(topology, WIFI_ONLY)
     rc = f"{mifdns_script()} resolvconf"
-    hook(topology, daemon, f'"{script}" corp0 up', resolvconf=rc,
-         IP4_NAMESERVERS="10.1.0.53", IP6_NAMESERVERS="", IP4_DOMAINS="corp.example")
+    hook(
+        topology,
+        daemon,
+        f'"{script}" corp0 up',
+        resolvconf=rc,
+        IP4_NAMESERVERS="10.1.0.53",
+        IP6_NAMESERVERS="",
+        IP4_DOMAINS="corp.example",
+    )
     p = pvd(daemon, "corp0.nm")
     assert p["interface"] == "corp0" and p["servers"] == ["10.1.0.53"]
     assert p["search_domains"] == ["corp.example"]
     assert addrs(daemon.query("www.corp.example")) == ["198.51.100.7"]
-    hook(topology, daemon, f'"{script}" wg0 vpn-up', resolvconf=rc,
-         VPN_IP4_NAMESERVERS="10.3.0.53", VPN_IP4_DOMAINS="vpn.example")
+    hook(
+        topology,
+        daemon,
+        f'"{script}" wg0 vpn-up',
+        resolvconf=rc,
+        VPN_IP4_NAMESERVERS="10.3.0.53",
+        VPN_IP4_DOMAINS="vpn.example",
+    )
     assert addrs(daemon.query("intranet.vpn.example")) == ["10.3.3.3"]
     hook(topology, daemon, f'"{script}" wg0 vpn-down', resolvconf=rc)
     hook(topology, daemon, f'"{script}" corp0 down', resolvconf=rc)

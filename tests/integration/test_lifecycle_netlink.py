@@ -59,8 +59,11 @@ async def test_a_failing_dump_is_retried_with_backoff_and_the_last_view_kept(
     mon = LinkMonitor(seen.append)
     mon.links = {"corp0": UP}
     monkeypatch.setattr(links, "RETRY", 0.01)
-    script = Script(OSError(105, "No buffer space available"), RuntimeError("boom"),
-                    {"corp0": LinkView(7, False, (), ())})
+    script = Script(
+        OSError(105, "No buffer space available"),
+        RuntimeError("boom"),
+        {"corp0": LinkView(7, False, (), ())},
+    )
     monkeypatch.setattr(links, "dump", script)
     await run(mon)
     assert script.calls == 3 and mon.errors == 2

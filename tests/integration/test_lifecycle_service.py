@@ -45,21 +45,34 @@ async def env2(topology: Any, upstream_factory: Any) -> Any:
     corp = topology.add_network("corp", "corp0", host_addrs=CORP_HOST, server_addrs=CORP_SERVER2)
     wifi = topology.add_network("wifi", "wlan0", host_addrs=WIFI_HOST, server_addrs=WIFI_SERVER)
     up_corp = await upstream_factory(corp, CORP_ZONE, listen=["10.1.0.53", "2001:db8:1::53"])
-    up_corp2 = await upstream_factory(corp, {"www.corp.example": {"A": "198.51.100.8"}},
-                                      listen=["10.1.0.54"])
+    up_corp2 = await upstream_factory(
+        corp, {"www.corp.example": {"A": "198.51.100.8"}}, listen=["10.1.0.54"]
+    )
     up_wifi = await upstream_factory(wifi, WIFI_ZONE)
     return corp, wifi, up_corp, up_corp2, up_wifi
 
 
 def stable(pvds: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    keys = ("name", "interface", "state", "servers", "domains", "networks", "exclusive",
-            "default_route", "origin")
+    keys = (
+        "name",
+        "interface",
+        "state",
+        "servers",
+        "domains",
+        "networks",
+        "exclusive",
+        "default_route",
+        "origin",
+    )
     return [tuple(str(p[k]) for k in keys) for p in pvds]
 
 
 def rewrite(daemon: Any, cfg: dict[str, Any] | str) -> None:
-    text = cfg if isinstance(cfg, str) else yaml.safe_dump(
-        dict(cfg, control_socket=daemon.control_socket), sort_keys=False)
+    text = (
+        cfg
+        if isinstance(cfg, str)
+        else yaml.safe_dump(dict(cfg, control_socket=daemon.control_socket), sort_keys=False)
+    )
     daemon.config_path.write_text(text)
 
 
@@ -70,10 +83,16 @@ async def test_broken_reload_is_rejected_with_check_config_errors_and_changes_no
     daemon = await mifdns_factory(topology, config())
     daemon.query("www.corp.example")
     before = daemon.ctl("pvds")
-    rewrite(daemon, "listen: ['127.0.0.53:53']\npvds:\n  - name: corp\n    interface: corp0\n"
-                    "    servers: ['10.1.0.300']\n    colour: blue\n")
-    check = topology.run_host([sys.executable, "-m", "mifdns", "check-config",
-                               str(daemon.config_path)], env=daemon.env(), check=False)
+    rewrite(
+        daemon,
+        "listen: ['127.0.0.53:53']\npvds:\n  - name: corp\n    interface: corp0\n"
+        "    servers: ['10.1.0.300']\n    colour: blue\n",
+    )
+    check = topology.run_host(
+        [sys.executable, "-m", "mifdns", "check-config", str(daemon.config_path)],
+        env=daemon.env(),
+        check=False,
+    )
     assert check.returncode == 1
     expected = [line.removeprefix("mifdns: ") for line in check.stderr.splitlines()]
     assert len(expected) == 2 and all(str(daemon.config_path) in e for e in expected)
@@ -169,8 +188,9 @@ async def test_managed_resolv_conf_follows_attach_detach_and_the_symlink_comes_b
     wait_for(lambda: search_line(path) == "search corp.example home.example")
     daemon.ctl("detach", "corp")
     assert search_line(path) == "search home.example"
-    leftovers = [p.name for p in etc.iterdir() if p.name not in ("resolv.conf",
-                                                                  "resolv.conf.mifdns-orig")]
+    leftovers = [
+        p.name for p in etc.iterdir() if p.name not in ("resolv.conf", "resolv.conf.mifdns-orig")
+    ]
     assert leftovers == []  # no temporary files left behind
 
     assert await daemon.stop() == 0
@@ -188,8 +208,7 @@ async def test_sigterm_answers_the_query_in_flight_restores_resolv_conf_removes_
     path = tmp_path / "resolv.conf"
     path.write_text("nameserver 192.0.2.1\n")
     path.chmod(0o640)
-    daemon = await mifdns_factory(topology, config(resolv_conf={"manage": True,
-                                                                "path": str(path)}))
+    daemon = await mifdns_factory(topology, config(resolv_conf={"manage": True, "path": str(path)}))
     assert "127.0.0.53" in path.read_text()
     up_wifi.set(delay=0.4)
     pending = asyncio.ensure_future(daemon.aquery("slow.example.com.", timeout=3, tcp=tcp))
@@ -226,10 +245,12 @@ async def test_user_drop_keeps_net_raw_and_binds_new_upstream_sockets(
 ) -> None:
     sock = runtime_dir / "run" / "control.sock"  # run/ is created for nobody
     cfg = config(control_socket=str(sock))
-    daemon = await mifdns_factory(topology, cfg, command=[
-        sys.executable, "-m", "mifdns", "run", "--user", "nobody"])
-    await asyncio.to_thread(wait_for, lambda: sock.exists() and "now running as" in
-                            daemon.stderr(), 10)
+    daemon = await mifdns_factory(
+        topology, cfg, command=[sys.executable, "-m", "mifdns", "run", "--user", "nobody"]
+    )
+    await asyncio.to_thread(
+        wait_for, lambda: sock.exists() and "now running as" in daemon.stderr(), 10
+    )
     st = proc_status(daemon.pid)
     assert st["Uid"].split() == ["65534"] * 4 and st["Gid"].split()[0] == "65534"
     assert int(st["CapEff"], 16) == (1 << 10) | (1 << 13)  # NET_BIND_SERVICE, NET_RAW
@@ -240,11 +261,21 @@ async def test_user_drop_keeps_net_raw_and_binds_new_upstream_sockets(
     assert "www.corp.example" in cache_names(daemon, "corp")  # lazily imported code works
     assert daemon.ctl("explain", "www.corp.example")["candidates"][0]["pvd"] == "corp"
     # and a network that appears later works too
-    vpn = topology.add_network("vpn", "wg0", host_addrs=["10.3.0.10/24"],
-                               server_addrs=["10.3.0.53/24"])
+    vpn = topology.add_network(
+        "vpn", "wg0", host_addrs=["10.3.0.10/24"], server_addrs=["10.3.0.53/24"]
+    )
     await upstream_factory(vpn, {"intranet.vpn.example": {"A": "10.3.3.3"}})
-    daemon.ctl("attach", "--name", "vpn", "--interface", "wg0", "--server", "10.3.0.53",
-               "--domain", "vpn.example")
+    daemon.ctl(
+        "attach",
+        "--name",
+        "vpn",
+        "--interface",
+        "wg0",
+        "--server",
+        "10.3.0.53",
+        "--domain",
+        "vpn.example",
+    )
     wait_for(lambda: pvd(daemon, "vpn")["state"] == "attached")
     assert addrs(daemon.query("intranet.vpn.example")) == ["10.3.3.3"]
     assert await daemon.stop() == 0
@@ -256,9 +287,15 @@ async def test_reload_applies_every_limit_at_once_and_says_what_needs_a_restart(
     topology: Any, env2: Any, mifdns_factory: Any
 ) -> None:
     daemon = await mifdns_factory(topology, config())
-    cfg = config(limits={"max_tcp_clients": 1, "tcp_idle_timeout": 30, "ingress_batch": 16,
-                         "max_tcp_queries_per_connection": 2},
-                 metrics={"listen": "127.0.0.1:19153"})
+    cfg = config(
+        limits={
+            "max_tcp_clients": 1,
+            "tcp_idle_timeout": 30,
+            "ingress_batch": 16,
+            "max_tcp_queries_per_connection": 2,
+        },
+        metrics={"listen": "127.0.0.1:19153"},
+    )
     rewrite(daemon, cfg)
     rec = daemon.ctl("reload")
     assert rec["notes"] == ["metrics changes need a restart"]
@@ -290,8 +327,10 @@ async def test_a_spec_never_overwrites_a_configured_pvd_nor_points_at_mifdns_its
     before = stable(daemon.ctl("pvds"))
     with pytest.raises(DaemonError, match="PvD from config.*ctl update"):
         daemon.ctl("attach", "corp", "--interface", "wlan0")
-    for argv in (("attach", "--name", "loop", "--interface", "lo", "--server", "127.0.0.53"),
-                 ("update", "wifi", "--server", "127.0.0.53")):
+    for argv in (
+        ("attach", "--name", "loop", "--interface", "lo", "--server", "127.0.0.53"),
+        ("update", "wifi", "--server", "127.0.0.53"),
+    ):
         with pytest.raises(DaemonError, match="own listen addresses"):
             daemon.ctl(*argv)
     assert stable(daemon.ctl("pvds")) == before

@@ -30,15 +30,15 @@ from splitdns_helpers import (
 pytestmark = [pytest.mark.netns, pytest.mark.asyncio]
 
 
-
 def _query(name: str, qid: int = 0x1234) -> bytes:
     q = dns.message.make_query(name, "A")
     q.id = qid
     return q.to_wire()
 
 
-def _udp_flood(ns: str, payloads: list[bytes], quiet: float = 0.5, limit: float = 10.0
-               ) -> tuple[int, list[dns.message.Message]]:
+def _udp_flood(
+    ns: str, payloads: list[bytes], quiet: float = 0.5, limit: float = 10.0
+) -> tuple[int, list[dns.message.Message]]:
     """Send every payload from one socket as fast as it goes (a send the kernel refuses is
     skipped); collect the replies until none came for ``quiet`` seconds. (sent, replies)."""
     replies = []
@@ -71,7 +71,8 @@ async def test_inflight_limit_answers_servfail_at_once_and_service_continues(
     names = [f"n{i}.corp.example" for i in range(300)]
     t0 = time.monotonic()
     sent, replies = await asyncio.to_thread(
-        _udp_flood, topology.host, [_query(n, i) for i, n in enumerate(names)], 1.5)
+        _udp_flood, topology.host, [_query(n, i) for i, n in enumerate(names)], 1.5
+    )
     assert sent == 300 and len(replies) == 300  # every query got an answer
     codes = [rcode(r) for r in replies]
     assert codes.count("NXDOMAIN") >= 8 and codes.count("SERVFAIL") >= 250, codes
@@ -112,8 +113,13 @@ async def test_udp_ingress_flood_is_counted_datagram_for_datagram_and_service_co
 async def test_tcp_connection_and_pipelining_floods_are_capped_and_nothing_is_lost(
     topology, corp_net, upstream_factory, mifdns_factory
 ):
-    up, d = await start_corp(topology, corp_net, upstream_factory, mifdns_factory,
-                          limits={"max_tcp_clients": 6, "max_tcp_queries_per_connection": 4})
+    up, d = await start_corp(
+        topology,
+        corp_net,
+        upstream_factory,
+        mifdns_factory,
+        limits={"max_tcp_clients": 6, "max_tcp_queries_per_connection": 4},
+    )
     up.set(delay=0.2)
     ns = topology.host
 
@@ -123,8 +129,7 @@ async def test_tcp_connection_and_pipelining_floods_are_capped_and_nothing_is_lo
         refused = 0
         for i, s in enumerate(conns):
             try:  # 12 distinct questions pipelined on each: 4 in flight, the rest wait
-                s.sendall(b"".join(frame(_query(f"c{i}q{j}.corp.example", j))
-                                   for j in range(12)))
+                s.sendall(b"".join(frame(_query(f"c{i}q{j}.corp.example", j)) for j in range(12)))
             except OSError:
                 refused += 1
                 conns[i] = None  # type: ignore[call-overload]
@@ -166,7 +171,8 @@ async def test_cache_entry_bound_evicts_and_counts(
                           cache={"max_entries": 50})  # fmt: skip
     names = [f"e{i}.corp.example" for i in range(400)]
     _, replies = await asyncio.to_thread(
-        _udp_flood, topology.host, [_query(n, i) for i, n in enumerate(names)], 1.0)
+        _udp_flood, topology.host, [_query(n, i) for i, n in enumerate(names)], 1.0
+    )
     assert len(replies) == 400 and {rcode(r) for r in replies} == {"NXDOMAIN"}
     st = d.ctl("status")
     assert st["cache"]["max_entries"] == 50 and st["cache"]["entries"] <= 50
@@ -182,7 +188,8 @@ async def test_upstream_tcp_limit_sheds_and_service_continues(
     up.set(truncate_udp=True, delay=0.3)  # every answer needs TCP, and each one takes a while
     names = [f"t{i}.corp.example" for i in range(10)]
     _, replies = await asyncio.to_thread(
-        _udp_flood, topology.host, [_query(n, i) for i, n in enumerate(names)], 4.0)
+        _udp_flood, topology.host, [_query(n, i) for i, n in enumerate(names)], 4.0
+    )
     assert len(replies) == 10  # answered (over TCP) or SERVFAIL, never silence
     assert {rcode(r) for r in replies} <= {"NXDOMAIN", "SERVFAIL"}
     st = d.ctl("status")

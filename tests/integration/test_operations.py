@@ -50,8 +50,14 @@ def config(**extra: Any) -> dict[str, Any]:
         "listen": ["127.0.0.53:53"],
         "upstream": {"timeout": 0.3},
         "pvds": [
-            {"name": "corp", "interface": "corp0", "servers": [DEAD, LIVE],
-             "domains": ["~corp.example"], "exclusive": True, "networks": ["10.8.0.0/16"]},
+            {
+                "name": "corp",
+                "interface": "corp0",
+                "servers": [DEAD, LIVE],
+                "domains": ["~corp.example"],
+                "exclusive": True,
+                "networks": ["10.8.0.0/16"],
+            },
             {"name": "wifi", "interface": "wlan0", "servers": ["10.2.0.53"]},
         ],
     }
@@ -75,8 +81,9 @@ def dig(daemon: Any, name: str, rdtype: str = "A") -> list[str]:
     `scripts/setup --bench`), else dnspython."""
     if shutil.which("dig") is None:
         return sorted(rd.to_text() for rrset in daemon.query(name, rdtype).answer for rd in rrset)
-    out = netns.run(daemon.topology.host,
-                    ["dig", "@127.0.0.53", name, rdtype, "+short", "+tries=1", "+time=3"])
+    out = netns.run(
+        daemon.topology.host, ["dig", "@127.0.0.53", name, rdtype, "+short", "+tries=1", "+time=3"]
+    )
     return sorted(out.stdout.split())
 
 
@@ -90,6 +97,7 @@ def settle(daemon: Any, quiet: float = 0.8) -> None:
     (more than one upstream timeout). Then warm corp up: its dead first server fails once (at
     the latest now) and ranks behind the live one, so later figures are deltas of client
     queries alone."""
+
     def mark() -> tuple[int, int, int]:
         st = daemon.ctl("status")
         return st["counters"]["probes"], st["counters"]["upstream_queries"], st["inflight"]
@@ -165,14 +173,33 @@ async def test_status_shows_each_pvd_its_servers_health_and_the_counters(
 
     text = daemon.ctl_text("status")
     for needle in (
-        "PvD corp: attached", "Interface: corp0",
-        f"{DEAD} (no answer yet, {dead['failures']} failure", f"{LIVE} (srtt ",
-        f"0 failures, {live['answers']} answer", "Domains: ~corp.example", "Networks: ",
-        "10.8.0.0/16", "Default route: no", "Exclusive: yes", "NAT64 prefixes: -", "Captive: ",
-        "Cache entries: 2", f"Upstream queries: {corp['upstream_queries']} sent",
-        "PvD wifi: attached", "Queries: ", "cache hit", "SERVFAIL", "upstream_queries: ",
-        f"corp={corp['upstream_queries']}", f"wifi={st['upstream_queries']['wifi']}",
-        "Recent purges:", "1 entries", "flushed by operator", "Limits:", "hits: ", "inflight=0",
+        "PvD corp: attached",
+        "Interface: corp0",
+        f"{DEAD} (no answer yet, {dead['failures']} failure",
+        f"{LIVE} (srtt ",
+        f"0 failures, {live['answers']} answer",
+        "Domains: ~corp.example",
+        "Networks: ",
+        "10.8.0.0/16",
+        "Default route: no",
+        "Exclusive: yes",
+        "NAT64 prefixes: -",
+        "Captive: ",
+        "Cache entries: 2",
+        f"Upstream queries: {corp['upstream_queries']} sent",
+        "PvD wifi: attached",
+        "Queries: ",
+        "cache hit",
+        "SERVFAIL",
+        "upstream_queries: ",
+        f"corp={corp['upstream_queries']}",
+        f"wifi={st['upstream_queries']['wifi']}",
+        "Recent purges:",
+        "1 entries",
+        "flushed by operator",
+        "Limits:",
+        "hits: ",
+        "inflight=0",
         "Recent events:",
     ):
         assert needle in text, f"{needle!r} not in:\n{text}"
@@ -195,8 +222,9 @@ async def test_status_exit_code_is_the_health_check(
 def start_monitor(daemon: Any, as_json: bool) -> subprocess.Popen[str]:
     argv = [sys.executable, "-m", "mifdns", "ctl", "--socket", daemon.control_socket]
     argv += ["--json", "monitor"] if as_json else ["monitor"]
-    return daemon.topology.popen_host(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, env=daemon.env())
+    return daemon.topology.popen_host(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon.env()
+    )
 
 
 def stop_monitor(proc: subprocess.Popen[str]) -> str:
@@ -212,8 +240,11 @@ async def test_monitor_streams_decisions_and_lifecycle_to_several_watchers(
     daemon = await mifdns_factory(topology, config())
     settle(daemon)
     dig(daemon, "git.corp.example")  # before anyone watches: no event for it anywhere
-    monitors = [start_monitor(daemon, True), start_monitor(daemon, True),
-                start_monitor(daemon, False)]
+    monitors = [
+        start_monitor(daemon, True),
+        start_monitor(daemon, True),
+        start_monitor(daemon, False),
+    ]
     try:
         wait_for(lambda: daemon.ctl("status")["monitor"]["subscribers"] == 3)
         assert dig(daemon, "www.corp.example") == ["198.51.100.7"]  # miss (and one timeout)
@@ -238,8 +269,9 @@ async def test_monitor_streams_decisions_and_lifecycle_to_several_watchers(
     miss, hit, wifi_q = queries[:3]
     assert miss["name"] == "www.corp.example." and miss["type"] == "A"
     assert miss["pvd"] == "corp" and miss["cache"] == "miss" and miss["kind"] == "positive"
-    assert miss["candidates"] == [{"pvd": "corp", "grade": 2,
-                                   "reason": miss["candidates"][0]["reason"]}]
+    assert miss["candidates"] == [
+        {"pvd": "corp", "grade": 2, "reason": miss["candidates"][0]["reason"]}
+    ]
     assert "corp.example" in miss["candidates"][0]["reason"]
     assert miss["ms"] > 0
     assert hit["pvd"] == "corp" and hit["cache"] == "hit" and hit["ms"] < miss["ms"]
@@ -247,16 +279,24 @@ async def test_monitor_streams_decisions_and_lifecycle_to_several_watchers(
     assert all(isinstance(e["time"], float) for e in events)
 
     def one(kind: str, name: str, **match: Any) -> dict[str, Any]:
-        found = [e for e in events if e["event"] == kind and e.get("pvd") == name
-                 and all(e.get(k) == v for k, v in match.items())]
+        found = [
+            e
+            for e in events
+            if e["event"] == kind
+            and e.get("pvd") == name
+            and all(e.get(k) == v for k, v in match.items())
+        ]
         assert found, f"no {kind} {name} {match} in {events}"
         return found[0]
 
     assert one("purged", "corp", cause="flushed by operator")["purged"] == 3
     assert one("detached", "wifi", cause="detached by operator")["purged"] == 1
     one("attached", "wifi", cause="attached by operator")
-    captive = [e["what"] for e in events if e["event"] == "changed" and e["pvd"] == "wifi"
-               and e["what"].startswith("captive ")]  # the probe's changes come in between
+    captive = [
+        e["what"]
+        for e in events
+        if e["event"] == "changed" and e["pvd"] == "wifi" and e["what"].startswith("captive ")
+    ]  # the probe's changes come in between
     went = next(i for i, what in enumerate(captive) if what.endswith(" -> captive"))
     assert captive[went + 1] == "captive captive -> open"
     one("purged", "wifi", cause="left captive state (open)")
@@ -264,8 +304,10 @@ async def test_monitor_streams_decisions_and_lifecycle_to_several_watchers(
     assert reload["unchanged"] == ["corp", "wifi"]
 
     human = outputs[2].splitlines()
-    assert any("query www.corp.example. A -> corp (miss, positive" in ln
-               and "candidates: corp[2 " in ln for ln in human), human
+    assert any(
+        "query www.corp.example. A -> corp (miss, positive" in ln and "candidates: corp[2 " in ln
+        for ln in human
+    ), human
     assert any("query www.corp.example. A -> corp (hit, positive" in ln for ln in human), human
     assert any(" purged corp: flushed by operator, purged 3 entries" in ln for ln in human), human
     assert any(" detached wifi: detached by operator, purged 1 entry" in ln for ln in human)
@@ -277,7 +319,9 @@ async def test_monitor_streams_decisions_and_lifecycle_to_several_watchers(
 # ------------------------------------------------------------------------------ metrics
 
 
-def http_get(ns: str, path: str = "/metrics", accept: str | None = None) -> tuple[int, dict[str, str], str]:
+def http_get(
+    ns: str, path: str = "/metrics", accept: str | None = None
+) -> tuple[int, dict[str, str], str]:
     sock = netns.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
     with sock:
         sock.settimeout(5)
@@ -344,11 +388,15 @@ async def test_metrics_endpoint_serves_per_pvd_prometheus_text_and_counts_purges
     assert delta("mifdns_server_answers_total", pvd="corp", server=LIVE) == 2
     assert value(found, "mifdns_server_up", pvd="corp", server=LIVE) == 1
     assert 0 < value(found, "mifdns_server_srtt_seconds", pvd="corp", server=LIVE) < 0.25
-    assert value(found, "mifdns_purged_entries_total", pvd="corp", event="purged",
-                 cause="operator") == flushed
+    assert (
+        value(found, "mifdns_purged_entries_total", pvd="corp", event="purged", cause="operator")
+        == flushed
+    )
     assert value(found, "mifdns_purges_total", pvd="corp", event="purged", cause="operator") == 1
-    assert value(found, "mifdns_purged_entries_total", pvd="wifi", event="detached",
-                 cause="operator") == 1
+    assert (
+        value(found, "mifdns_purged_entries_total", pvd="wifi", event="detached", cause="operator")
+        == 1
+    )
     assert delta("mifdns_purges_total", pvd="wifi", event="detached", cause="operator") == 1
     assert value(found, "mifdns_cache_entries", pvd="corp") == 0
     assert value(found, "mifdns_pvd_attached", pvd="wifi", interface="wlan0") == 0
@@ -377,8 +425,11 @@ async def test_metrics_are_off_by_default(topology: Any, env: Any, mifdns_factor
 
 
 def query_log_lines(daemon: Any) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in daemon.stderr().splitlines()
-            if line.startswith('{"event":"query"')]
+    return [
+        json.loads(line)
+        for line in daemon.stderr().splitlines()
+        if line.startswith('{"event":"query"')
+    ]
 
 
 async def test_query_log_on_writes_one_json_line_per_query_with_pvd_and_reason(
@@ -386,8 +437,10 @@ async def test_query_log_on_writes_one_json_line_per_query_with_pvd_and_reason(
 ) -> None:
     # --log-level warning: the query log is on because the config says so, whatever the level
     daemon = await mifdns_factory(
-        topology, config(query_log=True),
-        command=[sys.executable, "-m", "mifdns", "run", "--log-level", "warning"])
+        topology,
+        config(query_log=True),
+        command=[sys.executable, "-m", "mifdns", "run", "--log-level", "warning"],
+    )
     wait_for(lambda: os.path.exists(daemon.control_socket))
     settle(daemon)
     assert dig(daemon, "www.corp.example") == ["198.51.100.7"]
@@ -405,7 +458,9 @@ async def test_query_log_on_writes_one_json_line_per_query_with_pvd_and_reason(
     assert hit["cache"] == "hit" and hit["pvd"] == "corp"
     assert nx["name"] == "nothing.example.com." and nx["pvd"] == "wifi"
     assert nx["kind"] == "nxdomain" and nx["rcode"] == "NXDOMAIN"
-    assert nx["candidates"] == [{"pvd": "wifi", "grade": 0, "reason": nx["candidates"][0]["reason"]}]
+    assert nx["candidates"] == [
+        {"pvd": "wifi", "grade": 0, "reason": nx["candidates"][0]["reason"]}
+    ]
     assert all(isinstance(e["time"], float) and isinstance(e["ms"], float) for e in lines)
 
 

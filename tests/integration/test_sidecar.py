@@ -56,20 +56,34 @@ CAP_EFF = (1 << 10) | (1 << 13)  # CAP_NET_BIND_SERVICE, CAP_NET_RAW
 MOUNTED_CONFIG = {  # what a ConfigMap would mount at /etc/mifdns/mifdns.yaml
     "pvds": [
         {"name": "cluster", "interface": "eth0", "servers": [CLUSTER_DNS]},
-        {"name": "corp", "interface": "net1", "servers": ["10.1.0.53"],
-         "domains": ["~corp.example"], "exclusive": True},
+        {
+            "name": "corp",
+            "interface": "net1",
+            "servers": ["10.1.0.53"],
+            "domains": ["~corp.example"],
+            "exclusive": True,
+        },
     ],
 }
-CLUSTER_ZONE = {"www.example.com": {"A": "203.0.113.1"},
-                "www.corp.example": {"A": "203.0.113.66"}}  # the public view: never used
+CLUSTER_ZONE = {
+    "www.example.com": {"A": "203.0.113.1"},
+    "www.corp.example": {"A": "203.0.113.66"},
+}  # the public view: never used
 CORP_ZONE = {"www.corp.example": {"A": "10.8.0.80"}}
 
 
 class Sidecar:
     """mifdns started the way the image starts it, in the topology's host (pod) namespace."""
 
-    def __init__(self, topology: Any, workdir: Path, pydir: Path, env: dict[str, str],
-                 caps: str = CAPS, extra: str = "") -> None:
+    def __init__(
+        self,
+        topology: Any,
+        workdir: Path,
+        pydir: Path,
+        env: dict[str, str],
+        caps: str = CAPS,
+        extra: str = "",
+    ) -> None:
         self.topology = topology
         self.caps = caps
         self.extra = extra  # more setpriv options
@@ -86,8 +100,11 @@ class Sidecar:
     def base_env(self) -> list[str]:
         site = self.py / os.path.relpath(_site_packages(), sys.prefix)
         # LD_LIBRARY_PATH: the interpreter's RUNPATH names the original prefix
-        return ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", f"PYTHONPATH={site}:{REPO_ROOT}",
-                f"LD_LIBRARY_PATH={self.py / 'lib'}"]
+        return [
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+            f"PYTHONPATH={site}:{REPO_ROOT}",
+            f"LD_LIBRARY_PATH={self.py / 'lib'}",
+        ]
 
     def start(self, timeout: float = 10.0) -> None:
         w = self.workdir
@@ -112,7 +129,9 @@ exec sleep 100000
         with open(w / "holder.stderr", "wb") as err:
             self.holder = self.topology.popen_host(
                 ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                stdout=subprocess.DEVNULL, stderr=err)
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
         deadline = time.monotonic() + timeout
         while True:
             if self.holder.poll() is not None:
@@ -143,10 +162,27 @@ exec sleep 100000
     def health(self, *args: str) -> subprocess.CompletedProcess[str]:
         """The image's HEALTHCHECK: ``mifdns ctl status`` inside the pod, as the image's user."""
         assert self.holder is not None
-        argv = ["nsenter", f"--target={self.holder.pid}", "--mount", "--net", "--",
-                "env", "-i", *self.base_env(), "MIFDNS_CONTROL_SOCKET=/run/mifdns/control.sock",
-                "setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups",
-                self.python, "-m", "mifdns", "ctl", *args, "status"]
+        argv = [
+            "nsenter",
+            f"--target={self.holder.pid}",
+            "--mount",
+            "--net",
+            "--",
+            "env",
+            "-i",
+            *self.base_env(),
+            "MIFDNS_CONTROL_SOCKET=/run/mifdns/control.sock",
+            "setpriv",
+            f"--reuid={UID}",
+            f"--regid={UID}",
+            "--clear-groups",
+            self.python,
+            "-m",
+            "mifdns",
+            "ctl",
+            *args,
+            "status",
+        ]
         return subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
 
     def stop(self) -> None:
@@ -186,10 +222,12 @@ def pydir() -> Iterator[Path]:
 
 @pytest_asyncio.fixture
 async def pod(topology: Any, upstream_factory: Any) -> Any:
-    cluster = topology.add_network("cluster", "eth0", host_addrs=[f"{POD_IP}/24"],
-                                   server_addrs=[f"{CLUSTER_DNS}/24"])
-    corp = topology.add_network("corp", "net1", host_addrs=["10.1.0.10/24"],
-                                server_addrs=["10.1.0.53/24"])
+    cluster = topology.add_network(
+        "cluster", "eth0", host_addrs=[f"{POD_IP}/24"], server_addrs=[f"{CLUSTER_DNS}/24"]
+    )
+    corp = topology.add_network(
+        "corp", "net1", host_addrs=["10.1.0.10/24"], server_addrs=["10.1.0.53/24"]
+    )
     await upstream_factory(cluster, CLUSTER_ZONE)
     up_corp = await upstream_factory(corp, CORP_ZONE)
     return cluster, up_corp
@@ -232,12 +270,14 @@ async def test_entrypoint_with_env_and_mounted_config_answers_on_the_pod_address
     topology: Any, pod: Any, sidecar_factory: Any
 ) -> None:
     cluster, up_corp = pod
-    sc = sidecar_factory({
-        "MIFDNS_LISTEN": f"127.0.0.53:53,{POD_IP}:53",
-        "MIFDNS_CONTROL_SOCKET": "/run/mifdns/control.sock",
-        "MIFDNS_METRICS_LISTEN": f"{POD_IP}:9153",
-        "MIFDNS_QUERY_LOG": "true",
-    })
+    sc = sidecar_factory(
+        {
+            "MIFDNS_LISTEN": f"127.0.0.53:53,{POD_IP}:53",
+            "MIFDNS_CONTROL_SOCKET": "/run/mifdns/control.sock",
+            "MIFDNS_METRICS_LISTEN": f"{POD_IP}:9153",
+            "MIFDNS_QUERY_LOG": "true",
+        }
+    )
     # unprivileged, with exactly the two capabilities
     status = Path(f"/proc/{sc.pid}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines())
@@ -261,8 +301,10 @@ async def test_entrypoint_with_env_and_mounted_config_answers_on_the_pod_address
     assert st["config"] == "/etc/mifdns/mifdns.yaml"
     assert st["control_socket"] == "/run/mifdns/control.sock"
     assert st["query_log"] is True and st["metrics"] == f"http://{POD_IP}:9153/metrics"
-    assert {p["name"]: p["state"] for p in st["pvds"]} == {"cluster": "attached",
-                                                            "corp": "attached"}
+    assert {p["name"]: p["state"] for p in st["pvds"]} == {
+        "cluster": "attached",
+        "corp": "attached",
+    }
 
     # Prometheus scrapes the pod address from the cluster network
     scraped = http_get(cluster.ns, POD_IP, 9153, "/metrics")
@@ -270,8 +312,9 @@ async def test_entrypoint_with_env_and_mounted_config_answers_on_the_pod_address
     assert 'mifdns_upstream_queries_total{pvd="corp"}' in scraped
 
     # the query log went to stderr, one JSON object per query
-    logged = [json.loads(line) for line in sc.stderr().splitlines()
-              if line.startswith('{"event":"query"')]
+    logged = [
+        json.loads(line) for line in sc.stderr().splitlines() if line.startswith('{"event":"query"')
+    ]
     assert any(e["name"] == "www.corp.example." and e["pvd"] == "corp" for e in logged)
 
     # the daemon is gone: the health check fails
@@ -308,11 +351,17 @@ async def test_restricted_profile_without_any_capability_works_on_linux_5_7_and_
         pytest.skip(f"Linux {os.uname().release}: SO_BINDTODEVICE needs CAP_NET_RAW before 5.7")
     cluster, up_corp = pod
     netns.sysctl(topology.host, "net.ipv4.ip_unprivileged_port_start", 53)
-    sc = sidecar_factory({"MIFDNS_LISTEN": f"127.0.0.53:53,{POD_IP}:53",
-                          "MIFDNS_CONTROL_SOCKET": "/run/mifdns/control.sock"},
-                         caps="-all", extra="--no-new-privs")
-    fields = dict(line.split(":", 1) for line in
-                  Path(f"/proc/{sc.pid}/status").read_text().splitlines())
+    sc = sidecar_factory(
+        {
+            "MIFDNS_LISTEN": f"127.0.0.53:53,{POD_IP}:53",
+            "MIFDNS_CONTROL_SOCKET": "/run/mifdns/control.sock",
+        },
+        caps="-all",
+        extra="--no-new-privs",
+    )
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{sc.pid}/status").read_text().splitlines()
+    )
     assert int(fields["CapEff"].strip(), 16) == 0 and int(fields["CapBnd"].strip(), 16) == 0
     assert fields["NoNewPrivs"].strip() == "1"
     assert addrs(query_from(cluster.ns, POD_IP, "www.corp.example")) == ["10.8.0.80"]

@@ -138,8 +138,9 @@ async def _corp_with_two_servers(topology, corp, upstream_factory, mifdns_factor
     """corp on 192.0.2.53 and .54, both answering until the test breaks one: (first, second, d)."""
     first = await upstream_factory(corp, CORP_ZONE, listen=["192.0.2.53"])
     second = await upstream_factory(corp, CORP_ZONE, listen=["192.0.2.54"])
-    d = await mifdns_factory(topology, config(corp_pvd(servers=["192.0.2.53", "192.0.2.54"]),
-                                              **top))
+    d = await mifdns_factory(
+        topology, config(corp_pvd(servers=["192.0.2.53", "192.0.2.54"]), **top)
+    )
     await settle(first, second)
     return first, second, d
 
@@ -148,8 +149,9 @@ async def _corp_with_two_servers(topology, corp, upstream_factory, mifdns_factor
 async def test_failover_to_the_second_server_when_the_first_is_dead(
     topology, vpn_and_wifi, upstream_factory, mifdns_factory
 ):
-    dead, alive, d = await _corp_with_two_servers(topology, vpn_and_wifi[0], upstream_factory,
-                                                  mifdns_factory)
+    dead, alive, d = await _corp_with_two_servers(
+        topology, vpn_and_wifi[0], upstream_factory, mifdns_factory
+    )
     dead.drop = True  # the first server dies (it was healthy: it is still tried first)
 
     r, took = await _timed(d.aquery("www.corp.example", timeout=5))
@@ -171,8 +173,9 @@ async def test_failover_to_the_second_server_when_the_first_is_dead(
 async def test_server_without_a_dns_service_is_skipped_at_once_on_icmp_port_unreachable(
     topology, vpn_and_wifi, upstream_factory, mifdns_factory
 ):
-    gone, alive, d = await _corp_with_two_servers(topology, vpn_and_wifi[0], upstream_factory,
-                                                  mifdns_factory)
+    gone, alive, d = await _corp_with_two_servers(
+        topology, vpn_and_wifi[0], upstream_factory, mifdns_factory
+    )
     await gone.stop()  # the host is up, nothing listens on port 53 any more
     before = counter(d, "upstream_icmp_errors")
     r, took = await _timed(d.aquery("www.corp.example"))
@@ -304,15 +307,19 @@ async def test_queries_in_flight_together_share_a_port_up_to_the_limit_and_ports
     up = RecordingUpstream(corp.ns, ["192.0.2.53"], zone=CORP_ZONE, name="corp")
     await server_loop.acall(up.start())
     try:
-        d = await mifdns_factory(topology, config(corp_pvd(),
-                                                  upstream={"queries_per_port": per_port}))
+        d = await mifdns_factory(
+            topology, config(corp_pvd(), upstream={"queries_per_port": per_port})
+        )
         up.set(delay=0.3)  # all 64 are in flight at once
         names = [f"b{i}.corp.example" for i in range(64)]
         replies = await asyncio.to_thread(_burst, topology.host, names, 5.0)
         assert sorted(r.id for r in replies) == list(range(64))
         assert {rcode(r) for r in replies} == {"NXDOMAIN"}
-        ports = [src[1] for data, _, src in up.raw
-                 if dns.message.from_wire(data).question[0].name.to_text().startswith("b")]
+        ports = [
+            src[1]
+            for data, _, src in up.raw
+            if dns.message.from_wire(data).question[0].name.to_text().startswith("b")
+        ]
         assert len(ports) == 64
         per = {p: ports.count(p) for p in set(ports)}
         assert max(per.values()) <= per_port, per
@@ -322,8 +329,11 @@ async def test_queries_in_flight_together_share_a_port_up_to_the_limit_and_ports
         up.set(delay=0)
         r = await d.aquery("lone.corp.example")
         assert rcode(r) == "NXDOMAIN"
-        lone = [src[1] for data, _, src in up.raw
-                if dns.message.from_wire(data).question[0].name.to_text() == "lone.corp.example."]
+        lone = [
+            src[1]
+            for data, _, src in up.raw
+            if dns.message.from_wire(data).question[0].name.to_text() == "lone.corp.example."
+        ]
         assert lone and lone[0] not in per
         await wait_for(lambda: counter(d, "upstream_udp_open") == 0, what="ports closed")
     finally:

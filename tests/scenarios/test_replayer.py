@@ -109,14 +109,25 @@ def test_ctrl_c_removes_everything(tmp_path: Path):
     slow = tmp_path / "slow.yaml"
     slow.write_text(SMALL + "  - advance: 10\n")
     env = dict(os.environ, PYTHONPATH=str(HERE.parents[1]))
-    proc = subprocess.Popen([sys.executable, "-m", "mifdns", "replay", str(slow)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mifdns", "replay", str(slow)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     prefix = f"mifsc{proc.pid}-"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # wait until the daemon answers inside the topology
         names = netns.ip(None, "netns", "list")
-        host = next((ln.split()[0] for ln in names.splitlines()
-                     if ln.startswith(prefix) and ln.split()[0].endswith("-host")), None)
+        host = next(
+            (
+                ln.split()[0]
+                for ln in names.splitlines()
+                if ln.startswith(prefix) and ln.split()[0].endswith("-host")
+            ),
+            None,
+        )
         if host and netns.ip(None, "netns", "pids", host).split():
             break
         time.sleep(0.1)
@@ -127,4 +138,3 @@ def test_ctrl_c_removes_everything(tmp_path: Path):
     assert "interrupted" in err
     left = [ln for ln in netns.ip(None, "netns", "list").splitlines() if ln.startswith(prefix)]
     assert not left
-

@@ -24,9 +24,11 @@ from mifdns.core.transaction import Send
 
 def spec(name: str, iface: str, servers=("192.0.2.53",), domains=(), **kw) -> PvdSpec:
     return PvdSpec(
-        name=name, interface=iface,
+        name=name,
+        interface=iface,
         servers=tuple(parse_server(s, iface) for s in servers),
-        domains=tuple(Domain.parse(d) for d in domains), **kw,
+        domains=tuple(Domain.parse(d) for d in domains),
+        **kw,
     )
 
 
@@ -59,15 +61,17 @@ class World:
             r.set_rcode(dns.rcode.NXDOMAIN)
             r.authority.append(self._soa())
         elif dns.rdatatype.to_text(qt) in node:
-            r.answer.append(dns.rrset.from_text_list(
-                qn, self.ttl, "IN", qt, node[dns.rdatatype.to_text(qt)]))
+            r.answer.append(
+                dns.rrset.from_text_list(qn, self.ttl, "IN", qt, node[dns.rdatatype.to_text(qt)])
+            )
         else:
             r.authority.append(self._soa())
         return r.to_wire()
 
     def _soa(self) -> dns.rrset.RRset:
-        return dns.rrset.from_text("example.", 3600, "IN", "SOA",
-                                   f"ns.example. h.example. 1 2 3 4 {self.soa_min}")
+        return dns.rrset.from_text(
+            "example.", 3600, "IN", "SOA", f"ns.example. h.example. 1 2 3 4 {self.soa_min}"
+        )
 
 
 _DEFAULT_SETTINGS = Settings()  # frozen: one instance serves every Driver
@@ -90,8 +94,15 @@ class Driver:
     def apply(self, events) -> list[dict]:
         return self.resolver.apply(events, self.now)
 
-    def query(self, name: str, rdtype: str = "A", *, want_dnssec: bool = False,
-              client: object = "c1", pump: bool = True) -> dns.message.Message | None:
+    def query(
+        self,
+        name: str,
+        rdtype: str = "A",
+        *,
+        want_dnssec: bool = False,
+        client: object = "c1",
+        pump: bool = True,
+    ) -> dns.message.Message | None:
         q = dns.message.make_query(name, rdtype, use_edns=0, want_dnssec=want_dnssec)
         out = self.resolver.handle_query(q.to_wire(), client, self.now)
         if out is not None:
@@ -118,8 +129,9 @@ class Driver:
                     if data is None:
                         self.dropped.append(act)
                         continue
-                    self.resolver.handle_reply(act.txn, data, act.server.sockaddr(), act.tcp,
-                                               self.now)
+                    self.resolver.handle_reply(
+                        act.txn, data, act.server.sockaddr(), act.tcp, self.now
+                    )
             if self.resolver.outbox:
                 continue
             nxt = self.resolver.next_timer()

@@ -33,9 +33,11 @@ def test_tables_and_entries_are_untracked_whatever_collects_meanwhile():
     def watch(phase: str, info: dict[str, int]) -> None:
         if phase == "start":  # no collection may ever see a table (it would walk all of it)
             collections.append(1)
-            seen_tracked.extend(p.tag for p in c.partitions()  # (a new, empty one may be)
-                                if (p.entries and gc.is_tracked(p.entries))
-                                or (p.nx and gc.is_tracked(p.nx)))
+            seen_tracked.extend(
+                p.tag
+                for p in c.partitions()  # (a new, empty one may be)
+                if (p.entries and gc.is_tracked(p.entries)) or (p.nx and gc.is_tracked(p.nx))
+            )
 
     old = gc.get_threshold()
     gc.callbacks.append(watch)
@@ -80,8 +82,18 @@ def test_an_entry_refers_to_nothing_that_could_close_a_cycle():
             assert all(isinstance(x, int) for x in ref), ref
         else:
             assert isinstance(ref, atomic), type(ref)
-    assert set(Entry.__slots__) == {"body", "ttl_offsets", "ttls", "stored", "expires", "kind",
-                                    "rcode", "used", "size", "dead"}  # a new field: check it here
+    assert set(Entry.__slots__) == {
+        "body",
+        "ttl_offsets",
+        "ttls",
+        "stored",
+        "expires",
+        "kind",
+        "rcode",
+        "used",
+        "size",
+        "dead",
+    }  # a new field: check it here
 
 
 def test_purged_and_evicted_entries_are_freed_by_reference_counting():

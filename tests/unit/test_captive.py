@@ -20,25 +20,48 @@ HIJACKED, CLEAN, UNSURE = Verdict(True, ("192.0.2.1",)), Verdict(False), Verdict
 
 # ------------------------------------------------------------------------------ RFC 8908 API
 def test_api_status_with_every_field():
-    body = json.dumps({
-        "captive": True, "user-portal-url": "https://portal.example/login",
-        "venue-info-url": "https://flight.example/entertainment", "can-extend-session": True,
-        "seconds-remaining": 326, "bytes-remaining": 65536, "unknown-key": [1, 2],
-    }).encode()
+    body = json.dumps(
+        {
+            "captive": True,
+            "user-portal-url": "https://portal.example/login",
+            "venue-info-url": "https://flight.example/entertainment",
+            "can-extend-session": True,
+            "seconds-remaining": 326,
+            "bytes-remaining": 65536,
+            "unknown-key": [1, 2],
+        }
+    ).encode()
     st = cap.parse_api(body)
-    assert st == ApiStatus(True, "https://portal.example/login",
-                           "https://flight.example/entertainment", True, 326, 65536)
+    assert st == ApiStatus(
+        True,
+        "https://portal.example/login",
+        "https://flight.example/entertainment",
+        True,
+        326,
+        65536,
+    )
     assert st.to_json()["user-portal-url"] == "https://portal.example/login"
 
 
 def test_api_status_minimal_and_wrongly_typed_optional_fields_are_dropped():
-    st = cap.parse_api(b'{"captive": false, "seconds-remaining": "soon", '
-                       b'"user-portal-url": "javascript:alert(1)", "can-extend-session": 1}')
+    st = cap.parse_api(
+        b'{"captive": false, "seconds-remaining": "soon", '
+        b'"user-portal-url": "javascript:alert(1)", "can-extend-session": 1}'
+    )
     assert st == ApiStatus(False)
 
 
-@pytest.mark.parametrize("body", [b"", b"<html>login</html>", b"[]", b'{"captive": "yes"}',
-                                  b"{}", b'{"captive": true' + b" " * 70000 + b"}"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"<html>login</html>",
+        b"[]",
+        b'{"captive": "yes"}',
+        b"{}",
+        b'{"captive": true' + b" " * 70000 + b"}",
+    ],
+)
 def test_api_answers_that_are_not_a_status_are_errors(body):
     with pytest.raises(cap.CaptiveApiError):
         cap.parse_api(body)
@@ -59,6 +82,7 @@ def test_probe_names_are_random_single_labels_and_one_under_invalid():
     assert names[-1].endswith(".invalid.")
     assert all(10 <= len(n.split(".")[0]) <= 15 for n in names)
     import os
+
     assert cap.probe_names(os.urandom(48)) != cap.probe_names(os.urandom(48))
 
 
@@ -180,19 +204,29 @@ def test_new_api_uri_polls_at_once():
 
 # ------------------------------------------------------------------------------ policy
 def wifi_and_cell() -> Driver:
-    d = Driver([
-        spec("wifi", "wlan0", captive_domains=(Domain.parse("hotel.example"),),
-             captive_portal="https://portal.hotel-wifi.example/api"),
-        spec("cell", "wwan0", servers=["198.51.100.53"]),
-    ])
-    d.worlds["wifi"].records = {"www.example.com": {"A": ["192.0.2.1"]},
-                                "portal.hotel-wifi.example": {"A": ["192.0.2.1"]},
-                                "login.hotel.example": {"A": ["192.0.2.1"]},
-                                "auth.portal-cdn.example": {"A": ["192.0.2.1"]}}
-    d.worlds["cell"].records = {"www.example.com": {"A": ["203.0.113.80"]},
-                                "portal.hotel-wifi.example": {"A": ["203.0.113.99"]},
-                                "login.hotel.example": {"A": ["203.0.113.98"]},
-                                "auth.portal-cdn.example": {"A": ["203.0.113.97"]}}
+    d = Driver(
+        [
+            spec(
+                "wifi",
+                "wlan0",
+                captive_domains=(Domain.parse("hotel.example"),),
+                captive_portal="https://portal.hotel-wifi.example/api",
+            ),
+            spec("cell", "wwan0", servers=["198.51.100.53"]),
+        ]
+    )
+    d.worlds["wifi"].records = {
+        "www.example.com": {"A": ["192.0.2.1"]},
+        "portal.hotel-wifi.example": {"A": ["192.0.2.1"]},
+        "login.hotel.example": {"A": ["192.0.2.1"]},
+        "auth.portal-cdn.example": {"A": ["192.0.2.1"]},
+    }
+    d.worlds["cell"].records = {
+        "www.example.com": {"A": ["203.0.113.80"]},
+        "portal.hotel-wifi.example": {"A": ["203.0.113.99"]},
+        "login.hotel.example": {"A": ["203.0.113.98"]},
+        "auth.portal-cdn.example": {"A": ["203.0.113.97"]},
+    }
     return d
 
 
@@ -248,8 +282,12 @@ def test_leaving_captive_purges_the_portal_answers():
 
 
 def test_captive_nodata_does_not_hide_an_answer_from_a_tied_pvd():
-    d = Driver([spec("wifi", "wlan0", domains=["shared.example"]),
-                spec("cell", "wwan0", servers=["198.51.100.53"], domains=["shared.example"])])
+    d = Driver(
+        [
+            spec("wifi", "wlan0", domains=["shared.example"]),
+            spec("cell", "wwan0", servers=["198.51.100.53"], domains=["shared.example"]),
+        ]
+    )
     d.worlds["wifi"].records = {"a.shared.example": {"TXT": ['"x"']}}
     d.worlds["cell"].records = {"a.shared.example": {"A": ["203.0.113.5"]}}
     d.apply(d.registry.set_captive("wifi", CAPTIVE))

@@ -343,12 +343,16 @@ def test_every_problem_is_reported_at_once_in_file_order():
         "mifdns.yaml:3: cache.max_ttl: expected an integer, got 'soon'",
         "mifdns.yaml:4: netlink: expected a boolean (true or false), got 'yes'",
         "mifdns.yaml:6: pvds[0].name: 'a b': must be 1-64 characters of A-Z a-z 0-9 _ . -",
-        ("mifdns.yaml:7: pvds[0].interface: 'way-too-long-ifname': not a Linux interface name "
-         "(1-15 characters, no '/', ':' or whitespace)"),
+        (
+            "mifdns.yaml:7: pvds[0].interface: 'way-too-long-ifname': not a Linux interface name "
+            "(1-15 characters, no '/', ':' or whitespace)"
+        ),
         "mifdns.yaml:8: pvds[0].servers[0]: '10.0.0.300': not an IP address",
         "mifdns.yaml:8: pvds[0].servers[1]: '1.2.3.4:0': port must be 1-65535",
-        ("mifdns.yaml:9: pvds[0].networks[0]: '10.8.0.1/16': host bits set "
-         "(the network is 10.8.0.0/16)"),
+        (
+            "mifdns.yaml:9: pvds[0].networks[0]: '10.8.0.1/16': host bits set "
+            "(the network is 10.8.0.0/16)"
+        ),
     ]
 
 

@@ -44,14 +44,23 @@ class FakeDaemon:
         if cmd == "echo":
             return req
         if cmd == "pvds":
-            return [{"name": "wifi", "interface": "wlan0", "state": "attached",
-                     "servers": ["192.0.2.1"], "domains": [], "default_route": True,
-                     "exclusive": False, "captive": "open", "nat64_prefixes": []}]
+            return [
+                {
+                    "name": "wifi",
+                    "interface": "wlan0",
+                    "state": "attached",
+                    "servers": ["192.0.2.1"],
+                    "domains": [],
+                    "default_route": True,
+                    "exclusive": False,
+                    "captive": "open",
+                    "nat64_prefixes": [],
+                }
+            ]
         if cmd == "detach":
             raise ControlError(f"no PvD named {req.get('name')!r}")
         if cmd == "attach":
-            raise ConfigError(["pvd.servers[0]: 'x': not an IP address",
-                               "pvd.interface: missing"])
+            raise ConfigError(["pvd.servers[0]: 'x': not an IP address", "pvd.interface: missing"])
         if cmd == "boom":
             raise KeyError("surprise")
         if cmd == "slow":
@@ -116,9 +125,11 @@ async def test_several_requests_on_one_connection_are_answered_in_order(served: 
     writer.write(b'{"cmd":"slow"}\n{"cmd":"echo","n":1}\n\n{"cmd":"echo","n":2}\n')
     await writer.drain()
     answers = [json.loads(await asyncio.wait_for(reader.readline(), 5)) for _ in range(3)]
-    assert answers == [{"ok": True, "result": "slow"},
-                       {"ok": True, "result": {"cmd": "echo", "n": 1}},
-                       {"ok": True, "result": {"cmd": "echo", "n": 2}}]
+    assert answers == [
+        {"ok": True, "result": "slow"},
+        {"ok": True, "result": {"cmd": "echo", "n": 1}},
+        {"ok": True, "result": {"cmd": "echo", "n": 2}},
+    ]
     writer.close()
 
 
@@ -132,8 +143,10 @@ async def test_malformed_lines_are_refused_and_the_connection_stays_usable(serve
     for line in (b"[1, 2]\n", b'{"cmd": 7}\n', b'{"name": "wifi"}\n', b"\xff\xfe\n"):
         answer = await _ask(reader, writer, line)
         assert answer["ok"] is False and answer["error"].startswith("bad request:"), line
-    assert await _ask(reader, writer, b'{"cmd":"echo"}\n') == {"ok": True,
-                                                                "result": {"cmd": "echo"}}
+    assert await _ask(reader, writer, b'{"cmd":"echo"}\n') == {
+        "ok": True,
+        "result": {"cmd": "echo"},
+    }
     assert daemon.requests == [{"cmd": "echo"}]
     writer.close()
 
@@ -168,7 +181,8 @@ async def test_multi_line_user_errors_reach_the_client_as_one_line(served: Any) 
 
 @pytest.mark.asyncio
 async def test_an_unexpected_exception_is_an_internal_error_and_the_server_goes_on(
-        served: Any, caplog: Any) -> None:
+    served: Any, caplog: Any
+) -> None:
     server, _, _ = served
     reader, writer = await _connect(server.path)
     with caplog.at_level(logging.ERROR, logger="mifdns.control"):
@@ -257,13 +271,16 @@ async def test_clients_beyond_max_clients_are_refused(sock_path: str) -> None:
 
 @pytest.mark.asyncio
 async def test_monitor_events_reach_every_subscriber_and_leavers_are_cleaned_up(
-        served: Any) -> None:
+    served: Any,
+) -> None:
     server, daemon, hub = served
     assert not hub.active
     conns = [await _connect(server.path) for _ in range(2)]
     for reader, writer in conns:
-        assert await _ask(reader, writer, b'{"cmd":"monitor"}\n') == {"ok": True,
-                                                                      "result": "monitoring"}
+        assert await _ask(reader, writer, b'{"cmd":"monitor"}\n') == {
+            "ok": True,
+            "result": "monitoring",
+        }
     await _until(lambda: hub.subscribers == 2)
     assert hub.active
     events = [{"event": "query", "name": f"n{i}.example.", "time": 1.0} for i in range(3)]
@@ -357,8 +374,9 @@ def test_no_daemon_is_exit_3_with_one_line(tmp_path: Any, capsys: Any) -> None:
     assert "(is the daemon running? see --socket)" in err
 
 
-def test_the_socket_comes_from_the_environment(monkeypatch: Any, tmp_path: Any,
-                                               capsys: Any) -> None:
+def test_the_socket_comes_from_the_environment(
+    monkeypatch: Any, tmp_path: Any, capsys: Any
+) -> None:
     path = str(tmp_path / "env.sock")
     monkeypatch.setenv("MIFDNS_CONTROL_SOCKET", path)
     assert ctl.default_socket() == path
@@ -383,14 +401,18 @@ async def test_json_output_parses_and_refusals_are_exit_1(served: Any, capsys: A
     assert capsys.readouterr().err == "mifdns ctl: no PvD named 'x'\n"
 
 
-@pytest.mark.parametrize("argv", [
-    ["--timeout", "2.5", "--socket", "/s", "--json", "status"],
-    ["status", "--timeout", "2.5", "--socket", "/s", "--json"],
-    ["--socket", "/s", "status", "--json", "--timeout", "2.5"],
-    ["--timeout", "9", "status", "--timeout", "2.5", "--socket", "/s", "--json"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--timeout", "2.5", "--socket", "/s", "--json", "status"],
+        ["status", "--timeout", "2.5", "--socket", "/s", "--json"],
+        ["--socket", "/s", "status", "--json", "--timeout", "2.5"],
+        ["--timeout", "9", "status", "--timeout", "2.5", "--socket", "/s", "--json"],
+    ],
+)
 def test_timeout_socket_and_json_work_before_and_after_the_command(
-        argv: list[str], monkeypatch: Any, capsys: Any) -> None:
+    argv: list[str], monkeypatch: Any, capsys: Any
+) -> None:
     sent: list[tuple[str, dict[str, Any], float]] = []
 
     def fake_request(path: str, req: dict[str, Any], timeout: float = 10.0) -> Any:
@@ -422,10 +444,11 @@ async def test_every_command_sends_its_request(served: Any, capsys: Any) -> None
         (["flush", "wifi"], {"cmd": "flush", "name": "wifi"}),
         (["cache"], {"cmd": "cache", "pvd": None}),
         (["cache", "--pvd", "corp"], {"cmd": "cache", "pvd": "corp"}),
-        (["explain", "a.corp.example"], {"cmd": "explain", "name": "a.corp.example",
-                                         "type": "A"}),
-        (["explain", "a.corp.example", "aaaa"], {"cmd": "explain", "name": "a.corp.example",
-                                                 "type": "AAAA"}),
+        (["explain", "a.corp.example"], {"cmd": "explain", "name": "a.corp.example", "type": "A"}),
+        (
+            ["explain", "a.corp.example", "aaaa"],
+            {"cmd": "explain", "name": "a.corp.example", "type": "AAAA"},
+        ),
         (["captive", "wifi", "open"], {"cmd": "captive", "name": "wifi", "state": "open"}),
         (["attach", "wifi"], {"cmd": "attach", "name": "wifi"}),
     ]
@@ -443,28 +466,60 @@ def _request(argv: list[str]) -> dict[str, Any]:
 
 
 def test_attach_options_build_a_config_form_spec() -> None:
-    req = _request(["attach", "--name", "corp", "--interface", "tun0",
-                    "--server", "198.51.100.53", "--server", "[2001:db8::53]:5353,10.0.0.1",
-                    "--domain", "~corp.example", "--domain", "corp.example",
-                    "--network", "10.8.0.0/16", "--no-default-route", "--exclusive",
-                    "--dns64", "64:ff9b::/96", "--dns64-synthesize",
-                    "--captive-portal", "https://portal.example/api",
-                    "--captive-domain", "portal.example"])
-    assert req == {"cmd": "attach", "spec": {
-        "name": "corp", "interface": "tun0",
-        "servers": ["198.51.100.53", "[2001:db8::53]:5353", "10.0.0.1"],
-        "domains": ["~corp.example", "corp.example"],
-        "default_route": False, "exclusive": True, "networks": ["10.8.0.0/16"],
-        "dns64": {"prefix": "64:ff9b::/96", "synthesize": True},
-        "captive_portal": "https://portal.example/api",
-        "captive_domains": ["portal.example"]}}
+    req = _request(
+        [
+            "attach",
+            "--name",
+            "corp",
+            "--interface",
+            "tun0",
+            "--server",
+            "198.51.100.53",
+            "--server",
+            "[2001:db8::53]:5353,10.0.0.1",
+            "--domain",
+            "~corp.example",
+            "--domain",
+            "corp.example",
+            "--network",
+            "10.8.0.0/16",
+            "--no-default-route",
+            "--exclusive",
+            "--dns64",
+            "64:ff9b::/96",
+            "--dns64-synthesize",
+            "--captive-portal",
+            "https://portal.example/api",
+            "--captive-domain",
+            "portal.example",
+        ]
+    )
+    assert req == {
+        "cmd": "attach",
+        "spec": {
+            "name": "corp",
+            "interface": "tun0",
+            "servers": ["198.51.100.53", "[2001:db8::53]:5353", "10.0.0.1"],
+            "domains": ["~corp.example", "corp.example"],
+            "default_route": False,
+            "exclusive": True,
+            "networks": ["10.8.0.0/16"],
+            "dns64": {"prefix": "64:ff9b::/96", "synthesize": True},
+            "captive_portal": "https://portal.example/api",
+            "captive_domains": ["portal.example"],
+        },
+    }
 
 
 def test_attach_leaves_unset_options_to_the_daemon() -> None:
     assert _request(["attach", "hotel", "--interface", "wlan0", "--dns64", "AUTO"]) == {
-        "cmd": "attach", "spec": {"name": "hotel", "interface": "wlan0", "dns64": "auto"}}
+        "cmd": "attach",
+        "spec": {"name": "hotel", "interface": "wlan0", "dns64": "auto"},
+    }
     assert _request(["attach", "--name", "x", "--interface", "eth0", "--default-route"]) == {
-        "cmd": "attach", "spec": {"name": "x", "interface": "eth0", "default_route": True}}
+        "cmd": "attach",
+        "spec": {"name": "x", "interface": "eth0", "default_route": True},
+    }
 
 
 def test_attach_spec_text_in_json_or_yaml_and_from_a_file(tmp_path: Any) -> None:
@@ -478,41 +533,67 @@ def test_attach_spec_text_in_json_or_yaml_and_from_a_file(tmp_path: Any) -> None
     no_name = tmp_path / "noname.json"
     no_name.write_text(json.dumps({"interface": "tun1"}))
     assert _request(["attach", "vpn", "--spec-file", str(no_name)]) == {
-        "cmd": "attach", "spec": {"interface": "tun1", "name": "vpn"}}
+        "cmd": "attach",
+        "spec": {"interface": "tun1", "name": "vpn"},
+    }
 
 
 def test_update_sends_only_the_changes() -> None:
-    assert _request(["update", "corp", "--server", "10.0.0.2", "--no-exclusive",
-                     "--captive-portal", "none", "--network", ""]) == {
-        "cmd": "update", "name": "corp",
-        "changes": {"servers": ["10.0.0.2"], "exclusive": False, "networks": [],
-                    "captive_portal": None}}
+    assert _request(
+        [
+            "update",
+            "corp",
+            "--server",
+            "10.0.0.2",
+            "--no-exclusive",
+            "--captive-portal",
+            "none",
+            "--network",
+            "",
+        ]
+    ) == {
+        "cmd": "update",
+        "name": "corp",
+        "changes": {
+            "servers": ["10.0.0.2"],
+            "exclusive": False,
+            "networks": [],
+            "captive_portal": None,
+        },
+    }
     assert _request(["update", "corp", "--spec", "{default_route: true}"]) == {
-        "cmd": "update", "name": "corp", "changes": {"default_route": True}}
+        "cmd": "update",
+        "name": "corp",
+        "changes": {"default_route": True},
+    }
 
 
-@pytest.mark.parametrize("argv", [
-    ["attach"],
-    ["attach", "--name", "x"],
-    ["attach", "x", "--server", "1.1.1.1"],
-    ["attach", "a", "--name", "b", "--interface", "eth0"],
-    ["attach", "--name", "x", "--interface", "eth0", "--dns64-synthesize"],
-    ["attach", "--spec", "name: [unclosed"],
-    ["attach", "--spec", "just a string"],
-    ["attach", "--spec", "{name: a}", "--interface", "eth0"],
-    ["attach", "--spec", "{name: a}", "--spec-file", "/x"],
-    ["attach", "b", "--spec", "{name: a, interface: eth0}"],
-    ["attach", "--spec-file", "/nonexistent/spec.yaml"],
-    ["attach", "--default-route", "--no-default-route", "--name", "x", "--interface", "e"],
-    ["update", "corp"],
-    ["update"],
-    ["captive", "wifi", "maybe"],
-    ["explain"],
-    ["frobnicate"],
-    [],
-])
-def test_usage_errors_are_exit_2_before_any_connection(argv: list[str], tmp_path: Any,
-                                                       capsys: Any) -> None:
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["attach"],
+        ["attach", "--name", "x"],
+        ["attach", "x", "--server", "1.1.1.1"],
+        ["attach", "a", "--name", "b", "--interface", "eth0"],
+        ["attach", "--name", "x", "--interface", "eth0", "--dns64-synthesize"],
+        ["attach", "--spec", "name: [unclosed"],
+        ["attach", "--spec", "just a string"],
+        ["attach", "--spec", "{name: a}", "--interface", "eth0"],
+        ["attach", "--spec", "{name: a}", "--spec-file", "/x"],
+        ["attach", "b", "--spec", "{name: a, interface: eth0}"],
+        ["attach", "--spec-file", "/nonexistent/spec.yaml"],
+        ["attach", "--default-route", "--no-default-route", "--name", "x", "--interface", "e"],
+        ["update", "corp"],
+        ["update"],
+        ["captive", "wifi", "maybe"],
+        ["explain"],
+        ["frobnicate"],
+        [],
+    ],
+)
+def test_usage_errors_are_exit_2_before_any_connection(
+    argv: list[str], tmp_path: Any, capsys: Any
+) -> None:
     assert ctl.main(["--socket", str(tmp_path / "none.sock"), *argv]) == 2
     err = capsys.readouterr().err
     assert "cannot reach" not in err and "Traceback" not in err
@@ -532,15 +613,29 @@ def test_help_is_exit_0(capsys: Any) -> None:
 STATUS = {
     "listen": ["127.0.0.53:53"],
     "uptime_s": 3725.2,
-    "counters": {"queries": 10, "cache_hits": 7, "upstream_queries": {"corp": 2, "wifi": 1},
-                 "purges": 1},
+    "counters": {
+        "queries": 10,
+        "cache_hits": 7,
+        "upstream_queries": {"corp": 2, "wifi": 1},
+        "purges": 1,
+    },
     "pvds": [
-        {"name": "corp", "state": "attached", "interface": "tun0",
-         "servers": [{"address": "198.51.100.53", "srtt_ms": 12.34, "failures": 1},
-                     "2001:db8::53"],
-         "domains": ["~corp.example"], "networks": ["10.8.0.0/16"], "default_route": False,
-         "exclusive": True, "captive": "unknown", "nat64_prefixes": ["64:ff9b::/96"],
-         "cache_entries": 3},
+        {
+            "name": "corp",
+            "state": "attached",
+            "interface": "tun0",
+            "servers": [
+                {"address": "198.51.100.53", "srtt_ms": 12.34, "failures": 1},
+                "2001:db8::53",
+            ],
+            "domains": ["~corp.example"],
+            "networks": ["10.8.0.0/16"],
+            "default_route": False,
+            "exclusive": True,
+            "captive": "unknown",
+            "nat64_prefixes": ["64:ff9b::/96"],
+            "cache_entries": 3,
+        },
         {"name": "wifi", "state": "detached"},
     ],
     "cache": {"entries": 3, "bytes": 2048, "per_pvd": {"corp": 3}},
@@ -551,34 +646,53 @@ STATUS = {
 
 def test_format_status_shows_every_block() -> None:
     text = ctl.format_status(STATUS)
-    for needle in ("up 1h 2min 5s", "127.0.0.53:53", "3 entries, 2.0 KiB (corp 3)",
-                   "PvD corp: attached", "198.51.100.53 (srtt 12.3 ms, 1 failure)",
-                   "2001:db8::53", "Default route: no", "Exclusive: yes", "64:ff9b::/96",
-                   "PvD wifi: detached", "Counters:", "upstream_queries: corp=2 wifi=1",
-                   "Recent purges:", "42 entries", "link wlan0 down", "max_entries: 100000"):
+    for needle in (
+        "up 1h 2min 5s",
+        "127.0.0.53:53",
+        "3 entries, 2.0 KiB (corp 3)",
+        "PvD corp: attached",
+        "198.51.100.53 (srtt 12.3 ms, 1 failure)",
+        "2001:db8::53",
+        "Default route: no",
+        "Exclusive: yes",
+        "64:ff9b::/96",
+        "PvD wifi: detached",
+        "Counters:",
+        "upstream_queries: corp=2 wifi=1",
+        "Recent purges:",
+        "42 entries",
+        "link wlan0 down",
+        "max_entries: 100000",
+    ):
         assert needle in text, needle
 
 
-@pytest.mark.parametrize("fmt, sample", [
-    (ctl.format_status, {}),
-    (ctl.format_status, {"pvds": [{}], "purges": [{}], "cache": {}, "counters": {"a": {}}}),
-    (ctl.format_status, None),
-    (ctl.format_pvds, []),
-    (ctl.format_pvds, [{}]),
-    (ctl.format_pvds, [{"name": "x", "servers": [{"address": "192.0.2.1"}], "cache_entries": 1}]),
-    (ctl.format_pvds, {"unexpected": "shape"}),
-    (ctl.format_cache, []),
-    (ctl.format_cache, [{}]),
-    (ctl.format_explain, {}),
-    (ctl.format_explain, {"candidates": [{}]}),
-    (ctl.format_event, {}),
-    (ctl.format_event, {"event": "query"}),
-    (ctl.format_event, {"event": "dropped"}),
-    (ctl.format_event, "not a dict"),
-    (ctl.format_result, None),
-    (ctl.format_result, {"purged": 3, "nested": {"a": [1, 2]}}),
-    (ctl.format_result, [1, {"a": 1}]),
-])
+@pytest.mark.parametrize(
+    "fmt, sample",
+    [
+        (ctl.format_status, {}),
+        (ctl.format_status, {"pvds": [{}], "purges": [{}], "cache": {}, "counters": {"a": {}}}),
+        (ctl.format_status, None),
+        (ctl.format_pvds, []),
+        (ctl.format_pvds, [{}]),
+        (
+            ctl.format_pvds,
+            [{"name": "x", "servers": [{"address": "192.0.2.1"}], "cache_entries": 1}],
+        ),
+        (ctl.format_pvds, {"unexpected": "shape"}),
+        (ctl.format_cache, []),
+        (ctl.format_cache, [{}]),
+        (ctl.format_explain, {}),
+        (ctl.format_explain, {"candidates": [{}]}),
+        (ctl.format_event, {}),
+        (ctl.format_event, {"event": "query"}),
+        (ctl.format_event, {"event": "dropped"}),
+        (ctl.format_event, "not a dict"),
+        (ctl.format_result, None),
+        (ctl.format_result, {"purged": 3, "nested": {"a": [1, 2]}}),
+        (ctl.format_result, [1, {"a": 1}]),
+    ],
+)
 def test_formatters_survive_missing_keys_and_odd_shapes(fmt: Any, sample: Any) -> None:
     assert isinstance(fmt(sample), str)
 
@@ -593,10 +707,12 @@ def test_format_pvds_is_a_table() -> None:
 
 
 def test_format_cache_keeps_the_given_order() -> None:
-    text = ctl.format_cache([
-        {"name": "b.example.", "type": "A", "pvd": "wifi", "kind": "positive", "ttl": 30},
-        {"name": "a.example.", "type": "AAAA", "pvd": "corp", "kind": "synthesized", "ttl": 5},
-    ])
+    text = ctl.format_cache(
+        [
+            {"name": "b.example.", "type": "A", "pvd": "wifi", "kind": "positive", "ttl": 30},
+            {"name": "a.example.", "type": "AAAA", "pvd": "corp", "kind": "synthesized", "ttl": 5},
+        ]
+    )
     lines = text.splitlines()
     assert lines[0].split() == ["NAME", "TYPE", "PVD", "KIND", "TTL"]
     assert lines[1].split() == ["b.example.", "A", "wifi", "positive", "30"]
@@ -605,34 +721,64 @@ def test_format_cache_keeps_the_given_order() -> None:
 
 
 def test_format_explain_lines() -> None:
-    text = ctl.format_explain({"candidates": [
-        {"pvd": "wifi", "grade": 0, "reason": "default route"},
-        {"pvd": "lte", "grade": 0, "reason": "default route"}], "local": None, "refused": None})
+    text = ctl.format_explain(
+        {
+            "candidates": [
+                {"pvd": "wifi", "grade": 0, "reason": "default route"},
+                {"pvd": "lte", "grade": 0, "reason": "default route"},
+            ],
+            "local": None,
+            "refused": None,
+        }
+    )
     assert text.splitlines() == ["wifi  grade 0  default route", "lte   grade 0  default route"]
-    assert ctl.format_explain({"candidates": [], "local": "localhost"}) == \
-        "answered locally: localhost"
-    assert ctl.format_explain({"candidates": [], "local": None,
-                               "refused": "corp is exclusive and detached"}) == \
-        "refused: corp is exclusive and detached"
+    assert (
+        ctl.format_explain({"candidates": [], "local": "localhost"})
+        == "answered locally: localhost"
+    )
+    assert (
+        ctl.format_explain(
+            {"candidates": [], "local": None, "refused": "corp is exclusive and detached"}
+        )
+        == "refused: corp is exclusive and detached"
+    )
 
 
 def test_format_event_lines() -> None:
-    query = ctl.format_event({
-        "event": "query", "time": 1.7e9 + 0.12, "name": "a.corp.example.", "type": "A",
-        "pvd": "corp", "cache": "miss", "kind": "positive", "ms": 12.34,
-        "candidates": [{"pvd": "corp", "grade": 2, "reason": "routing domain corp.example"}]})
-    assert re.fullmatch(r"\d\d:\d\d:\d\d\.120 query a\.corp\.example\. A -> corp "
-                        r"\(miss, positive, 12\.3 ms\) candidates: "
-                        r"corp\[2 routing domain corp\.example\]", query), query
-    detach = ctl.format_event({"event": "detach", "time": 1.7e9, "pvd": "wifi",
-                               "cause": "link wlan0 down", "purged": 42})
-    assert re.fullmatch(r"\d\d:\d\d:\d\d\.000 detach wifi: link wlan0 down, "
-                        r"purged 42 entries", detach), detach
-    local = ctl.format_event({"event": "query", "time": 0, "name": "localhost.", "type": "A",
-                              "local": "localhost"})
+    query = ctl.format_event(
+        {
+            "event": "query",
+            "time": 1.7e9 + 0.12,
+            "name": "a.corp.example.",
+            "type": "A",
+            "pvd": "corp",
+            "cache": "miss",
+            "kind": "positive",
+            "ms": 12.34,
+            "candidates": [{"pvd": "corp", "grade": 2, "reason": "routing domain corp.example"}],
+        }
+    )
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d\.120 query a\.corp\.example\. A -> corp "
+        r"\(miss, positive, 12\.3 ms\) candidates: "
+        r"corp\[2 routing domain corp\.example\]",
+        query,
+    ), query
+    detach = ctl.format_event(
+        {"event": "detach", "time": 1.7e9, "pvd": "wifi", "cause": "link wlan0 down", "purged": 42}
+    )
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d\.000 detach wifi: link wlan0 down, "
+        r"purged 42 entries",
+        detach,
+    ), detach
+    local = ctl.format_event(
+        {"event": "query", "time": 0, "name": "localhost.", "type": "A", "local": "localhost"}
+    )
     assert local.endswith("query localhost. A -> local (localhost)")
-    other = ctl.format_event({"event": "nat64", "time": 0, "pvd": "lte",
-                              "prefixes": ["64:ff9b::/96"]})
+    other = ctl.format_event(
+        {"event": "nat64", "time": 0, "pvd": "lte", "prefixes": ["64:ff9b::/96"]}
+    )
     assert other.endswith("nat64 lte: prefixes=64:ff9b::/96")
 
 
@@ -640,7 +786,8 @@ def test_format_event_lines() -> None:
 async def test_monitor_command_prints_json_lines(served: Any, capsys: Any) -> None:
     server, _, hub = served
     task = asyncio.ensure_future(
-        asyncio.to_thread(ctl.main, ["--socket", server.path, "--json", "monitor"]))
+        asyncio.to_thread(ctl.main, ["--socket", server.path, "--json", "monitor"])
+    )
     await _until(lambda: hub.active)
     hub.publish({"event": "attach", "pvd": "corp", "time": 1.0})
     await asyncio.sleep(0.1)
@@ -648,5 +795,6 @@ async def test_monitor_command_prints_json_lines(served: Any, capsys: Any) -> No
     assert await asyncio.wait_for(task, 5) == 3
     captured = capsys.readouterr()
     assert [json.loads(line) for line in captured.out.splitlines()] == [
-        {"event": "attach", "pvd": "corp", "time": 1.0}]
+        {"event": "attach", "pvd": "corp", "time": 1.0}
+    ]
     assert "ended the monitor stream" in captured.err

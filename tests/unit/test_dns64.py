@@ -68,8 +68,12 @@ def test_discovery_finds_the_prefix_at_every_rfc6052_length(prefix, _):
 
 def test_discovery_returns_every_prefix_in_answer_order():
     a, b = Net6("64:ff9b::/96"), Net6("2001:db8:64::/48")
-    addrs = [dns64.embed(a, "192.0.0.170"), dns64.embed(b, "192.0.0.170"),
-             dns64.embed(a, "192.0.0.171"), dns64.embed(b, "192.0.0.171")]
+    addrs = [
+        dns64.embed(a, "192.0.0.170"),
+        dns64.embed(b, "192.0.0.170"),
+        dns64.embed(a, "192.0.0.171"),
+        dns64.embed(b, "192.0.0.171"),
+    ]
     assert dns64.prefixes_from_addresses(addrs) == (a, b)
 
 
@@ -86,23 +90,34 @@ def test_ambiguous_position_is_settled_by_the_secondary_well_known_address():
     assert dns64.prefixes_from_addresses(addrs) == (net,)
 
 
-def _response(qname: str, rdtype: str, rrs: list[tuple[str, int, str, list[str]]] = (),
-              rcode: int = 0, soa: tuple[int, int] | None = None) -> tuple[bytes, wire.ResponseInfo]:
+def _response(
+    qname: str,
+    rdtype: str,
+    rrs: list[tuple[str, int, str, list[str]]] = (),
+    rcode: int = 0,
+    soa: tuple[int, int] | None = None,
+) -> tuple[bytes, wire.ResponseInfo]:
     q = dns.message.make_query(qname, rdtype)
     r = dns.message.make_response(q)
     r.set_rcode(rcode)
     for owner, ttl, t, values in rrs:
         r.answer.append(dns.rrset.from_text_list(owner, ttl, "IN", t, values))
     if soa is not None:
-        r.authority.append(dns.rrset.from_text(
-            "example.", soa[0], "IN", "SOA", f"ns.example. h.example. 1 2 3 4 {soa[1]}"))
+        r.authority.append(
+            dns.rrset.from_text(
+                "example.", soa[0], "IN", "SOA", f"ns.example. h.example. 1 2 3 4 {soa[1]}"
+            )
+        )
     data = r.to_wire()
     return data, wire.parse_response(data)
 
 
 def test_discover_reads_an_answer_and_refreshes_when_its_ttl_runs_out():
-    data, info = _response("ipv4only.arpa.", "AAAA", [
-        ("ipv4only.arpa.", 120, "AAAA", ["64:ff9b::c000:aa", "64:ff9b::c000:ab"])])
+    data, info = _response(
+        "ipv4only.arpa.",
+        "AAAA",
+        [("ipv4only.arpa.", 120, "AAAA", ["64:ff9b::c000:aa", "64:ff9b::c000:ab"])],
+    )
     d = dns64.discover("answer", data, info, now=1000.0)
     assert d.prefixes == (Net6("64:ff9b::/96"),)
     assert d.next_at == 1120.0
@@ -118,16 +133,18 @@ def test_discover_nodata_means_no_dns64_and_failure_keeps_what_is_known():
 
 
 def test_discover_with_ttl_zero_does_not_storm():
-    data, info = _response("ipv4only.arpa.", "AAAA", [
-        ("ipv4only.arpa.", 0, "AAAA", ["64:ff9b::c000:aa"])])
+    data, info = _response(
+        "ipv4only.arpa.", "AAAA", [("ipv4only.arpa.", 0, "AAAA", ["64:ff9b::c000:aa"])]
+    )
     assert dns64.discover("answer", data, info, now=0.0).next_at >= dns64.MIN_REFRESH
 
 
 # ------------------------------------------------------------------------------ reverse names
 def test_ptr_target_maps_an_ip6_arpa_name_under_the_prefix_to_in_addr_arpa():
     name = wire.text_to_qname(V6("64:ff9b::c000:221").reverse_pointer)
-    assert dns64.ptr_target(name, [dns64.WELL_KNOWN_PREFIX]) == \
-        wire.text_to_qname("33.2.0.192.in-addr.arpa.")
+    assert dns64.ptr_target(name, [dns64.WELL_KNOWN_PREFIX]) == wire.text_to_qname(
+        "33.2.0.192.in-addr.arpa."
+    )
     assert dns64.ptr_target(name, [Net6("2001:db8::/96")]) is None
     short = wire.text_to_qname("b.9.f.f.4.6.0.0.ip6.arpa.")
     assert dns64.ptr_target(short, [dns64.WELL_KNOWN_PREFIX]) is None
@@ -140,33 +157,46 @@ def test_reverse_to_address_refuses_names_that_are_not_32_nibbles():
 
 # ------------------------------------------------------------------------------ builders
 def test_synthesized_answer_keeps_the_cname_chain_and_caps_the_ttl():
-    data, info = _response("www.example.", "A", [
-        ("www.example.", 300, "CNAME", ["v4.example."]),
-        ("v4.example.", 900, "A", ["192.0.2.1", "192.0.2.2"])])
-    out = dns64.synthesize_aaaa_response(wire.text_to_qname("www.example."), 1, data, info,
-                                         dns64.WELL_KNOWN_PREFIX, negative_ttl=60)
+    data, info = _response(
+        "www.example.",
+        "A",
+        [
+            ("www.example.", 300, "CNAME", ["v4.example."]),
+            ("v4.example.", 900, "A", ["192.0.2.1", "192.0.2.2"]),
+        ],
+    )
+    out = dns64.synthesize_aaaa_response(
+        wire.text_to_qname("www.example."), 1, data, info, dns64.WELL_KNOWN_PREFIX, negative_ttl=60
+    )
     msg = dns.message.from_wire(out)
     assert msg.question[0].rdtype == dns.rdatatype.AAAA
     cname, aaaa = msg.answer
     assert cname.rdtype == dns.rdatatype.CNAME and cname.ttl == 300
     assert sorted(rd.to_text() for rd in aaaa) == ["64:ff9b::c000:201", "64:ff9b::c000:202"]
     assert aaaa.ttl == 60
-    no_a, no_a_info = _response("www.example.", "A", [
-        ("www.example.", 300, "CNAME", ["v4.example."])])
-    assert dns64.synthesize_aaaa_response(wire.text_to_qname("www.example."), 1, no_a,
-                                          no_a_info, dns64.WELL_KNOWN_PREFIX, 60) is None
+    no_a, no_a_info = _response(
+        "www.example.", "A", [("www.example.", 300, "CNAME", ["v4.example."])]
+    )
+    assert (
+        dns64.synthesize_aaaa_response(
+            wire.text_to_qname("www.example."), 1, no_a, no_a_info, dns64.WELL_KNOWN_PREFIX, 60
+        )
+        is None
+    )
 
 
 def test_no_soa_caps_the_synthesized_ttl_at_600_seconds():
     data, info = _response("v4.example.", "A", [("v4.example.", 7200, "A", ["192.0.2.1"])])
-    out = dns64.synthesize_aaaa_response(wire.text_to_qname("v4.example."), 1, data, info,
-                                         dns64.WELL_KNOWN_PREFIX, None)
+    out = dns64.synthesize_aaaa_response(
+        wire.text_to_qname("v4.example."), 1, data, info, dns64.WELL_KNOWN_PREFIX, None
+    )
     assert dns.message.from_wire(out).answer[0].ttl == 600
 
 
 def test_filter_excluded_drops_mapped_addresses():
-    data, info = _response("m.example.", "AAAA", [
-        ("m.example.", 60, "AAAA", ["::ffff:192.0.2.1", "2001:db8::1"])])
+    data, info = _response(
+        "m.example.", "AAAA", [("m.example.", 60, "AAAA", ["::ffff:192.0.2.1", "2001:db8::1"])]
+    )
     out = dns64.filter_excluded(data, info)
     assert [rd.to_text() for rd in dns.message.from_wire(out).answer[0]] == ["2001:db8::1"]
     native, ninfo = _response("n.example.", "AAAA", [("n.example.", 60, "AAAA", ["2001:db8::1"])])
@@ -175,12 +205,15 @@ def test_filter_excluded_drops_mapped_addresses():
 
 def test_ptr_response_is_a_cname_to_the_in_addr_name_then_its_records():
     target = wire.text_to_qname("1.2.0.192.in-addr.arpa.")
-    data, info = _response("1.2.0.192.in-addr.arpa.", "PTR", [
-        ("1.2.0.192.in-addr.arpa.", 300, "PTR", ["v4.example."])])
+    data, info = _response(
+        "1.2.0.192.in-addr.arpa.", "PTR", [("1.2.0.192.in-addr.arpa.", 300, "PTR", ["v4.example."])]
+    )
     qname = wire.text_to_qname(V6("64:ff9b::c000:201").reverse_pointer)
     msg = dns.message.from_wire(dns64.synthesize_ptr_response(qname, 1, target, data, info))
     assert [(r.rdtype, r[0].to_text()) for r in msg.answer] == [
-        (dns.rdatatype.CNAME, "1.2.0.192.in-addr.arpa."), (dns.rdatatype.PTR, "v4.example.")]
+        (dns.rdatatype.CNAME, "1.2.0.192.in-addr.arpa."),
+        (dns.rdatatype.PTR, "v4.example."),
+    ]
 
 
 # ------------------------------------------------------------------------------ the resolver
@@ -262,7 +295,9 @@ def test_ptr_under_the_prefix_is_answered_from_the_embedded_ipv4_name():
     name = V6("64:ff9b::c000:201").reverse_pointer
     r = d.query(name, "PTR")
     assert [rd.to_text() for rrset in r.answer for rd in rrset] == [
-        "1.2.0.192.in-addr.arpa.", "v4.example."]
+        "1.2.0.192.in-addr.arpa.",
+        "v4.example.",
+    ]
     assert d.worlds["cell"].seen == [("1.2.0.192.in-addr.arpa.", "PTR")]
     assert kinds(d)[(name + ".", "PTR")] == "synthesized"
     assert d.resolver.explain(name, dns.rdatatype.PTR)["candidates"][0]["pvd"] == "cell"
@@ -296,13 +331,21 @@ def test_forgetting_the_prefix_of_a_detached_pvd_purges_nothing_more():
 
 # -- marking and ties
 def two_defaults() -> Driver:
-    d = Driver([spec("cell", "wwan0", dns64=Dns64Spec("auto")),
-                spec("wifi", "wlan0", servers=["198.51.100.53"])])
+    d = Driver(
+        [
+            spec("cell", "wwan0", dns64=Dns64Spec("auto")),
+            spec("wifi", "wlan0", servers=["198.51.100.53"]),
+        ]
+    )
     d.apply(d.registry.set_nat64("cell", (Net6(PREFIX),)))
-    d.worlds["cell"].records = {"both.example": {"AAAA": ["64:ff9b::c000:201"]},
-                                "v4.example": {"AAAA": ["64:ff9b::c000:202"]}}
-    d.worlds["wifi"].records = {"both.example": {"AAAA": ["2001:db8::1"]},
-                                "v4.example": {"A": ["192.0.2.2"]}}
+    d.worlds["cell"].records = {
+        "both.example": {"AAAA": ["64:ff9b::c000:201"]},
+        "v4.example": {"AAAA": ["64:ff9b::c000:202"]},
+    }
+    d.worlds["wifi"].records = {
+        "both.example": {"AAAA": ["2001:db8::1"]},
+        "v4.example": {"A": ["192.0.2.2"]},
+    }
     return d
 
 
@@ -334,8 +377,7 @@ def test_synthesized_aaaa_wins_over_a_negative_and_waits_only_so_long():
 # -- ipv4only.arpa (RFC 8880)
 def test_ipv4only_a_is_local_and_aaaa_goes_only_to_pvds_with_dns64():
     d = two_defaults()
-    d.worlds["cell"].records["ipv4only.arpa"] = {
-        "AAAA": ["64:ff9b::c000:aa", "64:ff9b::c000:ab"]}
+    d.worlds["cell"].records["ipv4only.arpa"] = {"AAAA": ["64:ff9b::c000:aa", "64:ff9b::c000:ab"]}
     assert answers(d.query("ipv4only.arpa", "A")) == ["192.0.0.170", "192.0.0.171"]
     assert answers(d.query("ipv4only.arpa", "AAAA")) == ["64:ff9b::c000:aa", "64:ff9b::c000:ab"]
     assert d.worlds["wifi"].seen == []

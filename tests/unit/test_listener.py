@@ -73,8 +73,16 @@ def free_port() -> int:
 @pytest_asyncio.fixture
 async def tcp() -> AsyncIterator[tuple[TcpServer, FakeResolver]]:
     res = FakeResolver()
-    srv = TcpServer(asyncio.get_running_loop(), "127.0.0.1", free_port(), res.handle,
-                    res.after_batch, max_clients=4, max_inflight=3, idle_timeout=0.5)
+    srv = TcpServer(
+        asyncio.get_running_loop(),
+        "127.0.0.1",
+        free_port(),
+        res.handle,
+        res.after_batch,
+        max_clients=4,
+        max_inflight=3,
+        idle_timeout=0.5,
+    )
     await srv.start()
     yield srv, res
     await srv.close()

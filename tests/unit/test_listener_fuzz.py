@@ -100,8 +100,14 @@ class Stub:
                 offsets, ttls = self.aging
                 if len(data) % 5 == 0:  # hostile: past the end, inside the ID, negative
                     offsets = (len(reply) - 3, 1, -8)[: len(ttls)] + offsets[3:]
-                self.table[data[2:]] = (reply[2:], float("-inf"), now - len(data) % 7,
-                                        float("inf"), offsets, ttls)
+                self.table[data[2:]] = (
+                    reply[2:],
+                    float("-inf"),
+                    now - len(data) % 7,
+                    float("inf"),
+                    offsets,
+                    ttls,
+                )
         return reply
 
     def ready(self, max_udp: int | None) -> dict[bytes, tuple[Any, ...]]:
@@ -159,8 +165,13 @@ class Bed:
         self.stub = Stub()
         port = _free_port()
         self.udp = UdpListener(
-            self.loop, "127.0.0.1", port, self.stub.handle, self.stub.after_batch,
-            ready=self.stub.ready, count_ready=self.stub.count_ready,
+            self.loop,
+            "127.0.0.1",
+            port,
+            self.stub.handle,
+            self.stub.after_batch,
+            ready=self.stub.ready,
+            count_ready=self.stub.count_ready,
         )
         self.tcp = TcpServer(
             self.loop, "127.0.0.1", port, self.stub.handle, self.stub.after_batch,

@@ -39,9 +39,16 @@ def daemon() -> Any:
     d = Daemon(cfgmod.default_config())
     d.loop = asyncio.new_event_loop()
     now = d.loop.time()
-    for spec in ({"name": "corp", "interface": "tun0", "servers": ["198.51.100.53"],
-                  "domains": ["~corp.example"], "exclusive": True},
-                 {"name": "wifi", "interface": "wlan0", "servers": ["192.0.2.1", "192.0.2.2"]}):
+    for spec in (
+        {
+            "name": "corp",
+            "interface": "tun0",
+            "servers": ["198.51.100.53"],
+            "domains": ["~corp.example"],
+            "exclusive": True,
+        },
+        {"name": "wifi", "interface": "wlan0", "servers": ["192.0.2.1", "192.0.2.2"]},
+    ):
         d.resolver.apply(d.registry.add(cfgmod.pvd_spec_from_mapping(spec), now=now), now)
     yield d
     d.loop.close()
@@ -104,13 +111,26 @@ def test_collector_serves_per_pvd_series_from_the_daemons_own_counters(daemon: D
     assert found[key("mifdns_server_up", pvd="wifi", server="192.0.2.1")] == 0
     assert found[key("mifdns_server_up", pvd="wifi", server="192.0.2.2")] == 1
     assert found[key("mifdns_purges_total", pvd="corp", event="purged", cause="operator")] == 1
-    assert found[key("mifdns_purged_entries_total", pvd="corp", event="purged",
-                     cause="operator")] == 0
+    assert (
+        found[key("mifdns_purged_entries_total", pvd="corp", event="purged", cause="operator")] == 0
+    )
     assert found[key("mifdns_cache_entries", pvd="corp")] == 0
     assert found[key("mifdns_pvd_attached", pvd="corp", interface="tun0")] == 1
-    assert found[key("mifdns_pvd_info", pvd="corp", interface="tun0", state="attached",
-                     captive="unknown", default_route="false", exclusive="true",
-                     nat64_prefixes="")] == 1
+    assert (
+        found[
+            key(
+                "mifdns_pvd_info",
+                pvd="corp",
+                interface="tun0",
+                state="attached",
+                captive="unknown",
+                default_route="false",
+                exclusive="true",
+                nat64_prefixes="",
+            )
+        ]
+        == 1
+    )
     assert found[key("mifdns_limit_hits_total", limit="inflight")] == 0
     assert found[key("mifdns_build_info", version=daemon.status()["version"])] == 1
 
@@ -124,12 +144,17 @@ def test_the_query_path_does_not_touch_the_collector(daemon: Daemon) -> None:
     assert daemon.resolver.counters == before
 
 
-@pytest.mark.parametrize("head, want", [
-    (b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: text/plain\r\n\r\n",
-     ("GET", "/metrics", "text/plain")),
-    (b"HEAD / HTTP/1.0\r\n\r\n", ("HEAD", "/", "")),
-    (b"garbage\r\n\r\n", ("", "", "")),
-])
+@pytest.mark.parametrize(
+    "head, want",
+    [
+        (
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: text/plain\r\n\r\n",
+            ("GET", "/metrics", "text/plain"),
+        ),
+        (b"HEAD / HTTP/1.0\r\n\r\n", ("HEAD", "/", "")),
+        (b"garbage\r\n\r\n", ("", "", "")),
+    ],
+)
 def test_request_heads_are_parsed_leniently(head: bytes, want: tuple[str, str, str]) -> None:
     assert _parse_head(head) == want
 
@@ -139,5 +164,6 @@ def test_metrics_listen_port_alone_means_loopback() -> None:
     assert cfgmod.parse_config("metrics: {listen: ':9153'}\n").metrics.listen == "127.0.0.1:9153"
     env = cfgmod.apply_env(cfgmod.default_config(), {"MIFDNS_METRICS_LISTEN": "9153"})
     assert env.metrics.listen == "127.0.0.1:9153"
-    assert cfgmod.parse_config("metrics: {listen: '0.0.0.0:9153'}\n").metrics.listen == \
-        "0.0.0.0:9153"
+    assert (
+        cfgmod.parse_config("metrics: {listen: '0.0.0.0:9153'}\n").metrics.listen == "0.0.0.0:9153"
+    )

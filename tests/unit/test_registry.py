@@ -56,21 +56,24 @@ class RegistryMachine(RuleBasedStateMachine):
     def _do(self, change, *, moves: bool | None = None) -> list:
         """Apply ``change`` (a callable returning events) and check the events against what
         changed. ``moves``: whether the version must move (None: whenever anything changed)."""
-        before = {p.name: (p.tag, p.attached, p.spec, p.captive, p.nat64_prefixes)
-                  for p in self.reg}
+        before = {
+            p.name: (p.tag, p.attached, p.spec, p.captive, p.nat64_prefixes) for p in self.reg
+        }
         version = self.reg.version
         self.now += 1
         try:
             events = change()
         except RegistryError:
-            assert {p.name: (p.tag, p.attached, p.spec, p.captive, p.nat64_prefixes)
-                    for p in self.reg} == before  # a refused change changes nothing
+            assert {
+                p.name: (p.tag, p.attached, p.spec, p.captive, p.nat64_prefixes) for p in self.reg
+            } == before  # a refused change changes nothing
             assert self.reg.version == version
             return []
         after = {p.name: (p.tag, p.attached) for p in self.reg}
         changed = before.keys() != after.keys() or any(
             (p.tag, p.attached, p.spec, p.captive, p.nat64_prefixes) != before[p.name]
-            for p in self.reg)
+            for p in self.reg
+        )
         if moves is None:
             moves = changed
         if moves:
@@ -88,8 +91,7 @@ class RegistryMachine(RuleBasedStateMachine):
             if was is None:
                 continue
             if was[1] and not attached:  # detached: one event, and the old tag is gone
-                assert [e for e in events if isinstance(e, PvdDetached)
-                        and e.name == name], events
+                assert [e for e in events if isinstance(e, PvdDetached) and e.name == name], events
                 assert tag != was[0]
             if attached and not was[1]:
                 assert [e for e in events if isinstance(e, PvdAttached) and e.name == name]
@@ -106,8 +108,13 @@ class RegistryMachine(RuleBasedStateMachine):
         sp = spec(NAMES[i], IFACES[i], servers=SERVERS[s], domains=DOMAINS[d])
         self._do(lambda: self.reg.add(sp, now=self.now, link_up=up))
 
-    @rule(i=st.integers(0, 2), j=st.integers(0, 2), s=st.integers(0, 2), d=st.integers(0, 2),
-          excl=st.booleans())
+    @rule(
+        i=st.integers(0, 2),
+        j=st.integers(0, 2),
+        s=st.integers(0, 2),
+        d=st.integers(0, 2),
+        excl=st.booleans(),
+    )
     def upsert(self, i: int, j: int, s: int, d: int, excl: bool) -> None:
         sp = spec(NAMES[i], IFACES[j], servers=SERVERS[s], domains=DOMAINS[d], exclusive=excl)
         old = self.reg.find(NAMES[i])
@@ -130,8 +137,11 @@ class RegistryMachine(RuleBasedStateMachine):
     def admin_attach(self, i: int) -> None:
         self._do(lambda: self.reg.admin_attach(NAMES[i], now=self.now))
 
-    @rule(i=st.integers(0, 2), up=st.booleans(), prefixes=st.sampled_from(
-        [None, (), (ipaddress.ip_network("10.8.0.0/16"),)]))
+    @rule(
+        i=st.integers(0, 2),
+        up=st.booleans(),
+        prefixes=st.sampled_from([None, (), (ipaddress.ip_network("10.8.0.0/16"),)]),
+    )
     def set_link(self, i: int, up: bool, prefixes) -> None:
         self._do(lambda: self.reg.set_link(IFACES[i], up=up, prefixes=prefixes, now=self.now))
 
@@ -160,8 +170,9 @@ class RegistryMachine(RuleBasedStateMachine):
         assert not set(tags) & self.retired
 
 
-RegistryMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40,
-                                             deadline=None)
+RegistryMachine.TestCase.settings = settings(
+    max_examples=300, stateful_step_count=40, deadline=None
+)
 TestRegistry = RegistryMachine.TestCase
 
 
@@ -171,6 +182,7 @@ def test_a_resolution_change_while_attached_purges_and_a_settings_change_does_no
     tag = reg.get("corp").tag
     (ev,) = reg.upsert(spec("corp", "tun0", domains=["corp.example"], exclusive=True), now=1)
     assert isinstance(ev, PvdChanged) and reg.get("corp").tag == tag  # answers still hold
-    (ev,) = reg.upsert(spec("corp", "tun0", servers=["198.51.100.53"],
-                            domains=["corp.example"]), now=2)
+    (ev,) = reg.upsert(
+        spec("corp", "tun0", servers=["198.51.100.53"], domains=["corp.example"]), now=2
+    )
     assert isinstance(ev, PvdPurged) and ev.old_tag == tag and reg.get("corp").tag != tag

@@ -28,18 +28,21 @@ def only(*names: str):  # type: ignore[no-untyped-def]
 
 
 # -- command lines ----------------------------------------------------------------------------
-@pytest.mark.parametrize("argv, action, records, exclusive", [
-    (["-a", "eth0.dhclient"], "add", ["eth0.dhclient"], False),  # dhclient (Debian hook)
-    (["-d", "eth0.dhclient"], "delete", ["eth0.dhclient"], False),
-    (["-a", "eth0"], "add", ["eth0"], False),  # dhcpcd's 20-resolv.conf
-    (["-d", "eth0", "-f"], "delete", ["eth0"], False),
-    (["-a", "tun0.openvpn"], "add", ["tun0.openvpn"], False),  # update-resolv-conf
-    (["-a", "tun.wg0", "-m", "0", "-x"], "add", ["tun.wg0"], True),  # wg-quick
-    (["-d", "tun.wg0", "-f"], "delete", ["tun.wg0"], False),
-    (["-x", "-a", "wg0"], "add", ["wg0"], True),  # systemd's shim: -a is a flag
-    (["-a", "-x", "wg0"], "add", ["wg0"], True),
-    (["-d", "a.dhcp", "b.dhcp"], "delete", ["a.dhcp", "b.dhcp"], False),  # openresolv: several
-])
+@pytest.mark.parametrize(
+    "argv, action, records, exclusive",
+    [
+        (["-a", "eth0.dhclient"], "add", ["eth0.dhclient"], False),  # dhclient (Debian hook)
+        (["-d", "eth0.dhclient"], "delete", ["eth0.dhclient"], False),
+        (["-a", "eth0"], "add", ["eth0"], False),  # dhcpcd's 20-resolv.conf
+        (["-d", "eth0", "-f"], "delete", ["eth0"], False),
+        (["-a", "tun0.openvpn"], "add", ["tun0.openvpn"], False),  # update-resolv-conf
+        (["-a", "tun.wg0", "-m", "0", "-x"], "add", ["tun.wg0"], True),  # wg-quick
+        (["-d", "tun.wg0", "-f"], "delete", ["tun.wg0"], False),
+        (["-x", "-a", "wg0"], "add", ["wg0"], True),  # systemd's shim: -a is a flag
+        (["-a", "-x", "wg0"], "add", ["wg0"], True),
+        (["-d", "a.dhcp", "b.dhcp"], "delete", ["a.dhcp", "b.dhcp"], False),  # openresolv: several
+    ],
+)
 def test_command_lines_of_the_real_callers(argv, action, records, exclusive):  # type: ignore[no-untyped-def]
     a = parse_args(argv, {})
     assert (a.action, a.records, a.exclusive) == (action, records, exclusive)
@@ -55,14 +58,14 @@ def test_socket_option_both_forms() -> None:
     assert parse_args(["--socket=/y.sock", "-d", "a"], {}).socket == "/y.sock"
 
 
-@pytest.mark.parametrize("argv", [["-u"], ["-I"], ["--enable-updates"],
-                                  ["--updates-are-enabled"]])
+@pytest.mark.parametrize("argv", [["-u"], ["-I"], ["--enable-updates"], ["--updates-are-enabled"]])
 def test_update_options_do_nothing(argv):  # type: ignore[no-untyped-def]
     assert parse_args(argv, {}).action == "noop"
 
 
-@pytest.mark.parametrize("argv", [[], ["-a"], ["-a", "x", "y"], ["-z"], ["-a", "x", "-d", "y"],
-                                  ["-m"]])
+@pytest.mark.parametrize(
+    "argv", [[], ["-a"], ["-a", "x", "y"], ["-z"], ["-a", "x", "-d", "y"], ["-m"]]
+)
 def test_bad_command_lines_are_usage_errors(argv):  # type: ignore[no-untyped-def]
     with pytest.raises(UsageError):
         parse_args(argv, {})
@@ -75,16 +78,19 @@ def test_list_with_pattern() -> None:
 
 
 # -- which interface a record names ---------------------------------------------------------
-@pytest.mark.parametrize("record, existing, iface", [
-    ("eth0.dhclient", ("eth0",), "eth0"),
-    ("eth0.ip6.dhclient", ("eth0",), "eth0"),
-    ("eth0.100.dhclient", ("eth0", "eth0.100"), "eth0.100"),  # a VLAN interface
-    ("tun.wg0", ("wg0",), "wg0"),  # wg-quick with Debian's interface-order prefix
-    ("tun.wg0", (), "wg0"),  # ... also before the interface exists
-    ("wg0", (), "wg0"),
-    ("wlan0.dhcp6", (), "wlan0"),
-    ("lo.dnsmasq", ("lo",), "lo"),
-])
+@pytest.mark.parametrize(
+    "record, existing, iface",
+    [
+        ("eth0.dhclient", ("eth0",), "eth0"),
+        ("eth0.ip6.dhclient", ("eth0",), "eth0"),
+        ("eth0.100.dhclient", ("eth0", "eth0.100"), "eth0.100"),  # a VLAN interface
+        ("tun.wg0", ("wg0",), "wg0"),  # wg-quick with Debian's interface-order prefix
+        ("tun.wg0", (), "wg0"),  # ... also before the interface exists
+        ("wg0", (), "wg0"),
+        ("wlan0.dhcp6", (), "wlan0"),
+        ("lo.dnsmasq", ("lo",), "lo"),
+    ],
+)
 def test_interface_of_a_record(record, existing, iface):  # type: ignore[no-untyped-def]
     assert interface_of(record, only(*existing)) == iface
 
@@ -103,8 +109,11 @@ def test_parse_keeps_domain_and_search_and_ignores_comments_and_unknown_lines() 
 
 
 def test_spec_from_a_dhclient_feed() -> None:
-    spec = spec_from_resolvconf("eth0.dhclient", "domain corp.example\nsearch corp.example\n"
-                                "nameserver 192.0.2.1\nnameserver fe80::1\n", exists=only("eth0"))
+    spec = spec_from_resolvconf(
+        "eth0.dhclient",
+        "domain corp.example\nsearch corp.example\nnameserver 192.0.2.1\nnameserver fe80::1\n",
+        exists=only("eth0"),
+    )
     assert spec is not None
     assert (spec.name, spec.interface, spec.origin) == ("eth0.dhclient", "eth0", "resolvconf")
     assert [str(s) for s in spec.servers] == ["192.0.2.1", "fe80::1%eth0"]
@@ -113,32 +122,39 @@ def test_spec_from_a_dhclient_feed() -> None:
 
 
 def test_exclusive_feed_takes_the_root_and_private_feed_is_routing_only() -> None:
-    x = spec_from_resolvconf("tun.wg0", "nameserver 10.0.0.1\nsearch vpn.example\n",
-                             exclusive=True, exists=only("wg0"))
+    x = spec_from_resolvconf(
+        "tun.wg0", "nameserver 10.0.0.1\nsearch vpn.example\n", exclusive=True, exists=only("wg0")
+    )
     assert x is not None and x.interface == "wg0"
     assert [str(d) for d in x.domains] == ["vpn.example", "~."]
     assert x.exclusive and x.default_route is True
-    p = spec_from_resolvconf("tun0", "nameserver 10.0.0.1\nsearch corp.example\n",
-                             private=True, exists=only("tun0"))
+    p = spec_from_resolvconf(
+        "tun0", "nameserver 10.0.0.1\nsearch corp.example\n", private=True, exists=only("tun0")
+    )
     assert p is not None and [str(d) for d in p.domains] == ["~corp.example"]
     assert p.effective_default_route is False
 
 
 def test_loopback_and_own_addresses_are_never_servers_of_a_network() -> None:
-    spec = spec_from_resolvconf("eth0.dhclient", "nameserver 127.0.0.53\nnameserver ::1\n"
-                                "nameserver 10.0.0.53\nnameserver 192.0.2.1\n",
-                                skip={"10.0.0.53"}, exists=only("eth0"))
+    spec = spec_from_resolvconf(
+        "eth0.dhclient",
+        "nameserver 127.0.0.53\nnameserver ::1\nnameserver 10.0.0.53\nnameserver 192.0.2.1\n",
+        skip={"10.0.0.53"},
+        exists=only("eth0"),
+    )
     assert spec is not None and [str(s) for s in spec.servers] == ["192.0.2.1"]
-    assert spec_from_resolvconf("eth0.dhclient", "nameserver 127.0.0.1\n",
-                                exists=only("eth0")) is None
+    assert (
+        spec_from_resolvconf("eth0.dhclient", "nameserver 127.0.0.1\n", exists=only("eth0")) is None
+    )
     on_lo = spec_from_resolvconf("lo.dnsmasq", "nameserver 127.0.0.1\n", exists=only("lo"))
     assert on_lo is not None and on_lo.interface == "lo"
 
 
 def test_a_feed_without_nameservers_is_no_pvd() -> None:
     assert spec_from_resolvconf("eth0.dhclient", "", exists=only("eth0")) is None
-    assert spec_from_resolvconf("eth0.dhclient", "search corp.example\n",
-                                exists=only("eth0")) is None
+    assert (
+        spec_from_resolvconf("eth0.dhclient", "search corp.example\n", exists=only("eth0")) is None
+    )
 
 
 @pytest.mark.parametrize("record", ["", "-x", ".eth0", "a/b", "a b", "x" * 65, "eth0*"])
@@ -149,17 +165,29 @@ def test_bad_record_names_are_refused(record):  # type: ignore[no-untyped-def]
 
 def test_bad_addresses_and_domains_are_one_line_each() -> None:
     with pytest.raises(ConfigError) as err:
-        spec_from_resolvconf("eth0", "nameserver 10.0.0.300\nnameserver a b\nsearch bad..name\n",
-                             exists=only("eth0"))
+        spec_from_resolvconf(
+            "eth0", "nameserver 10.0.0.300\nnameserver a b\nsearch bad..name\n", exists=only("eth0")
+        )
     assert len(err.value.problems) == 3
     assert "10.0.0.300" in err.value.problems[1]
 
 
 # -- the environment's yes and no -------------------------------------------------------------
-@pytest.mark.parametrize("value, on", [
-    ("1", True), ("yes", True), ("TRUE", True), ("On", True), (" 1 ", True),
-    ("0", False), ("no", False), ("False", False), ("OFF", False), ("", False),
-])
+@pytest.mark.parametrize(
+    "value, on",
+    [
+        ("1", True),
+        ("yes", True),
+        ("TRUE", True),
+        ("On", True),
+        (" 1 ", True),
+        ("0", False),
+        ("no", False),
+        ("False", False),
+        ("OFF", False),
+        ("", False),
+    ],
+)
 def test_if_exclusive_and_if_private_zero_means_off(value, on):  # type: ignore[no-untyped-def]
     assert parse_args(["-a", "wg0"], {"IF_EXCLUSIVE": value}).exclusive is on
     assert parse_args(["-a", "wg0"], {"IF_PRIVATE": value}).private is on
@@ -167,7 +195,8 @@ def test_if_exclusive_and_if_private_zero_means_off(value, on):  # type: ignore[
 
 @pytest.mark.parametrize("name", ["IF_EXCLUSIVE", "IF_PRIVATE"])
 def test_an_unknown_yes_no_word_is_a_usage_error_naming_the_variable(  # type: ignore[no-untyped-def]
-        name, monkeypatch, capsys):
+    name, monkeypatch, capsys
+):
     with pytest.raises(UsageError, match=f"{name}='maybe'.*yes.*off"):
         parse_args(["-a", "wg0"], {name: "maybe"})
     monkeypatch.setenv(name, "maybe")
@@ -185,30 +214,49 @@ def test_the_environment_never_blocks_a_removal_or_overrides_the_command_line() 
 # -- -l: what the records hold ----------------------------------------------------------------
 def view(spec: PvdSpec) -> dict[str, Any]:
     """The fields of the daemon's PvD view that -l reads."""
-    return {"name": spec.name, "origin": spec.origin, "servers": [str(s) for s in spec.servers],
-            "domains": [str(d) for d in spec.domains],
-            "search_domains": list(spec.search_domains),
-            "default_route": spec.effective_default_route, "exclusive": spec.exclusive}
+    return {
+        "name": spec.name,
+        "origin": spec.origin,
+        "servers": [str(s) for s in spec.servers],
+        "domains": [str(d) for d in spec.domains],
+        "search_domains": list(spec.search_domains),
+        "default_route": spec.effective_default_route,
+        "exclusive": spec.exclusive,
+    }
 
 
 def fed_back(block: str, record: str) -> PvdSpec | None:
     first = block.splitlines()[0]
-    return spec_from_resolvconf(record, block, exclusive="-x" in first, private="-p" in first,
-                                exists=only("tun0", "wg0", "eth0"))
+    return spec_from_resolvconf(
+        record,
+        block,
+        exclusive="-x" in first,
+        private="-p" in first,
+        exists=only("tun0", "wg0", "eth0"),
+    )
 
 
-@pytest.mark.parametrize("record, text, exclusive, private", [
-    ("tun0.vpn", "search split.example other.example\nnameserver 10.0.0.1\n", False, True),
-    ("tun0.vpn", "nameserver 10.0.0.1\n", False, True),
-    ("tun.wg0", "search vpn.example\nnameserver 10.3.0.53\n", True, False),
-    ("tun.wg0", "search vpn.example\nnameserver 10.3.0.53\n", True, True),
-    ("eth0.dhclient", "domain corp.example\nnameserver 192.0.2.1\nnameserver fe80::1\n",
-     False, False),
-])
+@pytest.mark.parametrize(
+    "record, text, exclusive, private",
+    [
+        ("tun0.vpn", "search split.example other.example\nnameserver 10.0.0.1\n", False, True),
+        ("tun0.vpn", "nameserver 10.0.0.1\n", False, True),
+        ("tun.wg0", "search vpn.example\nnameserver 10.3.0.53\n", True, False),
+        ("tun.wg0", "search vpn.example\nnameserver 10.3.0.53\n", True, True),
+        (
+            "eth0.dhclient",
+            "domain corp.example\nnameserver 192.0.2.1\nnameserver fe80::1\n",
+            False,
+            False,
+        ),
+    ],
+)
 def test_listing_a_record_and_feeding_it_back_makes_the_same_pvd(  # type: ignore[no-untyped-def]
-        record, text, exclusive, private):
-    spec = spec_from_resolvconf(record, text, exclusive=exclusive, private=private,
-                                exists=only("tun0", "wg0", "eth0"))
+    record, text, exclusive, private
+):
+    spec = spec_from_resolvconf(
+        record, text, exclusive=exclusive, private=private, exists=only("tun0", "wg0", "eth0")
+    )
     assert spec is not None
     block = format_records([view(spec)])
     assert block.startswith(f"# resolv.conf from {record}")
@@ -216,14 +264,16 @@ def test_listing_a_record_and_feeding_it_back_makes_the_same_pvd(  # type: ignor
 
 
 def test_a_private_feed_lists_its_routing_only_domains() -> None:
-    spec = spec_from_resolvconf("tun0.vpn", "search split.example\nnameserver 10.0.0.1\n",
-                                private=True, exists=only("tun0"))
+    spec = spec_from_resolvconf(
+        "tun0.vpn", "search split.example\nnameserver 10.0.0.1\n", private=True, exists=only("tun0")
+    )
     assert spec is not None
     assert format_records([view(spec)]) == (
         "# resolv.conf from tun0.vpn (fed with -p)\n"
         "# routing-only: split.example\n"
         "search split.example\n"
-        "nameserver 10.0.0.1\n\n")
+        "nameserver 10.0.0.1\n\n"
+    )
 
 
 # -- the command line end to end, against a fake daemon -------------------------------------
@@ -247,25 +297,41 @@ def run(monkeypatch, argv, stdin="", daemon=None):  # type: ignore[no-untyped-de
 
 
 def test_a_dropped_loopback_nameserver_is_reported_and_the_feed_still_succeeds(  # type: ignore[no-untyped-def]
-        monkeypatch, capsys):
-    daemon = FakeDaemon({"removed": None, "ignored": [
-        "nameserver 127.0.0.1: loopback, not reachable through nosuchif9"]})
+    monkeypatch, capsys
+):
+    daemon = FakeDaemon(
+        {
+            "removed": None,
+            "ignored": ["nameserver 127.0.0.1: loopback, not reachable through nosuchif9"],
+        }
+    )
     assert run(monkeypatch, ["-a", "nosuchif9.x"], "nameserver 127.0.0.1\n", daemon) == 0
     assert capsys.readouterr().err == (
         "mifdns resolvconf: ignored nameserver 127.0.0.1: loopback, not reachable through "
-        "nosuchif9\n")
+        "nosuchif9\n"
+    )
 
 
 def test_a_nameserver_the_daemon_drops_as_its_own_address_is_reported(  # type: ignore[no-untyped-def]
-        monkeypatch, capsys):
-    daemon = FakeDaemon({"removed": "lo.dnsmasq", "ignored": [
-        "nameserver 127.0.0.53: an address of mifdns itself (it would loop)"]})
+    monkeypatch, capsys
+):
+    daemon = FakeDaemon(
+        {
+            "removed": "lo.dnsmasq",
+            "ignored": ["nameserver 127.0.0.53: an address of mifdns itself (it would loop)"],
+        }
+    )
     assert run(monkeypatch, ["-a", "lo.dnsmasq"], "nameserver 127.0.0.53\n", daemon) == 0
     assert capsys.readouterr().err == (
         "mifdns resolvconf: ignored nameserver 127.0.0.53: an address of mifdns itself (it "
-        "would loop)\n")
-    feed = read_feed("lo.dnsmasq", "nameserver 127.0.0.53\nnameserver 127.0.0.1\n",
-                     skip={"127.0.0.53"}, exists=only("lo"))
+        "would loop)\n"
+    )
+    feed = read_feed(
+        "lo.dnsmasq",
+        "nameserver 127.0.0.53\nnameserver 127.0.0.1\n",
+        skip={"127.0.0.53"},
+        exists=only("lo"),
+    )
     assert feed.ignored == ["nameserver 127.0.0.53: an address of mifdns itself (it would loop)"]
 
 
@@ -274,20 +340,44 @@ def test_help_lists_every_option_and_exits_0(option, monkeypatch, capsys):  # ty
     assert run(monkeypatch, ["-a", "x", option]) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    for opt in ["-a", "-d", "-x", "-p", "-m", "-f", "-l", "-i", "-u", "-I", "--enable-updates",
-                "--disable-updates", "--updates-are-enabled", "--socket", "--version", "-V",
-                "--help", "-h", "--", "IF_EXCLUSIVE", "IF_PRIVATE"]:
+    for opt in [
+        "-a",
+        "-d",
+        "-x",
+        "-p",
+        "-m",
+        "-f",
+        "-l",
+        "-i",
+        "-u",
+        "-I",
+        "--enable-updates",
+        "--disable-updates",
+        "--updates-are-enabled",
+        "--socket",
+        "--version",
+        "-V",
+        "--help",
+        "-h",
+        "--",
+        "IF_EXCLUSIVE",
+        "IF_PRIVATE",
+    ]:
         assert f" {opt}" in out, opt
 
 
 def test_a_refusal_is_one_line_with_one_prefix_and_no_note_before_it(  # type: ignore[no-untyped-def]
-        monkeypatch, capsys):
-    daemon = FakeDaemon(refusal="resolvconf: 'corp' is a PvD from config, not a resolvconf "
-                                "record; use another record name")
+    monkeypatch, capsys
+):
+    daemon = FakeDaemon(
+        refusal="resolvconf: 'corp' is a PvD from config, not a resolvconf "
+        "record; use another record name"
+    )
     assert run(monkeypatch, ["-a", "corp"], "nameserver 192.0.2.1\n", daemon) == 1
     assert capsys.readouterr().err == (
         "resolvconf: 'corp' is a PvD from config, not a resolvconf record; use another record "
-        "name\n")
+        "name\n"
+    )
 
 
 def test_the_missing_interface_note_follows_an_accepted_feed(monkeypatch, capsys):  # type: ignore[no-untyped-def]
@@ -295,14 +385,16 @@ def test_the_missing_interface_note_follows_an_accepted_feed(monkeypatch, capsys
     assert run(monkeypatch, ["-a", "nosuchif9.x"], "nameserver 192.0.2.1\n", daemon) == 0
     assert capsys.readouterr().err == (
         "resolvconf: note: no interface nosuchif9 (yet): nosuchif9.x stays detached until it "
-        "appears\n")
+        "appears\n"
+    )
     assert run(monkeypatch, ["-a", "nosuchif9.x", "-f"], "nameserver 192.0.2.1\n", daemon) == 0
     assert capsys.readouterr().err == ""
 
 
 def test_list_prints_a_private_records_domains(monkeypatch, capsys):  # type: ignore[no-untyped-def]
-    spec = spec_from_resolvconf("tun0.vpn", "search split.example\nnameserver 10.0.0.1\n",
-                                private=True, exists=only("tun0"))
+    spec = spec_from_resolvconf(
+        "tun0.vpn", "search split.example\nnameserver 10.0.0.1\n", private=True, exists=only("tun0")
+    )
     assert spec is not None
     assert run(monkeypatch, ["-l"], daemon=FakeDaemon([view(spec)])) == 0
     out = capsys.readouterr().out

@@ -32,9 +32,16 @@ def test_render_points_at_mifdns_with_the_search_list_and_options() -> None:
 
 
 def test_nameservers_as_resolv_conf_wants_them() -> None:
-    lines, notes = nameserver_lines([("127.0.0.53", 53), ("::1", 53), ("0.0.0.0", 53),
-                                     ("::", 53), ("2001:db8:0:0::53", 53),
-                                     ("127.0.0.2", 5353)])
+    lines, notes = nameserver_lines(
+        [
+            ("127.0.0.53", 53),
+            ("::1", 53),
+            ("0.0.0.0", 53),
+            ("::", 53),
+            ("2001:db8:0:0::53", 53),
+            ("127.0.0.2", 5353),
+        ]
+    )
     # no brackets, no port; wildcards as loopback; at most 3 (MAXNS); duplicates once
     assert lines == ["nameserver 127.0.0.53", "nameserver ::1", "nameserver 127.0.0.1"]
     assert any("2001:db8::53" in n and "at most 3" in n for n in notes)
@@ -48,12 +55,20 @@ def test_no_search_line_without_search_domains() -> None:
 def test_search_list_is_deduplicated_and_cut_at_six_domains() -> None:
     doms = ["A.example.", "a.example", "b.example"] + [f"d{i}.example" for i in range(6)]
     kept, dropped = search_domains(doms)
-    assert kept == ["a.example", "b.example", "d0.example", "d1.example", "d2.example",
-                    "d3.example"]
+    assert kept == [
+        "a.example",
+        "b.example",
+        "d0.example",
+        "d1.example",
+        "d2.example",
+        "d3.example",
+    ]
     assert dropped == ["d4.example", "d5.example"]
     text = render(LISTEN, doms)
-    assert "# search domains left out (libc limits: 6 domains, 256 characters): " \
-           "d4.example d5.example" in text
+    assert (
+        "# search domains left out (libc limits: 6 domains, 256 characters): "
+        "d4.example d5.example" in text
+    )
 
 
 def test_search_list_is_cut_at_256_characters() -> None:
@@ -77,8 +92,7 @@ def test_regular_file_is_replaced_atomically_and_comes_back_as_it_was(tmp_path: 
     assert stat.S_IMODE(path.stat().st_mode) == 0o644 and path.stat().st_ino != inode
     assert w.update([])
     assert "search" not in path.read_text()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["resolv.conf",
-                                                          "resolv.conf.mifdns-orig"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resolv.conf", "resolv.conf.mifdns-orig"]
     w.restore()
     assert path.read_text() == "nameserver 192.0.2.1\n"
     assert path.stat().st_ino == inode  # the very same file: owner, mode, label
@@ -134,8 +148,9 @@ def test_after_a_crash_with_no_original_the_file_is_removed(tmp_path: Path) -> N
     assert not path.exists()
 
 
-def test_someone_elses_rewrite_is_logged_and_overwritten(tmp_path: Path,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_someone_elses_rewrite_is_logged_and_overwritten(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "resolv.conf"
     path.write_text("nameserver 192.0.2.1\n")
     w = ResolvConfWriter(str(path), LISTEN)
@@ -148,8 +163,9 @@ def test_someone_elses_rewrite_is_logged_and_overwritten(tmp_path: Path,
     assert path.read_text() == "nameserver 192.0.2.1\n"
 
 
-def test_write_errors_are_logged_not_raised(tmp_path: Path,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_write_errors_are_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "d" / "resolv.conf"
     path.parent.mkdir()
     w = ResolvConfWriter(str(path), LISTEN)

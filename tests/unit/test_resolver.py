@@ -14,11 +14,19 @@ from .coredriver import Driver, answers, spec
 
 
 def vpn_and_wifi(**vpn_kw):
-    d = Driver([
-        spec("wifi", "wlan0", domains=["home.example"]),
-        spec("corp", "tun0", servers=["198.51.100.53"], domains=["~corp.example"],
-             networks=(__import__("ipaddress").ip_network("10.8.0.0/16"),), **vpn_kw),
-    ])
+    d = Driver(
+        [
+            spec("wifi", "wlan0", domains=["home.example"]),
+            spec(
+                "corp",
+                "tun0",
+                servers=["198.51.100.53"],
+                domains=["~corp.example"],
+                networks=(__import__("ipaddress").ip_network("10.8.0.0/16"),),
+                **vpn_kw,
+            ),
+        ]
+    )
     d.worlds["wifi"].records = {
         "www.example.com": {"A": ["203.0.113.80"]},
         "intranet.corp.example": {"A": ["203.0.113.66"]},  # the public horizon
@@ -122,8 +130,12 @@ def test_negative_ttl_is_soa_minimum_capped():
 
 
 def test_fast_nxdomain_does_not_hide_positive_from_tied_pvd():
-    d = Driver([spec("a", "eth0", domains=["~shared.example"]),
-                spec("b", "eth1", servers=["198.51.100.53"], domains=["~shared.example"])])
+    d = Driver(
+        [
+            spec("a", "eth0", domains=["~shared.example"]),
+            spec("b", "eth1", servers=["198.51.100.53"], domains=["~shared.example"]),
+        ]
+    )
     d.worlds["b"].records = {"h.shared.example": {"A": ["198.51.100.7"]}}
     r = d.query("h.shared.example")
     assert answers(r) == ["198.51.100.7"]
@@ -134,9 +146,13 @@ def test_fast_nxdomain_does_not_hide_positive_from_tied_pvd():
 
 
 def test_negative_waits_bounded_for_a_silent_tied_pvd():
-    d = Driver([spec("a", "eth0", domains=["~s.example"]),
-                spec("b", "eth1", servers=["198.51.100.53"], domains=["~s.example"])],
-               Settings(negative_wait=0.5))
+    d = Driver(
+        [
+            spec("a", "eth0", domains=["~s.example"]),
+            spec("b", "eth1", servers=["198.51.100.53"], domains=["~s.example"]),
+        ],
+        Settings(negative_wait=0.5),
+    )
     d.worlds["b"].mode = "drop"
     start = d.now
     r = d.query("x.s.example")
@@ -145,8 +161,10 @@ def test_negative_waits_bounded_for_a_silent_tied_pvd():
 
 
 def test_all_servers_failing_gives_servfail_within_budget():
-    d = Driver([spec("a", "eth0", servers=["192.0.2.53", "192.0.2.54"])],
-               Settings(timeout=0.5, total_timeout=2.0))
+    d = Driver(
+        [spec("a", "eth0", servers=["192.0.2.53", "192.0.2.54"])],
+        Settings(timeout=0.5, total_timeout=2.0),
+    )
     d.worlds["a"].mode = "drop"
     start = d.now
     r = d.query("www.example.com")
@@ -174,8 +192,12 @@ def test_servers_that_all_refuse_give_the_client_refused_with_their_reasons():
 
 
 def test_a_refusal_and_a_failure_elsewhere_is_still_servfail():
-    d = Driver([spec("a", "eth0", servers=["192.0.2.53"], default_route=True),
-                spec("b", "eth1", servers=["198.51.100.53"], default_route=True)])
+    d = Driver(
+        [
+            spec("a", "eth0", servers=["192.0.2.53"], default_route=True),
+            spec("b", "eth1", servers=["198.51.100.53"], default_route=True),
+        ]
+    )
     d.worlds["a"].mode = "refused"
     d.worlds["b"].mode = "servfail"
     r = d.query("www.example.com")
@@ -185,8 +207,12 @@ def test_a_refusal_and_a_failure_elsewhere_is_still_servfail():
 
 
 def test_one_pvd_refusing_does_not_hide_another_pvds_answer():
-    d = Driver([spec("a", "eth0", servers=["192.0.2.53"], default_route=True),
-                spec("b", "eth1", servers=["198.51.100.53"], default_route=True)])
+    d = Driver(
+        [
+            spec("a", "eth0", servers=["192.0.2.53"], default_route=True),
+            spec("b", "eth1", servers=["198.51.100.53"], default_route=True),
+        ]
+    )
     d.worlds["a"].mode = "refused"
     d.worlds["b"].records = {"www.example.com": {"A": ["203.0.113.7"]}}
     assert answers(d.query("www.example.com")) == ["203.0.113.7"]
@@ -253,8 +279,7 @@ def test_changed_pvd_whose_domains_no_longer_claim_the_name_fails_the_question()
     d = vpn_and_wifi()
     d.query("intranet.corp.example", client="c1", pump=False)
     corp = d.registry.get("corp").spec
-    d.apply(d.registry.upsert(replace(corp, domains=(Domain("other.example", True),)),
-                              now=d.now))
+    d.apply(d.registry.upsert(replace(corp, domains=(Domain("other.example", True),)), now=d.now))
     d.pump()
     r = _reply_to(d, "c1")
     assert r.rcode() == dns.rcode.SERVFAIL  # the client asks again and is routed anew
@@ -340,7 +365,7 @@ def test_ready_table_replays_the_memo_and_empties_on_every_registry_change(monke
     assert hit[2:] == tail and d.now < until <= d.now + 1
     assert stored == d.now and ttls == (300,)
     assert expires == d.now + AGING_HORIZON  # then the resolver looks again (memo.py)
-    assert hit[offsets[0]:offsets[0] + 4] == (300).to_bytes(4, "big")
+    assert hit[offsets[0] : offsets[0] + 4] == (300).to_bytes(4, "big")
     assert res.ready_table(1232) == {}  # another listener cap: its own table
     res.handle_query(_wire("intranet.corp.example", 8), "c", d.now, 65494)
     d.pump()
@@ -382,10 +407,16 @@ def test_memo_never_outlives_a_purge_or_the_entry():
 def test_monitor_events_carry_the_rcode_the_client_got():
     d = vpn_and_wifi()
     d.resolver.monitoring = True
-    for name, rdtype in (("x.invalid", "A"), ("localhost", "A"), ("1.0.168.192.in-addr.arpa", "PTR"),
-                         ("www.example.com", "A"), ("www.example.com", "A"),
-                         ("nope.example.org", "A"), ("nope.example.org", "A"),
-                         ("ipv4only.arpa", "A")):
+    for name, rdtype in (
+        ("x.invalid", "A"),
+        ("localhost", "A"),
+        ("1.0.168.192.in-addr.arpa", "PTR"),
+        ("www.example.com", "A"),
+        ("www.example.com", "A"),
+        ("nope.example.org", "A"),
+        ("nope.example.org", "A"),
+        ("ipv4only.arpa", "A"),
+    ):
         d.resolver.events.clear()
         r = d.query(name, rdtype)
         (ev,) = [e for e in d.resolver.events if e["event"] == "query"]

@@ -22,8 +22,15 @@ from hypothesis.stateful import RuleBasedStateMachine, rule
 from .coredriver import Driver, World, spec
 
 PVDS = ("wifi", "corp", "lab")
-NAMES = ("www.example.com", "intranet.corp.example", "git.lab.example", "nx.corp.example",
-         "api.example.com", "nx.example.com", "x.git.lab.example")
+NAMES = (
+    "www.example.com",
+    "intranet.corp.example",
+    "git.lab.example",
+    "nx.corp.example",
+    "api.example.com",
+    "nx.example.com",
+    "x.git.lab.example",
+)
 
 
 class GenerationWorld(World):
@@ -42,20 +49,26 @@ class GenerationWorld(World):
             r.set_rcode(dns.rcode.NXDOMAIN)
             r.authority.append(self._soa())
         else:
-            r.answer.append(dns.rrset.from_text(
-                name, self.ttl, "IN", "A", f"10.{self.index}.{self.generation % 256}.1"))
+            r.answer.append(
+                dns.rrset.from_text(
+                    name, self.ttl, "IN", "A", f"10.{self.index}.{self.generation % 256}.1"
+                )
+            )
         return r.to_wire()
 
 
 class ResolverMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.d = Driver([
-            spec("wifi", "wlan0"),
-            spec("corp", "tun0", servers=["198.51.100.53"], domains=["~corp.example"]),
-            spec("lab", "eth9", servers=["203.0.113.53"],
-                 domains=["lab.example", "~example.com"]),  # ties with wifi on example.com
-        ])
+        self.d = Driver(
+            [
+                spec("wifi", "wlan0"),
+                spec("corp", "tun0", servers=["198.51.100.53"], domains=["~corp.example"]),
+                spec(
+                    "lab", "eth9", servers=["203.0.113.53"], domains=["lab.example", "~example.com"]
+                ),  # ties with wifi on example.com
+            ]
+        )
         for i, name in enumerate(PVDS):
             self.d.worlds[name] = GenerationWorld(i)
             self.d.worlds[name].ttl = 5
@@ -124,6 +137,7 @@ class ResolverMachine(RuleBasedStateMachine):
         self.d.now += dt
 
 
-ResolverMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40,
-                                             deadline=None)
+ResolverMachine.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=40, deadline=None
+)
 TestResolverPromises = ResolverMachine.TestCase

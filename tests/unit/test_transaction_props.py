@@ -24,21 +24,27 @@ SERVERS = tuple(parse_server(s) for s in ("192.0.2.53", "198.51.100.53:5353", "2
 QNAME = wire.text_to_qname("www.example.com")
 
 event = st.one_of(
-    st.tuples(st.just("reply"),
-              st.integers(0, 3),  # the source: a server (3: a stranger)
-              st.sampled_from(["right", "wrong", "old"]),  # the ID
-              st.sampled_from(["same", "case", "other-name", "other-type"]),  # the question
-              st.sampled_from([0, 2, 3, 5, 1, 4]),  # the rcode
-              st.booleans(),  # TC
-              st.booleans(),  # over TCP
-              st.booleans()),  # garbage instead of a message
+    st.tuples(
+        st.just("reply"),
+        st.integers(0, 3),  # the source: a server (3: a stranger)
+        st.sampled_from(["right", "wrong", "old"]),  # the ID
+        st.sampled_from(["same", "case", "other-name", "other-type"]),  # the question
+        st.sampled_from([0, 2, 3, 5, 1, 4]),  # the rcode
+        st.booleans(),  # TC
+        st.booleans(),  # over TCP
+        st.booleans(),
+    ),  # garbage instead of a message
     st.tuples(st.just("wait"), st.sampled_from([0.1, 0.5, 1.0, 2.5])),
 )
 
 
 def message(txid: int, question: str, rcode: int, tc: bool) -> bytes:
-    name = {"same": "www.example.com", "case": "WWW.Example.COM",
-            "other-name": "evil.example.com", "other-type": "www.example.com"}[question]
+    name = {
+        "same": "www.example.com",
+        "case": "WWW.Example.COM",
+        "other-name": "evil.example.com",
+        "other-type": "www.example.com",
+    }[question]
     q = dns.message.make_query(name, "AAAA" if question == "other-type" else "A")
     r = dns.message.make_response(q)
     r.id = txid
@@ -55,8 +61,21 @@ def message(txid: int, question: str, rcode: int, tc: bool) -> bytes:
 def test_only_the_reply_to_the_attempt_in_flight_is_taken(n_servers, events):
     ids = iter(range(1000, 100000, 7))
     now = 0.0
-    txn = Transaction("wifi", 1, "wlan0", SERVERS[:n_servers], QNAME, wire.A, 1, False, False,
-                      now, 1.0, 5.0, lambda: next(ids))
+    txn = Transaction(
+        "wifi",
+        1,
+        "wlan0",
+        SERVERS[:n_servers],
+        QNAME,
+        wire.A,
+        1,
+        False,
+        False,
+        now,
+        1.0,
+        5.0,
+        lambda: next(ids),
+    )
     send = txn.start(now)
     assert isinstance(send, Send) and send.txid == txn.txid and not send.tcp
     old_ids = [txn.txid]
@@ -67,21 +86,36 @@ def test_only_the_reply_to_the_attempt_in_flight_is_taken(n_servers, events):
             send = txn.on_timeout(now)
         else:
             _, src, which, question, rcode, tc, tcp, garbage = ev
-            txid = {"right": txn.txid, "wrong": (txn.txid + 1) & 0xFFFF,
-                    "old": old_ids[0]}[which]
-            data = (txid.to_bytes(2, "big") + b"\x81\x80garbage" if garbage
-                    else message(txid, question, rcode, tc))
-            source = (SERVERS[src].host if src < n_servers else "203.0.113.66",
-                      SERVERS[src].port if src < n_servers else 53)
+            txid = {"right": txn.txid, "wrong": (txn.txid + 1) & 0xFFFF, "old": old_ids[0]}[which]
+            data = (
+                txid.to_bytes(2, "big") + b"\x81\x80garbage"
+                if garbage
+                else message(txid, question, rcode, tc)
+            )
+            source = (
+                SERVERS[src].host if src < n_servers else "203.0.113.66",
+                SERVERS[src].port if src < n_servers else 53,
+            )
             ignored = txn.ignored
             send = txn.on_reply(data, source, tcp, now)
-            matches = (not state[4] and src < n_servers and SERVERS[src] == state[1]
-                       and tcp == state[2] and txid == state[0])
+            matches = (
+                not state[4]
+                and src < n_servers
+                and SERVERS[src] == state[1]
+                and tcp == state[2]
+                and txid == state[0]
+            )
             taken = matches and not garbage and question in ("same", "case")
             if state[4] is not None or not matches or (not garbage and not taken):
                 # not the attempt's reply (or the transaction is over): nothing moved
-                assert (txn.txid, txn.server, txn.tcp, txn.tries, txn.outcome,
-                        txn.response) == state
+                assert (
+                    txn.txid,
+                    txn.server,
+                    txn.tcp,
+                    txn.tries,
+                    txn.outcome,
+                    txn.response,
+                ) == state
                 assert txn.ignored == ignored + 1 and send is None
                 continue
             if taken and rcode in (0, 3) and not (tc and not tcp):

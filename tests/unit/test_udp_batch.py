@@ -77,12 +77,19 @@ class Core:
         self.batches += 1
 
 
-async def make(engine: str, core: Core, address: str = "127.0.0.1", batch: int = 64
-               ) -> UdpListener:
+async def make(engine: str, core: Core, address: str = "127.0.0.1", batch: int = 64) -> UdpListener:
     need(engine)
-    udp = UdpListener(asyncio.get_running_loop(), address, 0, core.handle, core.after_batch,
-                      batch=batch, ready=core.ready, count_ready=core.count_ready,
-                      engine=engine)
+    udp = UdpListener(
+        asyncio.get_running_loop(),
+        address,
+        0,
+        core.handle,
+        core.after_batch,
+        batch=batch,
+        ready=core.ready,
+        count_ready=core.count_ready,
+        engine=engine,
+    )
     udp.start()
     udp.port = udp.sock.getsockname()[1]
     return udp
@@ -104,8 +111,9 @@ def client(family: int = socket.AF_INET, address: str = "127.0.0.1") -> socket.s
 
 
 @contextlib.asynccontextmanager
-async def served(engine: str, core: Core, address: str = "127.0.0.1"
-                 ) -> AsyncIterator[tuple[UdpListener, socket.socket]]:
+async def served(
+    engine: str, core: Core, address: str = "127.0.0.1"
+) -> AsyncIterator[tuple[UdpListener, socket.socket]]:
     """A listener on ``address`` in front of ``core``, and a client socket; both closed after."""
     udp = await make(engine, core, address=address)
     c = client(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
@@ -126,8 +134,9 @@ async def test_ready_answers_carry_the_query_id_and_skip_the_resolver(engine):
         for i in range(40):
             c.sendto(query(i % 10, 1000 + i), ("127.0.0.1", udp.port))
         got = await recv_all(c, 40)
-        assert sorted(got) == sorted(struct.pack("!H", 1000 + i) + b"READY%d" % (i % 10)
-                                     for i in range(40))
+        assert sorted(got) == sorted(
+            struct.pack("!H", 1000 + i) + b"READY%d" % (i % 10) for i in range(40)
+        )
         assert core.asked == []
         assert core.counted == 40 == udp.counters["replayed"]
         assert udp.counters["received"] == 40 == udp.counters["sent"]
@@ -145,8 +154,12 @@ async def test_the_rest_goes_to_the_resolver_with_the_clients_address(engine):
         c.sendto(b"\x01\x02\x03", ("127.0.0.1", udp.port))  # too short for the table: asked
         c.sendto(b"", ("127.0.0.1", udp.port))  # empty: asked
         got = await recv_all(c, 2)
-        assert sorted(got) == sorted([query(1, 7)[:2] + b"slow:" + query(1, 7)[2:],
-                                      query(2, 8)[:2] + b"slow:" + query(2, 8)[2:]])
+        assert sorted(got) == sorted(
+            [
+                query(1, 7)[:2] + b"slow:" + query(1, 7)[2:],
+                query(2, 8)[:2] + b"slow:" + query(2, 8)[2:],
+            ]
+        )
         await asyncio.sleep(0.05)
         datas = [a[0] for a in core.asked]
         assert datas == [query(1, 7), query(2, 8), b"\x01\x02\x03", b""]
@@ -224,7 +237,7 @@ async def test_ipv6_clients_get_their_answers_and_a_recvfrom_address(engine):
         c.sendto(query(2, 4), ("::1", udp.port))
         got = await recv_all(c, 2)
         assert b"\x00\x03SIX" in got
-        (_, (_, addr), _, _), = core.asked
+        ((_, (_, addr), _, _),) = core.asked
         assert addr == c.getsockname()  # (host, port, flowinfo, scope_id)
         assert len(addr) == 4
 
@@ -245,8 +258,9 @@ async def test_a_second_listener_on_the_same_address_is_refused():
     failed on TCP: a second daemon started by mistake lost clients' queries."""
     core = Core()
     udp = await make("python", core)
-    other = UdpListener(asyncio.get_running_loop(), "127.0.0.1", udp.port, core.handle,
-                        core.after_batch)
+    other = UdpListener(
+        asyncio.get_running_loop(), "127.0.0.1", udp.port, core.handle, core.after_batch
+    )
     try:
         with pytest.raises(OSError) as exc:
             other.start()
@@ -259,16 +273,24 @@ async def test_a_second_listener_on_the_same_address_is_refused():
 async def test_the_c_loop_is_refused_when_it_is_not_built(monkeypatch):
     monkeypatch.setattr(listener, "_udpbatch", None)
     with pytest.raises(ValueError, match="not built"):
-        UdpListener(asyncio.get_running_loop(), "127.0.0.1", 0, Core().handle, lambda: None,
-                    engine="c")
+        UdpListener(
+            asyncio.get_running_loop(), "127.0.0.1", 0, Core().handle, lambda: None, engine="c"
+        )
     udp = UdpListener(asyncio.get_running_loop(), "127.0.0.1", 0, Core().handle, lambda: None)
     assert udp.engine == "python"
     udp.sock.close()
 
 
 # ---------------------------------------------------------------- aging (the C loop only)
-def aging_entry(tail: bytes, now: float, *, stored: float, expires: float,
-                offsets: tuple[int, ...], values: tuple[int, ...]) -> tuple:
+def aging_entry(
+    tail: bytes,
+    now: float,
+    *,
+    stored: float,
+    expires: float,
+    offsets: tuple[int, ...],
+    values: tuple[int, ...],
+) -> tuple:
     """A ready-table entry past its "valid until", with how to age it (core/memo.py)."""
     return (tail, now - 0.5, stored, expires, offsets, values)
 
@@ -280,8 +302,9 @@ async def test_an_entry_past_its_until_is_aged_by_the_c_loop_and_asked_by_python
     # a 14-byte "reply after the ID" with two 32-bit numbers at message offsets 4 and 10
     tail = b"AB" + (100).to_bytes(4, "big") + b"CD" + (7).to_bytes(4, "big") + b"EF"
     key = query(1, 0)[2:]
-    core.table[key] = aging_entry(tail, now, stored=now - 10.25, expires=now + 50,
-                                  offsets=(4, 10), values=(100, 7))
+    core.table[key] = aging_entry(
+        tail, now, stored=now - 10.25, expires=now + 50, offsets=(4, 10), values=(100, 7)
+    )
     async with served(engine, core) as (udp, c):
         c.sendto(query(1, 0x0A0B), ("127.0.0.1", udp.port))
         (got,) = await recv_all(c, 1)
@@ -305,8 +328,7 @@ async def test_aging_never_serves_past_expiry_nor_writes_outside_the_reply():
     core = Core()
     now = time.monotonic()
     tail = b"\x00" * 10
-    good: dict[str, Any] = {"stored": now - 1, "expires": now + 60, "offsets": (2,),
-                            "values": (5,)}
+    good: dict[str, Any] = {"stored": now - 1, "expires": now + 60, "offsets": (2,), "values": (5,)}
     cases: dict[int, dict[str, Any]] = {
         1: {**good, "expires": now - 0.1},  # expired: the resolver decides
         2: {**good, "offsets": (10,)},  # 8 + 4 > 10 bytes: outside
@@ -342,17 +364,25 @@ async def test_the_c_loop_ages_exactly_as_the_resolver_renders_again():
 
     def world() -> Driver:
         d = Driver([spec("wifi", "wlan0")])
-        d.worlds["wifi"].records = {"www.example.com": {"A": ["203.0.113.80"]},
-                                    "mx.example.com": {"MX": ["10 www.example.com."]}}
+        d.worlds["wifi"].records = {
+            "www.example.com": {"A": ["203.0.113.80"]},
+            "mx.example.com": {"MX": ["10 www.example.com."]},
+        }
         d.worlds["wifi"].ttl = int(3 * AGING_HORIZON)
         d.worlds["wifi"].soa_min = int(10 * AGING_HORIZON)  # the NXDOMAIN outlives the rest
         return d
 
     cdrv, pydrv = world(), world()  # the same history: one replays in C, one renders
     t0 = cdrv.now
-    queries = [dns.message.make_query(n, t, use_edns=0) for n, t in
-               (("www.example.com", "A"), ("WWW.Example.COM", "A"), ("mx.example.com", "MX"),
-                ("nx.example.com", "A"))]
+    queries = [
+        dns.message.make_query(n, t, use_edns=0)
+        for n, t in (
+            ("www.example.com", "A"),
+            ("WWW.Example.COM", "A"),
+            ("mx.example.com", "MX"),
+            ("nx.example.com", "A"),
+        )
+    ]
     table = cdrv.resolver.ready_table(65494)  # a listener's table is filled from now on
     for d in (cdrv, pydrv):
         for q in queries:
@@ -367,8 +397,9 @@ async def test_the_c_loop_ages_exactly_as_the_resolver_renders_again():
             now = t0 + elapsed
             asked: list[bytes] = []
 
-            def slow(data: bytes, addr: Any, now: float = now, asked: list[bytes] = asked
-                     ) -> bytes | None:
+            def slow(
+                data: bytes, addr: Any, now: float = now, asked: list[bytes] = asked
+            ) -> bytes | None:
                 asked.append(data)
                 return cdrv.resolver.handle_query(data, "c", now, 65494)
 
