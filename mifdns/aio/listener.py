@@ -3,7 +3,8 @@
 A non-blocking socket watched with ``loop.add_reader``; each wake-up handles a batch of up to
 ``batch`` datagrams. A query whose bytes after the ID are in the resolver's ready table (its
 answer memo, ``Resolver.ready_table``, fetched once per batch) is answered here with its ID and
-the stored reply, without calling into the resolver; the others go to ``handle``. Cache hits
+the stored reply (its TTLs aged first once its second has passed, ``core.memo.age``), without
+calling into the resolver; the others go to ``handle``. Cache hits
 and immediate answers go out inline; the resolver's outbox is drained once per batch. Two
 loops do this, with the same behaviour:
 
@@ -31,6 +32,9 @@ from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
+from ..core.memo import ReadyTable as Table
+from ..core.memo import age
+
 log = logging.getLogger("mifdns.listener")
 
 # on loopback the client may receive up to this much over UDP (systemd-resolved's stub does too);
@@ -42,7 +46,7 @@ HandleQuery = Callable[[bytes, object, float, "int | None"], "bytes | None"]
 
 INGRESS_BYTES = 4 << 20  # UDP receive queue per listening socket
 
-ReadyTable = Callable[["int | None"], "dict[bytes, tuple[bytes, float]] | None"]
+ReadyTable = Callable[["int | None"], "Table | None"]
 
 try:
     if os.environ.get("MIFDNS_UDP_BATCH", "") == "python":
@@ -84,7 +88,7 @@ class UdpListener:
         # ingress_drops: datagrams the kernel dropped because our receive queue was full (the
         # ingress queue's bound); read from /proc/net/udp by refresh_drops()
         # replayed: answered from the ready table without the resolver; aged: of those, the
-        # ones whose TTLs the C loop aged first (see _udpbatch.c)
+        # ones whose TTLs the loop aged first (core/memo.py)
         self.counters = {
             "received": 0,
             "sent": 0,
@@ -216,7 +220,7 @@ class UdpListener:
         sendto = self.sock.sendto
         self._now = now = monotonic()  # the core's clock (see daemon.py)
         ready = self.ready(self.max_udp) if self.ready is not None else None
-        n_recv = n_sent = n_ready = n_err = 0
+        n_recv = n_sent = n_ready = n_err = n_aged = 0
         for _ in range(self.batch):
             try:
                 data, addr = recv(65535)  # below malloc's mmap threshold: no page faults
@@ -229,6 +233,12 @@ class UdpListener:
             if hit is not None and now < hit[1]:
                 n_ready += 1
                 reply: bytes | None = data[:2] + hit[0]
+            elif hit is not None and (fresh := age(hit, now)) is not None:
+                assert ready is not None
+                ready[data[2:]] = fresh  # as the C loop does: the next second replays it
+                n_ready += 1
+                n_aged += 1
+                reply = data[:2] + fresh[0]
             else:
                 reply = self._slow(data, addr)
             if reply is not None:
@@ -237,4 +247,6 @@ class UdpListener:
                     n_sent += 1
                 except OSError:
                     n_err += 1
+        if n_aged:
+            self.counters["aged"] += n_aged
         self._end_batch(n_recv, n_ready, n_sent, n_err)

@@ -20,8 +20,8 @@ changes the registry while a batch runs.
 With the last four, a listener may *age* the entry past "valid until" without the resolver,
 as ``render.render_reply`` would render it again: each TTL at its offset becomes
 max(TTL - int(now - stored), 0), and "valid until" moves to the next second, never past
-"expires" (the C loop does, see ``mifdns/aio/_udpbatch.c``; the Python loop asks the resolver
-instead). "expires" here is the entry's expiry or ``AGING_HORIZON`` after the resolver rendered
+"expires" (``age`` below; the C loop has the same in ``mifdns/aio/_udpbatch.c``, and a
+differential test holds the two together). "expires" here is the entry's expiry or ``AGING_HORIZON`` after the resolver rendered
 it, whichever is first: then the resolver looks again, so a name asked now and then costs
 Python once per horizon, the cache still sees it used (its LRU order), and an entry the cache
 evicted meanwhile is served at most that long more (its answer is still true). A registry
@@ -32,6 +32,8 @@ Both are bounded by ``MEMO_MAX`` and emptied whole when full.
 """
 
 from __future__ import annotations
+
+import struct
 
 from . import wire
 from .cache import Entry, Key
@@ -48,6 +50,43 @@ Aging = tuple[float, float, tuple[int, ...], tuple[int, ...]]
 ReadyTable = dict[
     bytes, tuple[bytes, float] | tuple[bytes, float, float, float, tuple[int, ...], tuple[int, ...]]
 ]
+
+
+_PACK_TTL = struct.Struct("!I").pack_into
+
+
+Aged = tuple[bytes, float, float, float, tuple[int, ...], tuple[int, ...]]
+
+
+def age(hit: tuple[object, ...], now: float) -> Aged | None:
+    """The aged copy of a 6-tuple ready-table entry at ``now`` (see above), for the listener
+    to store back and send; None if it cannot be aged: expired (the resolver decides), a part
+    of the wrong type, an offset outside the reply or a value that is not a TTL."""
+    if len(hit) != 6:
+        return None
+    tail, _, stored, expires, offsets, values = hit
+    if not (
+        isinstance(tail, bytes)
+        and type(stored) is float
+        and type(expires) is float
+        and type(offsets) is tuple
+        and type(values) is tuple
+        and len(offsets) == len(values)
+        and now < expires
+        and now - stored < 4294967296.0  # no TTL could have lasted that long
+    ):
+        return None
+    elapsed = int(now - stored) if now > stored else 0
+    buf = bytearray(tail)
+    last = len(buf) - 4
+    for off, value in zip(offsets, values, strict=True):
+        if type(off) is not int or type(value) is not int:
+            return None
+        off -= 2  # the stored reply starts after the ID
+        if off < 0 or off > last or value < 0 or value > 0xFFFFFFFF:
+            return None
+        _PACK_TTL(buf, off, value - elapsed if value > elapsed else 0)
+    return (bytes(buf), min(stored + elapsed + 1.0, expires), stored, expires, offsets, values)
 
 
 class AnswerMemo:
