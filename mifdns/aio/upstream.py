@@ -135,7 +135,10 @@ class Upstreams:
         self.after_io = after_io  # the daemon drains the resolver's outbox after a batch
         self.max_tcp = max_tcp
         self.queries_per_port = queries_per_port
-        self._where: dict[Transaction, tuple[_Port, int]] = {}
+        self._where: dict[Transaction, tuple[_Port, int]] = {}  # the attempt in flight
+        # earlier UDP attempts the core still takes an answer for (given up for a timeout, see
+        # core/transaction.py): their ports stay registered until the transaction ends
+        self._old: dict[Transaction, list[tuple[_Port, int]]] = {}
         self._by_fd: dict[int, _Port] = {}
         self._current: dict[tuple[str, str, int], _Port] = {}  # the port new attempts join
         self._ifnames: dict[str, bytes] = {}
@@ -156,7 +159,16 @@ class Upstreams:
     # ------------------------------------------------------------------ sending
     def send(self, send: Send) -> None:
         txn = send.txn
-        self._forget(txn)
+        where = self._where.pop(txn, None)
+        if where is not None:
+            earlier = txn.earlier
+            if earlier and earlier[-1][0] == where[1]:  # timed out; its answer may still come
+                self._old.setdefault(txn, []).append(where)
+            else:
+                self._unregister(txn, where)
+        task = self._tcp.pop(txn, None)
+        if task is not None and not task.done():
+            task.cancel()
         if send.tcp:
             if len(self._tcp) >= self.max_tcp:
                 self.counters["tcp_limit"] += 1
@@ -240,6 +252,7 @@ class Upstreams:
         for port in list(self._by_fd.values()):
             self._close(port)
         self._where.clear()
+        self._old.clear()
         self._by_fd.clear()
         self._current.clear()
         try:
@@ -261,15 +274,22 @@ class Upstreams:
     def _forget(self, txn: Transaction) -> None:
         where = self._where.pop(txn, None)
         if where is not None:
-            port, txid = where
-            pending = port.pending
-            if pending.get(txid) is txn:
-                del pending[txid]
-                if not pending:
-                    self._close(port)  # no port stays open without a query waiting on it
+            self._unregister(txn, where)
+        old = self._old.pop(txn, None)
+        if old is not None:
+            for where in old:
+                self._unregister(txn, where)
         task = self._tcp.pop(txn, None)
         if task is not None and not task.done():
             task.cancel()
+
+    def _unregister(self, txn: Transaction, where: tuple[_Port, int]) -> None:
+        port, txid = where
+        pending = port.pending
+        if pending.get(txid) is txn:
+            del pending[txid]
+            if not pending:
+                self._close(port)  # no port stays open without a query waiting on it
 
     def _close(self, port: _Port) -> None:
         if port.closed:
@@ -337,7 +357,15 @@ class Upstreams:
             if exc.errno in _PEER_ERRORS
             else []
         )
-        for txn in doomed or list(port.pending.values()):
+        for txn in dict.fromkeys(doomed or list(port.pending.values())):
+            where = self._where.get(txn)
+            if where is None or (where[0].key != port.key if doomed else where[0] is not port):
+                # only an earlier attempt of it was there: that one is over, the current one
+                # (to another server, or on another port) goes on
+                for old in [w for w in self._old.get(txn, ()) if w[0].key == port.key]:
+                    self._old[txn].remove(old)
+                    self._unregister(txn, old)
+                continue
             self._forget(txn)
             if not txn.done:
                 self.on_error(txn, f"udp: {exc.strerror or exc}")

@@ -139,7 +139,8 @@ class UpstreamConfig:
     """How long to wait for upstream servers, and what to tell them."""
 
     timeout: float = _key(
-        "Seconds to wait for one server's reply before trying the PvD's next server.",
+        "Seconds to wait for one server's reply before trying the PvD's next server (a reply "
+        "that comes later is still taken while the query lasts).",
         0.8,
         gt=0,
         max=30,

@@ -84,7 +84,12 @@ def build_query(
     cd: bool = False,
     udp_size: int = 1232,
 ) -> bytes:
-    """An upstream query: RD=1, one question, an OPT RR (version 0, no options)."""
+    """An upstream query: RD=1, one question, an OPT RR (version 0, no options); ``udp_size``
+    0: no OPT (plain DNS, for a server that rejects EDNS)."""
+    if not udp_size:
+        return (
+            _pack_header(txid, RD | CD if cd else RD, 1, 0, 0, 0) + qname + _HH.pack(qtype, qclass)
+        )
     header = _pack_header(txid, RD | CD if cd else RD, 1, 0, 0, 1)
     opt = _QUERY_OPT.get((udp_size, do))
     if opt is None:

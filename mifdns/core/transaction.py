@@ -10,7 +10,11 @@ if its source, ID and question match the attempt in flight (anything else is ign
 counted: spoofing and stray replies cannot complete a transaction).
 
 Per attempt: no reply within ``timeout`` -> next server. TC over UDP -> the same server over
-TCP. SERVFAIL, REFUSED, NOTIMP, FORMERR or garbage -> next server. NOERROR/NXDOMAIN -> done. The
+TCP. FORMERR or NOTIMP without an OPT to our EDNS query -> the same server again without EDNS
+(RFC 6891 section 7; once per server and transaction). SERVFAIL, REFUSED, NOTIMP, FORMERR or
+garbage -> next server. NOERROR/NXDOMAIN -> done. An attempt given up for a timeout still counts:
+its answer (NOERROR/NXDOMAIN from that server, with that ID and question) is taken if it comes
+before the transaction ends, so a server slower than ``timeout`` is not asked in vain. The
 walk cycles through the servers until ``total_timeout`` from the start, then the transaction
 ends as TIMEOUT or FAILED (REFUSED if every attempt was refused: the servers are up and
 declined the question, which the client should hear as such). Outcomes are a closed enum (``Outcome``), mapped to client rcodes in
@@ -82,6 +86,8 @@ class Transaction:
         "_rand",
         "ignored",
         "refusals",
+        "earlier",
+        "plain",
     )
 
     def __init__(  # positional on the hot path (keywords cost ~1 us per miss)
@@ -130,6 +136,9 @@ class Transaction:
         self._rand = rand16
         self.ignored = 0  # replies that did not match (spoofed, stray, late)
         self.refusals = 0  # attempts answered REFUSED
+        # UDP attempts given up for a timeout (txid, server, sent at): their answers still count
+        self.earlier: list[tuple[int, ServerAddr, float]] = []
+        self.plain: tuple[ServerAddr, ...] = ()  # servers that rejected EDNS: asked without OPT
 
     @property
     def done(self) -> bool:
@@ -145,46 +154,75 @@ class Transaction:
     def on_reply(self, data: bytes, source: tuple[str, int], tcp: bool, now: float) -> Send | None:
         """A datagram or TCP message arrived for this transaction. Returns the next send, if any;
         check ``done`` afterwards."""
-        if self.done or self.server is None or tcp != self.tcp:
+        server = self.server
+        if self.done or server is None:
             self.ignored += 1
             return None
-        if not _same_source(source, self.server):
+        current = tcp == self.tcp and _same_source(source, server)
+        if not current and (tcp or not self.earlier):
             self.ignored += 1
             return None
         try:
             info = wire.parse_response(data)
         except wire.WireError:
-            if len(data) >= 2 and int.from_bytes(data[:2], "big") == self.txid:
+            if current and len(data) >= 2 and int.from_bytes(data[:2], "big") == self.txid:
                 return self._fail_attempt(now, "malformed reply")
             self.ignored += 1
             return None
         if (
-            info.id != self.txid
-            or info.qtype != self.qtype
+            info.qtype != self.qtype
             or info.qclass != self.qclass
             or (info.qname != self.qname and not wire.names_equal(info.qname, self.qname))
         ):
             self.ignored += 1
             return None
+        rcode = info.rcode
+        if not (current and info.id == self.txid):
+            # perhaps the answer to an attempt given up for a timeout: taken if it is one
+            for txid, was, sent_at in self.earlier:
+                if txid == info.id and _same_source(source, was):
+                    break
+            else:
+                self.ignored += 1
+                return None
+            if info.tc or (rcode != wire.NOERROR and rcode != wire.NXDOMAIN):
+                self.ignored += 1  # that attempt was given up already; the current one goes on
+                return None
+            self.samples.append((was, now - sent_at))
+            self._take(data, info)
+            return None
         rtt = now - self.sent_at
         if info.tc and not tcp:
-            self.samples.append((self.server, rtt))
-            return self._send(self.server, now, tcp=True)
-        rcode = info.rcode
+            self.samples.append((server, rtt))
+            return self._send(server, now, tcp=True)
         if rcode == wire.NOERROR or rcode == wire.NXDOMAIN:
-            self.samples.append((self.server, rtt))
-            self.response = data
-            self.info = info
-            if rcode == wire.NXDOMAIN:
-                self.outcome = Outcome.NXDOMAIN
-            elif info.ancount:
-                self.outcome = Outcome.ANSWER
-            else:
-                self.outcome = Outcome.NODATA
+            self.samples.append((server, rtt))
+            self._take(data, info)
             return None
+        if (
+            (rcode == wire.FORMERR or rcode == wire.NOTIMP)
+            and info.opt_start is None
+            and self.udp_size
+            and server not in self.plain
+        ):
+            # a server that does not know EDNS (RFC 6891 section 7): ask it again without
+            self.samples.append((server, rtt))
+            self.plain += (server,)
+            self.errors.append(f"{server}: {RCODE_NAMES[rcode]} to EDNS")
+            return self._send(server, now, tcp=self.tcp)
         if rcode == wire.REFUSED:
             self.refusals += 1
         return self._fail_attempt(now, RCODE_NAMES.get(rcode, f"rcode {rcode}"))
+
+    def _take(self, data: bytes, info: wire.ResponseInfo) -> None:
+        self.response = data
+        self.info = info
+        if info.rcode == wire.NXDOMAIN:
+            self.outcome = Outcome.NXDOMAIN
+        elif info.ancount:
+            self.outcome = Outcome.ANSWER
+        else:
+            self.outcome = Outcome.NODATA
 
     def on_timeout(self, now: float) -> Send | None:
         if self.done or now < self.deadline:
@@ -209,7 +247,7 @@ class Transaction:
         if now >= self.final:
             self.outcome = Outcome.TIMEOUT if timed_out else self._failed()
             return None
-        if not timed_out and self.tries >= len(self.servers):
+        if not timed_out and self.tries - len(self.plain) >= len(self.servers):
             # every server was tried and this one answered with an error: asking again now would
             # only hammer them; timeouts, by contrast, are retried until the budget runs out
             self.outcome = self._failed()
@@ -229,6 +267,9 @@ class Transaction:
         return self._send(self.servers[self.index], now, tcp=False)
 
     def _send(self, server: ServerAddr, now: float, *, tcp: bool) -> Send:
+        if self.server is not None and not self.tcp and self.deadline <= now:
+            # a UDP attempt that timed out: its answer may still come (see the top)
+            self.earlier.append((self.txid, self.server, self.sent_at))
         self.tries += 1
         self.server = server
         self.tcp = tcp
@@ -242,7 +283,7 @@ class Transaction:
             self.qclass,
             do=self.do,
             cd=self.cd,
-            udp_size=self.udp_size,
+            udp_size=0 if self.plain and server in self.plain else self.udp_size,
         )
         return Send(self, server, data, tcp, self.txid)
 

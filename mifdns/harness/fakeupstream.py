@@ -11,7 +11,8 @@ network namespace (``netns.socket_in``) and serves them on the asyncio loop that
     dns64=PREFIX synthesizes AAAA from A (RFC 6147) and ttl=N overrides every TTL;
     wrong_id / wrong_question / wrong_source=ADDR (UDP: sent from another local address)
     spoil the reply; only the spoiled reply is sent, or with spoof_first it is followed by
-    the right one.
+    the right one. no_edns: a query with an OPT gets FORMERR without one (a server from
+    before EDNS); ad: answers claim AD=1 (authenticated data), validated or not.
 
 Behaviours are plain attributes, changed at any time (``up.servfail = True``); ``set()``
 checks names. Tests that also block (synchronous queries, subprocesses) should run the server
@@ -70,6 +71,8 @@ _BEHAVIOURS = frozenset(
         "wrong_source",
         "spoof_first",
         "ttl",
+        "no_edns",
+        "ad",
     ]
 )
 _IPV4ONLY = "ipv4only.arpa."
@@ -215,6 +218,8 @@ class FakeUpstream:
         self.wrong_source: str | None = None
         self.spoof_first = False
         self.ttl: int | None = None
+        self.no_edns = False
+        self.ad = False
         self.set(**behaviour)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: list[tuple[socket.socket, str | None]] = []
@@ -491,6 +496,11 @@ class FakeUpstream:
     def _reply(self, req: DNSRecord, transport: str) -> DNSRecord:
         if req.header.opcode != 0:
             return self._error(req, RCODE.NOTIMP)
+        if self.no_edns and any(rr.rtype == _OPT for rr in req.ar):
+            return DNSRecord(
+                DNSHeader(id=req.header.id, qr=1, ra=1, rd=req.header.rd, rcode=RCODE.FORMERR),
+                questions=list(req.questions),
+            )
         if self.refused:
             return self._error(req, RCODE.REFUSED)
         if self.servfail:
@@ -501,6 +511,7 @@ class FakeUpstream:
         rcode, answer, auth = self._resolve(qname, qtype)
         r = self._error(req, rcode)
         r.header.aa = 1
+        r.header.ad = int(self.ad)
         for rr in answer:
             r.add_answer(self._ttl(rr))
         for rr in auth:

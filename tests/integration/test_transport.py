@@ -217,6 +217,40 @@ async def test_servfail_from_the_first_server_moves_on_without_waiting(
     assert broken.saw("www.corp.example") and good.saw("www.corp.example")
 
 
+async def test_a_server_slower_than_the_attempt_timeout_still_answers(
+    topology, vpn_and_wifi, upstream_factory, mifdns_factory
+):
+    """upstream.timeout is 0.8 s: the first attempt is given up and the question asked again
+    on a fresh port, but the first attempt's answer, arriving after 0.9 s on its own port,
+    is still taken (it used to meet a closed port and an ICMP port unreachable)."""
+    corp, _ = vpn_and_wifi
+    slow = await upstream_factory(corp, CORP_ZONE, listen=["192.0.2.53"])
+    d = await mifdns_factory(topology, config(corp_pvd(servers=["192.0.2.53"])))
+    await settle(slow)
+    slow.delay = 0.9
+    r, took = await _timed(d.aquery("www.corp.example", timeout=5))
+    assert addrs(r) == ["10.8.0.80"]
+    assert 0.9 <= took < 1.6  # the first answer, not a later attempt's (1.7 s and more)
+    assert slow.count("www.corp.example") == 2  # asked again at 0.8 s, as before
+    assert counter(d, "upstream_icmp_errors") == 0
+
+
+async def test_a_server_that_rejects_edns_is_asked_again_without_it(
+    topology, vpn_and_wifi, upstream_factory, mifdns_factory
+):
+    """FORMERR without an OPT to a query with one: a server from before EDNS (RFC 6891
+    section 7); the same server is asked again in plain DNS and its answer served."""
+    corp, _ = vpn_and_wifi
+    old = await upstream_factory(corp, CORP_ZONE, listen=["192.0.2.53"])
+    d = await mifdns_factory(topology, config(corp_pvd(servers=["192.0.2.53"])))
+    await settle(old)
+    old.no_edns = True
+    r, took = await _timed(d.aquery("www.corp.example", payload=1232))
+    assert addrs(r) == ["10.8.0.80"] and took < 0.5
+    assert old.count("www.corp.example") == 2
+    assert r.edns == 0  # the client asked with EDNS and is answered with it
+
+
 async def test_servers_that_all_refuse_give_the_client_refused_at_once(
     topology, vpn_and_wifi, upstream_factory, mifdns_factory
 ):
