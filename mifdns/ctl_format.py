@@ -160,6 +160,8 @@ def format_pvd(pvd: dict[str, Any]) -> str:
         pairs.append(("Networks", _list(pvd.get("networks"))))
     pairs.append(("Default route", _yn(pvd.get("default_route"))))
     pairs.append(("Exclusive", _yn(pvd.get("exclusive", False))))
+    if pvd.get("trust_ad"):
+        pairs.append(("Trusts AD", "yes (AD bits from its servers are passed on)"))
     if pvd.get("dns64") not in (None, "none", {}):
         dns64 = pvd["dns64"]
         pairs.append(

@@ -285,6 +285,7 @@ class _Loader:
                 data.get("default_route"), bool, f"{path}.default_route", optional=True
             ),
             "exclusive": self.expect(data.get("exclusive", False), bool, f"{path}.exclusive"),
+            "trust_ad": self.expect(data.get("trust_ad", False), bool, f"{path}.trust_ad"),
             "captive_portal": self.captive_portal(
                 data.get("captive_portal"), f"{path}.captive_portal"
             ),

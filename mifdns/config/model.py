@@ -317,6 +317,16 @@ PVD_KEY_DOCS: dict[str, tuple[str, str, str]] = {
             "detached (they fail with an Extended DNS Error instead)."
         ),
     ),
+    "trust_ad": (
+        "boolean",
+        "false",
+        (
+            "Pass on the AD bit (authenticated data) of this PvD's servers to clients that "
+            "ask for it (AD or DO in the query). Only for validating servers reached over a "
+            "path you trust (RFC 6840 section 5.7): mifdns validates nothing itself, so by "
+            "default it clears AD in every answer."
+        ),
+    ),
     "networks": (
         "list of strings",
         "[]",

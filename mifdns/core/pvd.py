@@ -171,6 +171,8 @@ class PvdSpec:
         None  # None: auto, like systemd-resolved (see effective_default_route)
     )
     exclusive: bool = False
+    # pass this PvD's AD bits on (its servers validate and the path to them is trusted)
+    trust_ad: bool = False
     networks: tuple[IPNetwork, ...] = ()
     dns64: Dns64Spec = field(default_factory=Dns64Spec)
     captive_portal: str | None = None
@@ -197,6 +199,7 @@ class PvdSpec:
             or self.domains != other.domains
             or self.networks != other.networks
             or self.dns64 != other.dns64
+            or self.trust_ad != other.trust_ad  # entries may hold AD bits no longer trusted
         )
 
     def with_(self, **changes: object) -> PvdSpec:

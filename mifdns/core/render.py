@@ -83,14 +83,17 @@ def build_query(
     do: bool = False,
     cd: bool = False,
     udp_size: int = 1232,
+    ad: bool = False,
 ) -> bytes:
     """An upstream query: RD=1, one question, an OPT RR (version 0, no options); ``udp_size``
-    0: no OPT (plain DNS, for a server that rejects EDNS)."""
+    0: no OPT (plain DNS, for a server that rejects EDNS). ``ad``: AD=1, so that a validating
+    server says whether the answer validated (RFC 6840 section 5.7)."""
+    flags = RD | CD if cd else RD
+    if ad:
+        flags |= AD
     if not udp_size:
-        return (
-            _pack_header(txid, RD | CD if cd else RD, 1, 0, 0, 0) + qname + _HH.pack(qtype, qclass)
-        )
-    header = _pack_header(txid, RD | CD if cd else RD, 1, 0, 0, 1)
+        return _pack_header(txid, flags, 1, 0, 0, 0) + qname + _HH.pack(qtype, qclass)
+    header = _pack_header(txid, flags, 1, 0, 0, 1)
     opt = _QUERY_OPT.get((udp_size, do))
     if opt is None:
         opt = _QUERY_OPT[(udp_size, do)] = opt_rr(udp_size, do=do)

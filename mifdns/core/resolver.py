@@ -387,6 +387,8 @@ class Resolver:
             self._rand,
             s.edns_udp_size,
         )
+        if spec.trust_ad:
+            txn.ad = True
         send = txn.start(now)
         if send is None:
             return None
@@ -616,6 +618,12 @@ class Resolver:
         ttl = 0 if ttl is None else min(ttl, cap)
         if ttls and max(ttls) > cap:
             ttls = tuple(min(t, cap) for t in ttls)
+        if body[3] & 0x20 and (
+            pvd is None or not pvd.spec.trust_ad or kind is Kind.SYNTHESIZED or kind is Kind.CAPTIVE
+        ):
+            # AD only from servers the PvD says validate, over a path it trusts (trust_ad);
+            # never on synthesized or captive answers: mifdns validates nothing itself
+            body = body[:3] + bytes((body[3] & ~0x20,)) + body[4:]
         entry = Entry(body, offsets, ttls, now, now + ttl, kind, info.rcode)
         if ttl > 0 and pvd is not None and pvd.attached and pvd.tag == tag:
             covers = kind == Kind.NXDOMAIN and info.ancount == 0

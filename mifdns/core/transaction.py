@@ -88,6 +88,7 @@ class Transaction:
         "refusals",
         "earlier",
         "plain",
+        "ad",
     )
 
     def __init__(  # positional on the hot path (keywords cost ~1 us per miss)
@@ -139,6 +140,7 @@ class Transaction:
         # UDP attempts given up for a timeout (txid, server, sent at): their answers still count
         self.earlier: list[tuple[int, ServerAddr, float]] = []
         self.plain: tuple[ServerAddr, ...] = ()  # servers that rejected EDNS: asked without OPT
+        self.ad = False  # ask with AD=1 (the PvD trusts its servers' AD bits)
 
     @property
     def done(self) -> bool:
@@ -284,6 +286,7 @@ class Transaction:
             do=self.do,
             cd=self.cd,
             udp_size=0 if self.plain and server in self.plain else self.udp_size,
+            ad=self.ad,
         )
         return Send(self, server, data, tcp, self.txid)
 

@@ -10,6 +10,7 @@ import contextlib
 import time
 from typing import Any
 
+import dns.flags
 import dns.message
 import dns.opcode
 import pytest
@@ -249,6 +250,26 @@ async def test_a_server_that_rejects_edns_is_asked_again_without_it(
     assert addrs(r) == ["10.8.0.80"] and took < 0.5
     assert old.count("www.corp.example") == 2
     assert r.edns == 0  # the client asked with EDNS and is answered with it
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+async def test_ad_from_a_pvds_servers_reaches_clients_only_if_the_pvd_trusts_them(
+    trusted, topology, vpn_and_wifi, upstream_factory, mifdns_factory
+):
+    """A server that claims AD=1 (validated or not): with trust_ad off (the default) no client
+    sees AD, since mifdns validates nothing and glibc trusts AD from it (options trust-ad)."""
+    corp, _ = vpn_and_wifi
+    up = await upstream_factory(corp, CORP_ZONE, listen=["192.0.2.53"])
+    d = await mifdns_factory(topology, config(corp_pvd(trust_ad=trusted)))
+    await settle(up)
+    up.ad = True
+    q = dns.message.make_query("www.corp.example", "A", use_edns=0)
+    q.flags |= dns.flags.AD
+    r = await d.aquery("", message=q)
+    assert addrs(r) == ["10.8.0.80"]
+    assert bool(r.flags & dns.flags.AD) is trusted
+    r = await d.aquery("www.corp.example", want_dnssec=True)
+    assert bool(r.flags & dns.flags.AD) is trusted
 
 
 async def test_servers_that_all_refuse_give_the_client_refused_at_once(

@@ -40,7 +40,9 @@ class World:
     ttl: int = 300
     soa_min: int = 60
     mode: str = "answer"  # answer | drop | servfail | refused | truncate
+    ad: bool = False  # answers claim AD=1 (authenticated data), validated or not
     seen: list[tuple[str, str]] = field(default_factory=list)
+    asked_ad: list[bool] = field(default_factory=list)  # AD in each query that got an answer
 
     def respond(self, query_wire: bytes, tcp: bool) -> bytes | None:
         q = dns.message.from_wire(query_wire)
@@ -55,6 +57,9 @@ class World:
         if self.mode == "truncate" and not tcp:
             r.flags |= dns.flags.TC
             return r.to_wire()
+        if self.ad:
+            r.flags |= dns.flags.AD
+        self.asked_ad.append(bool(q.flags & dns.flags.AD))
         key = qn.to_text().lower().rstrip(".")
         node = self.records.get(key)
         if node is None:
@@ -102,8 +107,11 @@ class Driver:
         want_dnssec: bool = False,
         client: object = "c1",
         pump: bool = True,
+        ad: bool = False,
     ) -> dns.message.Message | None:
         q = dns.message.make_query(name, rdtype, use_edns=0, want_dnssec=want_dnssec)
+        if ad:
+            q.flags |= dns.flags.AD
         out = self.resolver.handle_query(q.to_wire(), client, self.now)
         if out is not None:
             return dns.message.from_wire(out)

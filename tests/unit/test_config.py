@@ -186,6 +186,7 @@ SAMPLES = {
                        ["~a.example"]),
     "pvds[].default_route": ("true", lambda c: c.pvds[0].default_route, True),
     "pvds[].exclusive": ("true", lambda c: c.pvds[0].exclusive, True),
+    "pvds[].trust_ad": ("true", lambda c: c.pvds[0].trust_ad, True),
     "pvds[].networks": ('["192.0.2.0/24"]', lambda c: [str(n) for n in c.pvds[0].networks],
                         ["192.0.2.0/24"]),
     "pvds[].dns64.prefix": ('"64:ff9b::/96"', lambda c: c.pvds[0].dns64.prefix, "64:ff9b::/96"),

@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 import dns.edns
+import dns.flags
 import dns.message
 import dns.rcode
 
@@ -421,3 +422,37 @@ def test_monitor_events_carry_the_rcode_the_client_got():
         r = d.query(name, rdtype)
         (ev,) = [e for e in d.resolver.events if e["event"] == "query"]
         assert ev["rcode"] == dns.rcode.to_text(r.rcode()), (name, ev)
+
+
+def test_an_untrusted_pvds_ad_bit_never_reaches_a_client():
+    """mifdns validates nothing: a network's server claiming AD (a hotspot, a captive portal)
+    must not make local software believe its answer was validated (glibc trusts AD from
+    mifdns with ``options trust-ad``)."""
+    d = Driver([spec("wifi", "wlan0")])
+    d.worlds["wifi"].records = {"www.example.com": {"A": ["203.0.113.80"]}}
+    d.worlds["wifi"].ad = True
+    for kw in ({"ad": True}, {"want_dnssec": True}, {}):
+        r = d.query("www.example.com", **kw)
+        assert answers(r) == ["203.0.113.80"] and not r.flags & dns.flags.AD, kw
+    assert not any(d.worlds["wifi"].asked_ad)  # and it was asked without AD
+
+
+def test_a_trusted_pvds_ad_bit_reaches_clients_that_ask_for_it():
+    d = Driver([spec("vpn", "tun0", trust_ad=True)])
+    d.worlds["vpn"].records = {"www.example.com": {"A": ["203.0.113.80"]}}
+    d.worlds["vpn"].ad = True
+    assert d.query("www.example.com", ad=True).flags & dns.flags.AD
+    assert d.query("www.example.com", want_dnssec=True).flags & dns.flags.AD
+    assert not d.query("www.example.com").flags & dns.flags.AD  # did not ask (RFC 6840 5.8)
+    # asked with AD=1, so the validating server says whether it validated (RFC 6840 5.7)
+    assert d.worlds["vpn"].asked_ad[0] is True
+
+
+def test_turning_trust_ad_off_drops_answers_cached_with_ad():
+    d = Driver([spec("vpn", "tun0", trust_ad=True)])
+    d.worlds["vpn"].records = {"www.example.com": {"A": ["203.0.113.80"]}}
+    d.worlds["vpn"].ad = True
+    assert d.query("www.example.com", ad=True).flags & dns.flags.AD
+    old = d.registry.find("vpn").spec
+    d.apply(d.registry.upsert(replace(old, trust_ad=False), now=d.now))
+    assert not d.query("www.example.com", ad=True).flags & dns.flags.AD
