@@ -32,6 +32,8 @@ class Resolution:
         "key",
         "synthesized",
         "refusals",
+        "rejected",
+        "upstream_ede",
     )
 
     def __init__(self, query: wire.Query, client: object, decision: Decision, key: Key, now: float):
@@ -44,6 +46,8 @@ class Resolution:
         self.synthesized: list[tuple[str, Entry]] = []
         self.failures: list[tuple[str, str]] = []
         self.refusals = 0  # failures that were every server of a PvD refusing the question
+        self.rejected = False  # some server answered with an error rcode (so it was reachable)
+        self.upstream_ede: tuple[int, str] | None = None  # the first EDE such an answer carried
         self.started = now
         self.done = False
         self.wait_until: float | None = None

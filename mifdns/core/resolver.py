@@ -187,7 +187,7 @@ class Resolver:
             q = wire.parse_query(data)
         except wire.WireError as exc:
             c["formerr"] += 1
-            return render.error_reply(data, exc.rcode)
+            return render.error_reply(data, exc.rcode, opt=self._opt if wire.had_opt(data) else b"")
         q.udp_size = 65535 if max_udp is None else min(q.udp_size, max_udp)
         if q.opcode != 0:
             c["notimp"] += 1
@@ -571,8 +571,12 @@ class Resolver:
             res.negatives.append((pvd, entry))
         else:
             res.failures.append((pvd, why or "failed"))
-            if type(item) is Transaction and item.outcome is Outcome.REFUSED:
-                res.refusals += 1
+            if type(item) is Transaction and item.rejections:
+                res.rejected = True
+                if item.outcome is Outcome.REFUSED:
+                    res.refusals += 1
+                if res.upstream_ede is None:
+                    res.upstream_ede = item.upstream_ede
         if not res.pending:
             self._finish_negative_or_fail(res, now)
         elif (res.negatives or res.synthesized) and res.wait_until is None:
@@ -655,7 +659,16 @@ class Resolver:
             # do), so the client does not take it for a failure worth retrying
             reply = self._refused(res.query, (EDE_NO_REACHABLE_AUTHORITY, why[:200]))
         else:
-            reply = self._servfail(res.query, None, (EDE_NETWORK_ERROR, why[:200]))
+            # the servers' own reason if one gave it (DNSSEC bogus, say); else 22 if a server
+            # answered with an error (reachable, but no answer), 23 if none could be reached
+            code = (
+                res.upstream_ede[0]
+                if res.upstream_ede is not None
+                else EDE_NO_REACHABLE_AUTHORITY
+                if res.rejected
+                else EDE_NETWORK_ERROR
+            )
+            reply = self._servfail(res.query, None, (code, why[:200]))
         if self.monitoring:
             kind = "refused" if reply is not None and reply[3] & 0xF == wire.REFUSED else "servfail"
             self._event_query(

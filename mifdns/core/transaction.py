@@ -89,6 +89,8 @@ class Transaction:
         "earlier",
         "plain",
         "ad",
+        "rejections",
+        "upstream_ede",
     )
 
     def __init__(  # positional on the hot path (keywords cost ~1 us per miss)
@@ -141,6 +143,8 @@ class Transaction:
         self.earlier: list[tuple[int, ServerAddr, float]] = []
         self.plain: tuple[ServerAddr, ...] = ()  # servers that rejected EDNS: asked without OPT
         self.ad = False  # ask with AD=1 (the PvD trusts its servers' AD bits)
+        self.rejections = 0  # attempts a server answered with an error rcode (it is reachable)
+        self.upstream_ede: tuple[int, str] | None = None  # the first EDE such an answer carried
 
     @property
     def done(self) -> bool:
@@ -214,7 +218,13 @@ class Transaction:
             return self._send(server, now, tcp=self.tcp)
         if rcode == wire.REFUSED:
             self.refusals += 1
-        return self._fail_attempt(now, RCODE_NAMES.get(rcode, f"rcode {rcode}"))
+        self.rejections += 1
+        if self.upstream_ede is None:
+            self.upstream_ede = wire.ede_of(data, info)
+        reason = RCODE_NAMES.get(rcode, f"rcode {rcode}")
+        if self.upstream_ede is not None:
+            reason += f" (EDE {self.upstream_ede[0]}: {self.upstream_ede[1]})"[:120]
+        return self._fail_attempt(now, reason)
 
     def _take(self, data: bytes, info: wire.ResponseInfo) -> None:
         self.response = data

@@ -226,6 +226,39 @@ def _query_opt(data: bytes, pos: int, an: int, ns: int, ar: int) -> tuple[int, i
     return opt
 
 
+def ede_of(data: bytes, info: ResponseInfo) -> tuple[int, str] | None:
+    """The first Extended DNS Error (RFC 8914) in a parsed response's OPT: (info-code, text)."""
+    if info.opt_start is None or info.opt_end is None:
+        return None
+    pos = info.opt_start + 11  # root name, type, class, TTL, rdlength
+    end = info.opt_end
+    while pos + 4 <= end:
+        code, length = _unpack_hh(data, pos)
+        if code == EDE_OPTION and length >= 2 and pos + 4 + length <= end:
+            text = data[pos + 6 : pos + 4 + length].decode("utf-8", "replace")
+            return (data[pos + 4] << 8) | data[pos + 5], text
+        pos += 4 + length
+    return None
+
+
+def had_opt(data: bytes) -> bool:
+    """Whether a query that ``parse_query`` rejected still carried one well-formed OPT RR, so
+    that its FORMERR carries an OPT too (RFC 6891 section 7). False on anything unreadable."""
+    try:
+        _, _, qd, an, ns, ar = _unpack_header(data, 0)
+        if not ar:
+            return False
+        pos = 12
+        known: dict[int, int] = {}
+        for _ in range(qd):
+            pos = _skip_name(data, pos, known) + 4
+        if pos > len(data):
+            return False
+        return _query_opt(data, pos, an, ns, ar) is not None
+    except (WireError, IndexError, struct.error):
+        return False
+
+
 def _check_opt(
     data: bytes, owner: int, start: int, end: int, in_additional: bool, seen: bool
 ) -> None:

@@ -83,8 +83,15 @@ def parse_each(data: bytes) -> None:
 def parse_all(data: bytes) -> None:
     """Every entry point that reads client or upstream bytes: WireError is the only way out."""
     parse_each(data)
+    try:
+        info = wire.parse_response(data)
+    except WireError:
+        pass
+    else:
+        wire.ede_of(data, info)  # an upstream's Extended DNS Error: never raises
+    opt = render.opt_rr(1232) if wire.had_opt(data) else b""  # never raises (FORMERR's OPT)
     for rcode in (wire.FORMERR, wire.BADVERS):
-        out = render.error_reply(data, rcode)
+        out = render.error_reply(data, rcode, opt=opt)
         if out is not None:
             wire.parse_response(out)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.rcode
@@ -41,6 +42,7 @@ class World:
     soa_min: int = 60
     mode: str = "answer"  # answer | drop | servfail | refused | truncate
     ad: bool = False  # answers claim AD=1 (authenticated data), validated or not
+    ede: tuple[int, str] | None = None  # an Extended DNS Error on error answers
     seen: list[tuple[str, str]] = field(default_factory=list)
     asked_ad: list[bool] = field(default_factory=list)  # AD in each query that got an answer
 
@@ -53,6 +55,8 @@ class World:
         r = dns.message.make_response(q)
         if self.mode in ("servfail", "refused"):
             r.set_rcode(dns.rcode.from_text(self.mode))
+            if self.ede is not None:
+                r.use_edns(0, options=[dns.edns.EDEOption(*self.ede)])
             return r.to_wire()
         if self.mode == "truncate" and not tcp:
             r.flags |= dns.flags.TC

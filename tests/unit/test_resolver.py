@@ -204,7 +204,27 @@ def test_a_refusal_and_a_failure_elsewhere_is_still_servfail():
     r = d.query("www.example.com")
     assert r.rcode() == dns.rcode.SERVFAIL
     [(code, text)] = _ede(r)
-    assert code == 23 and "a: refused" in text and "b: failed" in text and "SERVFAIL" in text
+    # 22 (No Reachable Authority), not 23 (Network Error): both servers answered
+    assert code == 22 and "a: refused" in text and "b: failed" in text and "SERVFAIL" in text
+
+
+def test_an_upstreams_own_extended_error_is_passed_on_with_its_servfail():
+    d = Driver([spec("a", "eth0", servers=["192.0.2.53"])])
+    d.worlds["a"].mode = "servfail"
+    d.worlds["a"].ede = (6, "signature expired")  # DNSSEC Bogus, as a validating resolver says
+    r = d.query("www.example.com")
+    assert r.rcode() == dns.rcode.SERVFAIL
+    [(code, text)] = _ede(r)
+    assert code == 6 and "192.0.2.53: SERVFAIL (EDE 6: signature expired)" in text
+
+
+def test_servers_that_cannot_be_reached_give_network_error():
+    d = Driver(
+        [spec("a", "eth0", servers=["192.0.2.53"])], Settings(timeout=0.5, total_timeout=1.0)
+    )
+    d.worlds["a"].mode = "drop"
+    [(code, _)] = _ede(d.query("www.example.com"))
+    assert code == 23
 
 
 def test_one_pvd_refusing_does_not_hide_another_pvds_answer():
@@ -456,3 +476,22 @@ def test_turning_trust_ad_off_drops_answers_cached_with_ad():
     old = d.registry.find("vpn").spec
     d.apply(d.registry.upsert(replace(old, trust_ad=False), now=d.now))
     assert not d.query("www.example.com", ad=True).flags & dns.flags.AD
+
+
+def test_formerr_to_a_query_with_an_opt_carries_an_opt():
+    """RFC 6891 section 7: a reply to a request with an OPT includes one, also FORMERR (here:
+    no question), unless the OPT itself is the malformed part."""
+    d = Driver([spec("wifi", "wlan0")])
+    q = dns.message.make_query("www.example.com", "A", use_edns=0)
+    q.question = []
+    r = dns.message.from_wire(d.resolver.handle_query(q.to_wire(), "c", d.now))
+    assert r.rcode() == dns.rcode.FORMERR and r.edns == 0
+    plain = dns.message.make_query("www.example.com", "A")
+    plain.question = []
+    r = dns.message.from_wire(d.resolver.handle_query(plain.to_wire(), "c", d.now))
+    assert r.rcode() == dns.rcode.FORMERR and r.edns == -1
+    # two OPTs: the OPT is the malformed part, so the FORMERR has none
+    wire = q.to_wire()
+    two = wire[:11] + b"\x02" + wire[12:] + wire[12:]
+    r = dns.message.from_wire(d.resolver.handle_query(two, "c", d.now))
+    assert r.rcode() == dns.rcode.FORMERR and r.edns == -1
