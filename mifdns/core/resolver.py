@@ -657,7 +657,10 @@ class Resolver:
         if res.failures and res.refusals == len(res.failures):
             # every PvD asked has servers up that declined: say so (as dnsmasq and resolved
             # do), so the client does not take it for a failure worth retrying
-            reply = self._refused(res.query, (EDE_NO_REACHABLE_AUTHORITY, why[:200]))
+            self.counters["upstream_refused"] += 1
+            reply = self._error(
+                res.query, None, wire.REFUSED, (EDE_NO_REACHABLE_AUTHORITY, why[:200])
+            )
         else:
             # the servers' own reason if one gave it (DNSSEC bogus, say); else 22 if a server
             # answered with an error (reachable, but no answer), 23 if none could be reached
@@ -710,14 +713,14 @@ class Resolver:
 
     def _servfail(self, q: wire.Query, data: bytes | None, ede: tuple[int, str]) -> bytes | None:
         self.counters["servfail"] += 1
+        return self._error(q, data, wire.SERVFAIL, ede)
+
+    def _error(
+        self, q: wire.Query, data: bytes | None, rcode: int, ede: tuple[int, str]
+    ) -> bytes | None:
         if data is None:  # answering later: rebuild the header the reply echoes
             data = q.id.to_bytes(2, "big") + q.flags.to_bytes(2, "big") + b"\x00\x01" + bytes(6)
-        return render.error_reply(data, wire.SERVFAIL, query=q, opt=self._opt_for(q, ede))
-
-    def _refused(self, q: wire.Query, ede: tuple[int, str]) -> bytes | None:
-        self.counters["upstream_refused"] += 1
-        data = q.id.to_bytes(2, "big") + q.flags.to_bytes(2, "big") + b"\x00\x01" + bytes(6)
-        return render.error_reply(data, wire.REFUSED, query=q, opt=self._opt_for(q, ede))
+        return render.error_reply(data, rcode, query=q, opt=self._opt_for(q, ede))
 
     def _local(self, q: wire.Query, decision: Decision) -> bytes:
         if is_nxdomain(q, decision):
