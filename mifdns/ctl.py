@@ -225,6 +225,21 @@ def _add_spec_options(p: argparse.ArgumentParser, *, update: bool) -> None:
         const=False,
         help="its domains may fall through (the default)",
     )
+    ta = g.add_mutually_exclusive_group()
+    ta.add_argument(
+        "--trust-ad",
+        dest="trust_ad",
+        action="store_const",
+        const=True,
+        help="pass on its servers' AD bit (validating servers over a path you trust)",
+    )
+    ta.add_argument(
+        "--no-trust-ad",
+        dest="trust_ad",
+        action="store_const",
+        const=False,
+        help="clear the AD bit in its answers (the default)",
+    )
     g.add_argument(
         "--dns64",
         metavar="auto|none|PREFIX",
@@ -259,6 +274,7 @@ _SPEC_OPTIONS = (
     "domains",
     "default_route",
     "exclusive",
+    "trust_ad",
     "networks",
     "dns64",
     "captive_portal",

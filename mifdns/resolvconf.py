@@ -4,8 +4,9 @@
 (``IFACE[.PROTO]``, e.g. ``eth0.dhclient``, ``eth0.ip6.dhclient``, ``tun.wg0``) on the interface
 the record names: ``nameserver`` lines become its servers, ``domain`` and ``search`` lines its
 search + routing domains (both kept, as systemd-resolved's shim does: a per-network record is not
-a libc file where the last line wins). ``options`` lines are read and ignored (mifdns talks EDNS
-itself). Input without any ``nameserver`` removes the record: it can resolve nothing.
+a libc file where the last line wins). Of the ``options``, ``trust-ad`` is taken as glibc takes
+it: the AD bit of these nameservers is believed (the PvD's ``trust_ad``); the others are read and
+ignored (mifdns talks EDNS and times its queries itself). Input without any ``nameserver`` removes the record: it can resolve nothing.
 ``-d RECORD...`` removes them (their cache partitions go with them; a record that is not there
 is not an error). ``-x`` (exclusive; also ``IF_EXCLUSIVE`` in the environment) adds ``~.`` and
 makes the PvD exclusive: while it exists, names no other PvD's domain claims go only to it (a
@@ -192,6 +193,7 @@ def read_feed(
             domains=tuple(domains),
             default_route=default_route,
             exclusive=exclusive,
+            trust_ad="trust-ad" in conf.options,
             origin="resolvconf",
         ),
         conf.ignored,
@@ -398,6 +400,8 @@ def format_records(pvds: list[dict[str, Any]]) -> str:
         if names:
             out.append("search " + " ".join(names) + "\n")
         out += [f"nameserver {s}\n" for s in p.get("servers", [])]
+        if p.get("trust_ad"):
+            out.append("options trust-ad\n")
         out.append("\n")
     return "".join(out)
 

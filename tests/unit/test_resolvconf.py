@@ -119,6 +119,17 @@ def test_spec_from_a_dhclient_feed() -> None:
     assert [str(s) for s in spec.servers] == ["192.0.2.1", "fe80::1%eth0"]
     assert [str(d) for d in spec.domains] == ["corp.example"]
     assert spec.effective_default_route and not spec.exclusive
+    assert not spec.trust_ad  # AD bits from a network's servers are cleared by default
+
+
+def test_options_trust_ad_marks_the_servers_as_trusted_for_the_ad_bit() -> None:
+    # glibc's meaning of the same words: believe the AD bit of these nameservers
+    fed = "nameserver 10.3.0.53\noptions rotate trust-ad timeout:1\n"
+    spec = spec_from_resolvconf("tun.wg0", fed, exists=only("wg0"))
+    assert spec is not None and spec.trust_ad
+    other = "nameserver 10.3.0.53\noptions edns0 trust-ad-not\n"
+    spec = spec_from_resolvconf("tun.wg0", other, exists=only("wg0"))
+    assert spec is not None and not spec.trust_ad
 
 
 def test_exclusive_feed_takes_the_root_and_private_feed_is_routing_only() -> None:
@@ -222,6 +233,7 @@ def view(spec: PvdSpec) -> dict[str, Any]:
         "search_domains": list(spec.search_domains),
         "default_route": spec.effective_default_route,
         "exclusive": spec.exclusive,
+        "trust_ad": spec.trust_ad,
     }
 
 
@@ -249,6 +261,7 @@ def fed_back(block: str, record: str) -> PvdSpec | None:
             False,
             False,
         ),
+        ("tun.wg0", "nameserver 10.3.0.53\noptions edns0 trust-ad\n", True, False),
     ],
 )
 def test_listing_a_record_and_feeding_it_back_makes_the_same_pvd(  # type: ignore[no-untyped-def]
