@@ -5,10 +5,16 @@ that fails ``DEAD_AFTER`` attempts in a row is held back for a back-off that dou
 to ``MAX_BACKOFF``; until then it is tried only after the healthy servers of its PvD, so a query
 never waits a whole timeout on a server known dead while another one works. When the back-off
 ends it is probed again by ordinary traffic (it moves back to its RTT rank).
+
+A server that answered an EDNS query with FORMERR or NOTIMP and no OPT (it predates EDNS, RFC
+6891 section 7) is asked without EDNS for ``NO_EDNS_MEMORY`` seconds (Unbound keeps the same in
+its infrastructure cache for 900 s): its next questions do not pay the failed EDNS round trip
+first. Then it is asked with EDNS again (it may have been upgraded).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .pvd import ServerAddr
@@ -17,6 +23,7 @@ DEAD_AFTER = 2
 BASE_BACKOFF = 2.0
 MAX_BACKOFF = 60.0
 UNKNOWN_RTT = 0.05
+NO_EDNS_MEMORY = 900.0
 
 
 @dataclass(slots=True)
@@ -26,6 +33,7 @@ class ServerStats:
     total_failures: int = 0
     answers: int = 0
     dead_until: float = 0.0
+    no_edns_until: float = 0.0
 
     def to_json(self, now: float) -> dict[str, object]:
         return {
@@ -34,12 +42,15 @@ class ServerStats:
             "consecutive_failures": self.failures,
             "answers": self.answers,
             "held_back_s": round(max(0.0, self.dead_until - now), 1),
+            "no_edns_s": round(max(0.0, self.no_edns_until - now), 1),
         }
 
 
 class Health:
     def __init__(self) -> None:
         self._stats: dict[tuple[str, ServerAddr], ServerStats] = {}
+        # servers asked without EDNS, until when (see the top); usually empty
+        self._no_edns: dict[tuple[str, ServerAddr], float] = {}
 
     def stats(self, pvd: str, server: ServerAddr) -> ServerStats:
         key = (pvd, server)
@@ -78,6 +89,32 @@ class Health:
         st.dead_until = 0.0
         st.srtt = rtt if st.srtt is None else 0.7 * st.srtt + 0.3 * rtt
 
+    @property
+    def any_no_edns(self) -> bool:
+        return bool(self._no_edns)
+
+    def no_edns(self, pvd: str, server: ServerAddr, now: float) -> None:
+        """``server`` rejected EDNS: ask it without for ``NO_EDNS_MEMORY`` seconds."""
+        self.stats(pvd, server).no_edns_until = now + NO_EDNS_MEMORY
+        self._no_edns[(pvd, server)] = now + NO_EDNS_MEMORY
+
+    def plain(self, pvd: str, servers: Sequence[ServerAddr], now: float) -> tuple[ServerAddr, ...]:
+        """Those of ``servers`` to ask without EDNS (empty at once if no server rejected it)."""
+        known = self._no_edns
+        if not known:
+            return ()
+        out = []
+        for s in servers:
+            until = known.get((pvd, s))
+            if until is not None:
+                if until > now:
+                    out.append(s)
+                else:
+                    del known[(pvd, s)]
+        return tuple(out)
+
     def forget(self, pvd: str) -> None:
         for key in [k for k in self._stats if k[0] == pvd]:
             del self._stats[key]
+        for key in [k for k in self._no_edns if k[0] == pvd]:
+            del self._no_edns[key]

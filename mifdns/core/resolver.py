@@ -389,6 +389,8 @@ class Resolver:
         )
         if spec.trust_ad:
             txn.ad = True
+        if self.health.any_no_edns:
+            txn.plain = self.health.plain(pvd.name, servers, now)
         send = txn.start(now)
         if send is None:
             return None
@@ -486,6 +488,10 @@ class Resolver:
             if rtt is not None:
                 self.stats.rtt(txn.pvd, rtt)
         txn.samples.clear()
+        if txn.rejected_edns:
+            for server in txn.rejected_edns:
+                self.health.no_edns(txn.pvd, server, now)
+            txn.rejected_edns = ()
         if send is not None:
             self._send(send)
             return

@@ -11,7 +11,8 @@ counted: spoofing and stray replies cannot complete a transaction).
 
 Per attempt: no reply within ``timeout`` -> next server. TC over UDP -> the same server over
 TCP. FORMERR or NOTIMP without an OPT to our EDNS query -> the same server again without EDNS
-(RFC 6891 section 7; once per server and transaction). SERVFAIL, REFUSED, NOTIMP, FORMERR or
+(RFC 6891 section 7; once per server and transaction; the resolver remembers such a server, see
+health.py, and says so in ``plain`` when it starts a transaction). SERVFAIL, REFUSED, NOTIMP, FORMERR or
 garbage -> next server. NOERROR/NXDOMAIN -> done. An attempt given up for a timeout still counts:
 its answer (NOERROR/NXDOMAIN from that server, with that ID and question) is taken if it comes
 before the transaction ends, so a server slower than ``timeout`` is not asked in vain. The
@@ -88,6 +89,8 @@ class Transaction:
         "refusals",
         "earlier",
         "plain",
+        "rejected_edns",
+        "fallbacks",
         "ad",
         "rejections",
         "upstream_ede",
@@ -141,7 +144,11 @@ class Transaction:
         self.refusals = 0  # attempts answered REFUSED
         # UDP attempts given up for a timeout (txid, server, sent at): their answers still count
         self.earlier: list[tuple[int, ServerAddr, float]] = []
-        self.plain: tuple[ServerAddr, ...] = ()  # servers that rejected EDNS: asked without OPT
+        # servers asked without OPT: known to reject EDNS (the resolver's health table says so
+        # at the start), or found to in this transaction
+        self.plain: tuple[ServerAddr, ...] = ()
+        self.rejected_edns: tuple[ServerAddr, ...] = ()  # found here; drained by the resolver
+        self.fallbacks = 0  # attempts repeated without EDNS
         self.ad = False  # ask with AD=1 (the PvD trusts its servers' AD bits)
         self.rejections = 0  # attempts a server answered with an error rcode (it is reachable)
         self.upstream_ede: tuple[int, str] | None = None  # the first EDE such an answer carried
@@ -214,6 +221,8 @@ class Transaction:
             # a server that does not know EDNS (RFC 6891 section 7): ask it again without
             self.samples.append((server, rtt))
             self.plain += (server,)
+            self.rejected_edns += (server,)
+            self.fallbacks += 1
             self.errors.append(f"{server}: {RCODE_NAMES[rcode]} to EDNS")
             return self._send(server, now, tcp=self.tcp)
         if rcode == wire.REFUSED:
@@ -259,7 +268,7 @@ class Transaction:
         if now >= self.final:
             self.outcome = Outcome.TIMEOUT if timed_out else self._failed()
             return None
-        if not timed_out and self.tries - len(self.plain) >= len(self.servers):
+        if not timed_out and self.tries - self.fallbacks >= len(self.servers):
             # every server was tried and this one answered with an error: asking again now would
             # only hammer them; timeouts, by contrast, are retried until the budget runs out
             self.outcome = self._failed()

@@ -250,6 +250,12 @@ async def test_a_server_that_rejects_edns_is_asked_again_without_it(
     assert addrs(r) == ["10.8.0.80"] and took < 0.5
     assert old.count("www.corp.example") == 2
     assert r.edns == 0  # the client asked with EDNS and is answered with it
+    # remembered per server: the next question goes out without EDNS at once, one query
+    r = await d.aquery("intranet.corp.example", payload=1232)
+    assert addrs(r) == ["10.8.0.81"] and old.count("intranet.corp.example") == 1
+    corp_view = next(p for p in d.ctl("status")["pvds"] if p["name"] == "corp")
+    health = corp_view["server_health"]["192.0.2.53"]
+    assert 890 < health["no_edns_s"] <= 900
 
 
 @pytest.mark.parametrize("trusted", [False, True])

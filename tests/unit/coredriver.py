@@ -41,6 +41,8 @@ class World:
     ttl: int = 300
     soa_min: int = 60
     mode: str = "answer"  # answer | drop | servfail | refused | truncate
+    no_edns: bool = False  # a query with an OPT gets FORMERR without one (before EDNS)
+    edns_seen: list[bool] = field(default_factory=list)  # whether each query had an OPT
     ad: bool = False  # answers claim AD=1 (authenticated data), validated or not
     ede: tuple[int, str] | None = None  # an Extended DNS Error on error answers
     seen: list[tuple[str, str]] = field(default_factory=list)
@@ -50,6 +52,12 @@ class World:
         q = dns.message.from_wire(query_wire)
         qn, qt = q.question[0].name, q.question[0].rdtype
         self.seen.append((qn.to_text().lower(), dns.rdatatype.to_text(qt)))
+        self.edns_seen.append(q.edns >= 0)
+        if self.no_edns and q.edns >= 0:
+            r = dns.message.make_response(q)
+            r.use_edns(False)
+            r.set_rcode(dns.rcode.FORMERR)
+            return r.to_wire()
         if self.mode == "drop":
             return None
         r = dns.message.make_response(q)

@@ -495,3 +495,24 @@ def test_formerr_to_a_query_with_an_opt_carries_an_opt():
     two = wire[:11] + b"\x02" + wire[12:] + wire[12:]
     r = dns.message.from_wire(d.resolver.handle_query(two, "c", d.now))
     assert r.rcode() == dns.rcode.FORMERR and r.edns == -1
+
+
+def test_a_server_that_rejects_edns_is_asked_without_it_for_a_while():
+    """RFC 6891 section 7 fallback, remembered per server (health.NO_EDNS_MEMORY): the next
+    questions skip the failed EDNS round trip; after the memory runs out EDNS is tried again."""
+    from mifdns.core.health import NO_EDNS_MEMORY
+
+    d = vpn_and_wifi()
+    corp = d.worlds["corp"]
+    corp.no_edns = True
+    assert answers(d.query("intranet.corp.example")) == ["10.8.0.5"]
+    assert corp.edns_seen == [True, False]
+    d.query("5.0.8.10.in-addr.arpa", "PTR")
+    assert corp.edns_seen == [True, False, False]  # at once without EDNS
+    assert d.worlds["wifi"].edns_seen == [] and not d.worlds["wifi"].no_edns
+    d.query("www.example.com")
+    assert d.worlds["wifi"].edns_seen == [True]  # the other PvD's server is not affected
+    d.now += NO_EDNS_MEMORY + 1
+    corp.no_edns = False  # upgraded meanwhile
+    d.query("x.corp.example")
+    assert corp.edns_seen[-1] is True and len(corp.edns_seen) == 4
