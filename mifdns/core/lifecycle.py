@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import completion
 from .cache import Key
 from .inflight import Resolution
 from .pvd import Pvd
@@ -75,7 +76,7 @@ def _cancel_tag(r: Resolver, tag: int, now: float, again: Pvd | None = None) -> 
             if movers:
                 txn.waiters = [w for w in txn.waiters if w not in movers]
         txn.cancel()
-        r._complete(txn, now)
+        completion.complete(r, txn, now)
         if movers and again is not None:
             reasked += len(movers)
             _reask(r, again, txn, movers, now)
@@ -89,7 +90,7 @@ def _reask(r: Resolver, pvd: Pvd, old: Transaction, movers: list[Resolution], no
         len(r.inflight) >= r.settings.max_inflight or (txn := r._launch(pvd, key, now)) is None
     ):
         for res in movers:  # as if the old transaction had failed
-            r._deliver(res, old, pvd.name, None, "PvD changed", now)
+            completion.deliver(r, res, old, pvd.name, None, "PvD changed", now)
         return
     for res in movers:
         res.pending[res.pending.index(old)] = txn

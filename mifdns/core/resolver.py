@@ -22,6 +22,8 @@ The first positive answer wins; a negative answer waits up to ``negative_wait`` 
 candidates, so a fast NXDOMAIN from one network cannot hide an answer from another. Each
 transaction's answer is cached under the tag it was started with, and only if that tag is
 still the PvD's current one: an answer fetched before a detach or purge is never stored.
+What happens when a transaction ends is in completion.py; what a detach or purge does, in
+lifecycle.py.
 """
 
 from __future__ import annotations
@@ -32,20 +34,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import dns64, introspect, lifecycle, render, synthesis, wire
+from . import completion, dns64, introspect, lifecycle, render, synthesis, wire
+from .actions import Action, Release, Reply
 from .cache import Cache, Entry, Key, Kind
+from .completion import best_negative, positive
 from .health import Health
 from .inflight import ProbeResult, Resolution, Synth, _Probe
 from .local import is_nxdomain, local_answer
 from .memo import AGING_HORIZON, AnswerMemo, ReadyTable
-from .pvd import CaptiveState, Pvd
+from .pvd import Pvd
 from .registry import Event, Registry
 from .routing import EDE_NO_REACHABLE_AUTHORITY, Candidate, Decision, Router, wire_to_text
 from .stats import Stats
-from .transaction import Outcome, Send, Transaction
+from .transaction import Send, Transaction
 
 EDE_OTHER = 0
-EDE_NETWORK_ERROR = 23
 EDE_NOT_SUPPORTED = 21
 
 TIMERS_COMPACT_MIN = 1024  # timer heap entries before stale ones are swept out
@@ -65,24 +68,6 @@ class Settings:
     negative_wait: float = 1.0
     edns_udp_size: int = 1232
     max_inflight: int = 4096
-
-
-class Reply:
-    __slots__ = ("client", "data")
-
-    def __init__(self, client: object, data: bytes) -> None:
-        self.client = client
-        self.data = data
-
-
-class Release:
-    __slots__ = ("txn",)
-
-    def __init__(self, txn: Transaction) -> None:
-        self.txn = txn
-
-
-Action = Send | Reply | Release
 
 
 class _RandomIds:
@@ -248,7 +233,7 @@ class Resolver:
                 entry = lookup(cand.tag, key, now)
                 if entry is None:
                     missing.append(cand)
-                elif not _positive(entry):
+                elif not positive(entry):
                     negatives.append((cand.pvd, entry))
                 elif entry.kind is Kind.SYNTHESIZED:
                     synthesized.append((cand.pvd, entry))  # a native AAAA elsewhere wins
@@ -260,7 +245,7 @@ class Resolver:
                     return self._memoize(data, entry, q, now, max_udp)
             if not missing:
                 c["cache_hits"] += 1
-                pvd, entry = synthesized[0] if synthesized else _best_negative(negatives)
+                pvd, entry = synthesized[0] if synthesized else best_negative(negatives)
                 if self.monitoring:
                     self._event_query(q, decision, pvd, "hit", entry.kind.value, now, now)
                 return self._render(entry, q, now)
@@ -346,7 +331,7 @@ class Resolver:
                             res.pending.append(got)
                         elif got is None:
                             res.failures.append((cand.pvd, "no servers"))
-                        elif _positive(got):
+                        elif positive(got):
                             res.synthesized.append((pvd.name, got))
                         else:
                             res.negatives.append((pvd.name, got))
@@ -358,7 +343,7 @@ class Resolver:
             txn.waiters.append(res)
             res.pending.append(txn)
         if not res.pending:
-            return self._finish_negative_or_fail(res, now, immediate=True)
+            return completion.finish_negative_or_fail(self, res, now, immediate=True)
         if res.synthesized:  # a cached synthesized AAAA waits (bounded) for a native one
             res.wait_until = now + self.settings.negative_wait
             self._push_timer(res.wait_until, res)
@@ -461,7 +446,7 @@ class Resolver:
             if isinstance(obj, Transaction):
                 self._after_step(obj, obj.on_timeout(now), now)
             elif isinstance(obj, Resolution):
-                self._finish_negative_or_fail(obj, now)
+                completion.finish_negative_or_fail(self, obj, now)
 
     def _send(self, send: Send) -> None:
         self.outbox.append(send)
@@ -496,198 +481,7 @@ class Resolver:
             self._send(send)
             return
         if txn.done:
-            self._complete(txn, now)
-
-    def _complete(self, txn: Transaction, now: float) -> None:
-        tkey = (txn.tag, (txn.qname, txn.qtype, txn.qclass, txn.do | (txn.cd << 1)))
-        if self.inflight.get(tkey) is txn:
-            del self.inflight[tkey]
-        self.outbox.append(Release(txn))
-        waiters = txn.waiters
-        if waiters and type(waiters[0]) is _Probe:
-            token = waiters[0].token
-            self._probes.pop(token, None)
-            self.probe_results.append(
-                ProbeResult(
-                    token,
-                    txn.pvd,
-                    txn.tag,
-                    txn.qname,
-                    txn.qtype,
-                    txn.outcome.value if txn.outcome is not None else "cancelled",
-                    txn.response,
-                    txn.info,
-                )
-            )
-            return
-        outcome = txn.outcome
-        entry: Entry | Synth | None = None
-        why = ""
-        if outcome in (Outcome.ANSWER, Outcome.NODATA, Outcome.NXDOMAIN):
-            if txn.qtype == wire.AAAA and outcome is not Outcome.NXDOMAIN:
-                entry = synthesis.local_dns64(self, txn, now)
-            if entry is None:
-                entry = self._store(txn, now)
-        else:
-            uf = self.upstream_failures
-            uf[txn.pvd] = uf.get(txn.pvd, 0) + 1
-            why = outcome.value if outcome is not None else "failed"
-            if txn.errors:
-                why += ": " + "; ".join(txn.errors[-3:])
-        if isinstance(entry, Synth):  # the resolutions now wait for the synthesis instead
-            for res in waiters:
-                assert isinstance(res, Resolution)
-                if not res.done and txn in res.pending:
-                    res.pending[res.pending.index(txn)] = entry
-                    entry.waiters.append(res)
-            txn.waiters = []
-            return
-        for w in waiters:
-            if type(w) is Synth:
-                synthesis.done(self, w, txn, now)
-            else:
-                assert isinstance(w, Resolution)
-                self._deliver(w, txn, txn.pvd, entry, why, now)
-        # break the txn <-> resolution cycle so reference counting frees both at once, not the
-        # cyclic collector (whose full passes over a large cache pause the loop)
-        txn.waiters = []
-
-    def _deliver(
-        self,
-        res: Resolution,
-        item: Transaction | Synth,
-        pvd: str,
-        entry: Entry | None,
-        why: str,
-        now: float,
-    ) -> None:
-        """One of the things ``res`` waits for is done: answer, or wait (bounded) for the rest.
-        The first positive answer wins, except a synthesized one while another PvD may still
-        answer natively; negatives wait for the others."""
-        if item in res.pending:
-            res.pending.remove(item)
-        if res.done:
-            return
-        if entry is not None and _positive(entry):
-            if entry.kind is not Kind.SYNTHESIZED:
-                self._answer(res, pvd, entry, now, source="upstream")
-                return
-            res.synthesized.append((pvd, entry))
-        elif entry is not None:
-            res.negatives.append((pvd, entry))
-        else:
-            res.failures.append((pvd, why or "failed"))
-            if type(item) is Transaction and item.rejections:
-                res.rejected = True
-                if item.outcome is Outcome.REFUSED:
-                    res.refusals += 1
-                if res.upstream_ede is None:
-                    res.upstream_ede = item.upstream_ede
-        if not res.pending:
-            self._finish_negative_or_fail(res, now)
-        elif (res.negatives or res.synthesized) and res.wait_until is None:
-            res.wait_until = now + self.settings.negative_wait
-            self._push_timer(res.wait_until, res)
-
-    def _store(self, txn: Transaction, now: float) -> Entry:
-        """Turn the transaction's response into a cache entry; store it if its tag is current."""
-        data, info = txn.response, txn.info
-        assert data is not None and info is not None
-        key = (txn.qname, txn.qtype, txn.qclass, txn.do | (txn.cd << 1))
-        return self._store_response(txn.pvd, txn.tag, key, data, info, now)
-
-    def _store_response(
-        self,
-        pvd_name: str,
-        tag: int,
-        key: Key,
-        data: bytes,
-        info: wire.ResponseInfo,
-        now: float,
-        synthesized: bool = False,
-    ) -> Entry:
-        s = self.settings
-        body, offsets, ttls = render.make_cacheable(data, info)
-        pvd = self.registry.find(pvd_name)
-        if info.rcode == wire.NXDOMAIN:
-            kind, ttl, cap = Kind.NXDOMAIN, info.soa_ttl, s.negative_max_ttl
-        elif info.ancount:
-            kind, ttl, cap = Kind.POSITIVE, info.min_answer_ttl, s.max_ttl
-            if synthesized or (
-                pvd is not None
-                and pvd.nat64_prefixes
-                and key[1] == wire.AAAA
-                and synthesis.any_in_prefixes(data, info, pvd.nat64_prefixes)
-            ):
-                kind = Kind.SYNTHESIZED
-        else:
-            kind, ttl, cap = Kind.NODATA, info.soa_ttl, s.negative_max_ttl
-        if pvd is not None and pvd.captive == CaptiveState.CAPTIVE:
-            kind = Kind.CAPTIVE
-            cap = min(cap, s.captive_max_ttl)
-        ttl = 0 if ttl is None else min(ttl, cap)
-        if ttls and max(ttls) > cap:
-            ttls = tuple(min(t, cap) for t in ttls)
-        if body[3] & 0x20 and (
-            pvd is None or not pvd.spec.trust_ad or kind is Kind.SYNTHESIZED or kind is Kind.CAPTIVE
-        ):
-            # AD only from servers the PvD says validate, over a path it trusts (trust_ad);
-            # never on synthesized or captive answers: mifdns validates nothing itself
-            body = body[:3] + bytes((body[3] & ~0x20,)) + body[4:]
-        entry = Entry(body, offsets, ttls, now, now + ttl, kind, info.rcode)
-        if ttl > 0 and pvd is not None and pvd.attached and pvd.tag == tag:
-            covers = kind == Kind.NXDOMAIN and info.ancount == 0
-            self.cache.insert(tag, pvd.name, key, entry, covers_name=covers)
-        return entry
-
-    def _answer(self, res: Resolution, pvd: str, entry: Entry, now: float, source: str) -> None:
-        res.done = True
-        if self.monitoring:
-            self._event_query(
-                res.query, res.decision, pvd, source, entry.kind.value, res.started, now
-            )
-        self.outbox.append(Reply(res.client, self._render(entry, res.query, now)))
-
-    def _finish_negative_or_fail(
-        self, res: Resolution, now: float, immediate: bool = False
-    ) -> bytes | None:
-        if res.synthesized or res.negatives:
-            pvd, entry = res.synthesized[0] if res.synthesized else _best_negative(res.negatives)
-            if immediate:
-                res.done = True
-                return self._render(entry, res.query, now)
-            self._answer(res, pvd, entry, now, source="upstream")
-            return None
-        res.done = True
-        why = "; ".join(f"{p}: {w}" for p, w in res.failures) or "no answer"
-        if res.failures and res.refusals == len(res.failures):
-            # every PvD asked has servers up that declined: say so (as dnsmasq and resolved
-            # do), so the client does not take it for a failure worth retrying
-            self.counters["upstream_refused"] += 1
-            reply = self._error(
-                res.query, None, wire.REFUSED, (EDE_NO_REACHABLE_AUTHORITY, why[:200])
-            )
-        else:
-            # the servers' own reason if one gave it (DNSSEC bogus, say); else 22 if a server
-            # answered with an error (reachable, but no answer), 23 if none could be reached
-            code = (
-                res.upstream_ede[0]
-                if res.upstream_ede is not None
-                else EDE_NO_REACHABLE_AUTHORITY
-                if res.rejected
-                else EDE_NETWORK_ERROR
-            )
-            reply = self._servfail(res.query, None, (code, why[:200]))
-        if self.monitoring:
-            kind = "refused" if reply is not None and reply[3] & 0xF == wire.REFUSED else "servfail"
-            self._event_query(
-                res.query, res.decision, None, "upstream", kind, res.started, now, error=why
-            )
-        if immediate:
-            return reply
-        if reply is not None:
-            self.outbox.append(Reply(res.client, reply))
-        return None
+            completion.complete(self, txn, now)
 
     # ================================================================== replies
     def _opt_for(self, q: wire.Query, ede: tuple[int, str] | None = None) -> bytes:
@@ -770,21 +564,6 @@ def _stale(item: tuple[float, int, object]) -> bool:
     if isinstance(obj, Resolution):
         return obj.done or obj.wait_until != when
     return False
-
-
-def _positive(entry: Entry) -> bool:
-    """NOERROR with records in the answer section (whatever the kind: a captive PvD's NODATA
-    has kind ``captive`` and is still negative)."""
-    body = entry.body
-    return entry.rcode == wire.NOERROR and (body[6] or body[7]) != 0
-
-
-def _best_negative(negatives: list[tuple[str, Entry]]) -> tuple[str, Entry]:
-    """NODATA (the name exists somewhere) before NXDOMAIN; otherwise the first that came."""
-    for pvd, entry in negatives:
-        if entry.rcode == wire.NOERROR:
-            return pvd, entry
-    return negatives[0]
 
 
 __all__ = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING
 
-from . import dns64, render, wire
+from . import completion, dns64, render, wire
 from .cache import Entry, Kind
 from .inflight import Synth
 from .pvd import IPNetwork
@@ -83,7 +83,7 @@ def done(r: Resolver, job: Synth, txn: Transaction, now: float) -> None:
     else:
         why = f"{job.kind} synthesis: {txn.outcome.value if txn.outcome else 'failed'}"
     for res in job.waiters:
-        r._deliver(res, job, job.pvd, entry, why, now)
+        completion.deliver(r, res, job, job.pvd, entry, why, now)
     job.waiters = []
 
 
@@ -109,8 +109,8 @@ def _entry(
         return _negative(r, job, now, store=True)
     r.counters["synthesized"] += 1
     synth_info = wire.parse_response(out)
-    return r._store_response(
-        job.pvd, job.tag, job.key, out, synth_info, now, synthesized=synth_info.ancount > 0
+    return completion.store_response(
+        r, job.pvd, job.tag, job.key, out, synth_info, now, synthesized=synth_info.ancount > 0
     )
 
 
@@ -120,7 +120,7 @@ def _negative(r: Resolver, job: Synth, now: float, store: bool = False) -> Entry
     assert job.negative is not None
     data, info = job.negative
     if store:
-        return r._store_response(job.pvd, job.tag, job.key, data, info, now)
+        return completion.store_response(r, job.pvd, job.tag, job.key, data, info, now)
     body, offsets, ttls = render.make_cacheable(data, info)
     kind = Kind.NODATA if not info.ancount else Kind.POSITIVE
     return Entry(body, offsets, ttls, now, now, kind, info.rcode)
