@@ -260,6 +260,7 @@ def status(daemon: Daemon) -> dict[str, Any]:
                 "ingress_drops": counters.get("udp_ingress_drops", 0),
                 "inflight": res.counters["limit_inflight"],
                 "tcp_clients": counters.get("tcp_refused_limit", 0),
+                "tcp_evicted": counters.get("tcp_evicted", 0),
                 "tcp_pipelined": counters.get("tcp_inflight_limit", 0),
                 "upstream_tcp": counters.get("upstream_tcp_limit", 0),
                 "tcp_idle_closed": counters.get("tcp_idle_closed", 0),

@@ -2,7 +2,11 @@
 
 Several queries per connection, answered as they complete (out of order), an idle timeout, a
 cap on connections and on queries in flight per connection; a frame longer than the data sent
-is never waited for past the idle timeout. A connection at its in-flight cap is not read from
+is never waited for past the idle timeout, and a frame trickling in byte by byte does not keep
+a connection alive: only a whole query or an answer counts as activity (slowloris, RFC 7766
+section 10). At the connection cap a new connection takes the slot of the connection idle the
+longest (no query in flight, nothing waiting to be sent), as RFC 7766 section 6.2.3 allows;
+only when every connection is busy is the new one refused. A connection at its in-flight cap is not read from
 (back-pressure: the rest of its queries wait in our buffer and the kernel's) until an answer
 goes out; a query is never dropped, since a TCP client does not retry it.
 
@@ -20,8 +24,8 @@ write buffer per message cost ~3x the cache hit). Theory of operation, per conne
   read wait with the tail) until an answer frees a slot;
 - EOF from the client (half-close): the queries in flight are still answered, then the
   connection is closed (RFC 7766 section 6.2.3);
-- idle: no byte either way for ``idle_timeout`` closes it, unless queries are in flight (then
-  ``TCP_STUCK_AFTER``). One timer per connection, re-armed lazily when it fires, so traffic
+- idle: no whole query in and no answer out for ``idle_timeout`` closes it, unless queries are
+  in flight (then ``TCP_STUCK_AFTER``). One timer per connection, re-armed lazily when it fires, so traffic
   never touches the timer heap.
 """
 
@@ -83,6 +87,7 @@ class TcpServer:
         self.counters = {
             "accepted": 0,
             "refused_limit": 0,
+            "evicted": 0,
             "idle_closed": 0,
             "oversize": 0,
             "inflight_limit": 0,
@@ -137,7 +142,7 @@ class TcpServer:
                     self.loop.remove_reader(sock.fileno())
                     self.loop.call_later(ACCEPT_RETRY, self._resume_accepting)
                 return
-            if len(clients) >= self.max_clients:
+            if len(clients) >= self.max_clients and not self._evict_idlest():
                 self.counters["refused_limit"] += 1
                 conn.close()
                 continue
@@ -151,6 +156,19 @@ class TcpServer:
             clients.add(client)
             self.counters["accepted"] += 1
             client.start()
+
+    def _evict_idlest(self) -> bool:
+        """At the cap: close the connection idle the longest (no query in flight, no answer
+        waiting to go out) to make room; False if every connection is busy."""
+        idlest: TcpClient | None = None
+        for c in self.clients:
+            if c.inflight == 0 and c.out is None and (idlest is None or c.active < idlest.active):
+                idlest = c
+        if idlest is None:
+            return False
+        self.counters["evicted"] += 1
+        idlest.abort()
+        return True
 
     def _resume_accepting(self) -> None:
         if self.sock is not None and self.server is not None:
@@ -209,7 +227,7 @@ class TcpClient:
         self.resuming = False  # a _resume is scheduled
         self.reading = False  # our reader callback is registered
         self.closing = False  # close once ``out`` is sent
-        self.active = server.loop.time()  # last byte received or answer sent
+        self.active = server.loop.time()  # last whole query received or answer sent
         self.idle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -236,7 +254,6 @@ class TcpClient:
         if n == 0:
             self._on_eof()
             return
-        self.active = self.loop.time()
         self._parse(start + n)
 
     def _parse(self, fill: int) -> None:
@@ -284,6 +301,7 @@ class TcpClient:
         if self.paused or self.out is not None:
             self._update_reading()
         if handled:
+            self.active = self.loop.time()  # whole queries, not bytes, keep it open
             srv.after_batch()
 
     def _waiting(self) -> bool:
@@ -343,12 +361,12 @@ class TcpClient:
             self._close()
             return
         del out[:n]
-        self.active = self.loop.time()
-        if out:
+        if out:  # a client reading its answers a byte at a time does not keep it open either
             if len(out) <= OUT_LOW and not self.reading:
                 self._unblock()
             return
         self.out = None
+        self.active = self.loop.time()
         self.loop.remove_writer(self.fd)
         if self.closing:
             self._close()

@@ -189,7 +189,8 @@ class LimitsConfig:
         max=1_000_000,
     )
     max_tcp_clients: int = _key(
-        "Most client TCP connections open at once; past it, new connections are turned away.",
+        "Most client TCP connections open at once; past it, a new connection takes the place of "
+        "the one idle the longest (no query in flight), or is turned away if every one is busy.",
         256,
         min=1,
         max=65535,
@@ -202,7 +203,11 @@ class LimitsConfig:
         max=65535,
     )
     tcp_idle_timeout: float = _key(
-        "Seconds an idle client TCP connection stays open.", 10.0, gt=0, max=3600
+        "Seconds a client TCP connection stays open without a whole query in or an answer out "
+        "(bytes of an unfinished query do not count).",
+        10.0,
+        gt=0,
+        max=3600,
     )
     max_upstream_tcp: int = _key(
         "Most TCP connections to upstream servers at once (used for truncated answers).",

@@ -190,18 +190,53 @@ async def test_traffic_keeps_a_connection_open_past_the_idle_timeout(tcp):
     writer.close()
 
 
-async def test_connections_past_the_cap_are_refused_and_counted(tcp):
-    srv, _res = tcp  # max_clients=4
-    conns = [await connect(srv) for _ in range(6)]
-    await settle(lambda: srv.counters["accepted"] + srv.counters["refused_limit"] == 6)
-    assert len(srv.clients) == 4 and srv.counters["refused_limit"] == 2
-    for r, w in conns:
+async def test_a_frame_trickling_in_does_not_keep_a_connection_open(tcp):
+    """Slowloris (RFC 7766 section 10): a byte of a frame every 0.2 s is not activity; only a
+    whole query or an answer is, so the idle timeout (0.5 s) still closes the connection."""
+    srv, _res = tcp
+    reader, writer = await connect(srv)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    data = frame(query(qid=3))
+    for i in range(len(data) - 1):
+        writer.write(data[i : i + 1])
+        await asyncio.sleep(0.2)
+        if reader.at_eof() or srv.counters["idle_closed"]:
+            break
+    assert await closed_by_server(reader)
+    assert loop.time() - t0 < 1.5 and srv.counters["idle_closed"] == 1
+
+
+async def test_at_the_cap_a_new_connection_takes_the_idlest_slot_and_busy_ones_stay(tcp):
+    """RFC 7766 section 6.2.3: under pressure idle connections may be closed. Connections that
+    only hold a slot make room for new ones; one with a query in flight is never closed, and
+    when all are busy a new connection is refused."""
+    srv, res = tcp  # max_clients=4
+    busy = await connect(srv)
+    busy[1].write(frame(query("slow.example", qid=9)))
+    await settle(lambda: res.held)
+    idle = [await connect(srv) for _ in range(3)]
+    fresh = [await connect(srv) for _ in range(3)]
+    await settle(lambda: srv.counters["evicted"] == 3)
+    for reader, _w in idle:  # the idlest went, oldest first
+        assert await closed_by_server(reader)
+    for reader, writer in fresh:
+        writer.write(frame(query(qid=5)))
+        assert (await read_reply(reader)).id == 5
+    res.release()
+    assert (await read_reply(busy[0])).id == 9  # its query was answered, not cut off
+    assert srv.counters["refused_limit"] == 0
+    # every slot busy: a new connection is refused
+    for _r, w in fresh:
+        w.write(frame(query("slow.example", qid=1)))
+    busy[1].write(frame(query("slow.example", qid=2)))
+    await settle(lambda: len(res.held) == 4)
+    reader, writer = await connect(srv)
+    assert await closed_by_server(reader)
+    assert srv.counters["refused_limit"] == 1 and len(srv.clients) == 4
+    res.release()
+    for _r, w in [busy, *fresh]:
         w.close()
-    await settle(lambda: not srv.clients)
-    reader, writer = await connect(srv)  # room again
-    writer.write(frame(query(qid=5)))
-    assert (await read_reply(reader)).id == 5
-    writer.close()
 
 
 async def test_frame_too_short_for_a_dns_header_closes_the_connection(tcp):
