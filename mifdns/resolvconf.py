@@ -38,7 +38,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from .core.pvd import Domain, PvdSpec, parse_server
+from .core.pvd import Domain, PvdSpec, parse_server, unusable_server
 from .errors import ConfigError, ControlError
 
 RECORD_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -78,7 +78,6 @@ class ResolvConf:
     servers: list[str] = field(default_factory=list)
     search: list[str] = field(default_factory=list)  # domain + search, in order, deduplicated
     options: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # notes on what was left out, and why
 
 
@@ -94,7 +93,7 @@ def parse_resolv_conf(text: str) -> ResolvConf:
         key, args = words[0], words[1:]
         if key == "nameserver":
             if len(args) != 1:
-                out.problems.append(f"line {lineno}: nameserver takes one address")
+                out.ignored.append(f"line {lineno}: nameserver takes one address")
                 continue
             if args[0] not in out.servers:
                 out.servers.append(args[0])
@@ -143,20 +142,27 @@ def read_feed(
     skip: Collection[str] = (),
     exists: Callable[[str], bool] = _exists,
 ) -> Feed:
-    """The runtime PvD a feed describes, and the nameservers it leaves out. ``skip``: server
-    addresses never to use (the daemon's own listen addresses: a feed pointing at mifdns would
-    loop). Loopback servers are skipped too unless the record is on ``lo``: they cannot be
-    reached through another link. Raises ConfigError with one line per problem."""
+    """The runtime PvD a feed describes, and what it leaves out. ``skip``: server addresses
+    never to use (the daemon's own listen addresses: a feed pointing at mifdns would loop).
+    Loopback servers are skipped too unless the record is on ``lo``: they cannot be reached
+    through another link; and addresses that are no server's (unspecified, multicast,
+    broadcast). A line that does not parse is left out, not the feed: a DHCP client does not
+    look at the exit status, and the rest of what it says is still true (the old servers
+    would stay otherwise). Each thing left out is one line of ``ignored``. Raises ConfigError
+    for a bad record name only."""
     check_record(record)
     iface = interface_of(record, exists)
     conf = parse_resolv_conf(text)
-    problems = list(conf.problems)
     servers = []
     for s in conf.servers:
         try:
             srv = parse_server(s, iface)
         except ValueError as exc:
-            problems.append(f"nameserver {exc}")
+            conf.ignored.append(f"nameserver {exc}")
+            continue
+        why = unusable_server(srv.address)
+        if why is not None:
+            conf.ignored.append(f"nameserver {s}: {why}, not a server's")
             continue
         if str(srv.address) in skip:
             conf.ignored.append(f"nameserver {s}: an address of mifdns itself (it would loop)")
@@ -171,12 +177,10 @@ def read_feed(
         try:
             dom = Domain.parse(("~" if private else "") + d)
         except ValueError as exc:
-            problems.append(f"search {exc}")
+            conf.ignored.append(f"search {exc}")
             continue
         if dom not in domains:
             domains.append(dom)
-    if problems:
-        raise ConfigError(problems, source=f"resolvconf {record}")
     if not servers:
         return Feed(None, conf.ignored)
     default_route: bool | None = None

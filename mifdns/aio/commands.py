@@ -14,6 +14,7 @@ metrics endpoint, through ``Daemon.status``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from time import monotonic
@@ -118,12 +119,13 @@ async def handle_control(daemon: Daemon, req: dict[str, Any]) -> Any:
 
 
 def _refuse_own_servers(daemon: Daemon, spec: PvdSpec, cmd: str) -> None:
-    """The check the config loader makes: a server that is one of mifdns's own listen
-    addresses would send its queries back to mifdns."""
-    looping = cfgmod.looping_servers(spec, daemon.config.listen)
+    """The check the config loader makes: a server that is mifdns itself (``Daemon.looping_servers``)
+    would send its queries back to mifdns."""
+    looping = daemon.looping_servers(spec)
     if looping:
         raise ControlError(
-            f"{cmd}: {looping[0]} is one of mifdns's own listen addresses (queries would loop)"
+            f"{cmd}: {looping[0]} is mifdns itself (one of its listen addresses, or an address of "
+            "this host while it listens on a wildcard address): queries would loop"
         )
 
 
@@ -156,6 +158,13 @@ def _resolvconf(daemon: Daemon, req: dict[str, Any]) -> Any:
             skip=own,
         )
         spec, ignored = feed.spec, feed.ignored
+        looping = daemon.looping_servers(spec) if spec is not None else []
+        if spec is not None and looping:  # a wildcard listen address: the host's own ones
+            ignored += [
+                f"nameserver {s}: an address of mifdns itself (it would loop)" for s in looping
+            ]
+            kept = tuple(s for s in spec.servers if s not in looping)
+            spec = dataclasses.replace(spec, servers=kept) if kept else None
     if spec is not None:
         # ignored: the nameservers left out, for the front end to report
         return {**pvd_json(daemon, daemon.upsert(spec)), "ignored": ignored}

@@ -17,12 +17,13 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from time import monotonic
 from typing import Any
 
 from .. import config as cfgmod
-from ..core.pvd import Pvd, PvdSpec
+from ..core.pvd import Pvd, PvdSpec, ServerAddr
 from ..core.registry import Event, Registry
 from ..core.resolver import Release, Reply, Resolver, Settings
 from ..core.transaction import Send, Transaction
@@ -30,7 +31,7 @@ from ..errors import ConfigError, ControlError, StartupError
 from . import commands
 from .captive_probe import Prober
 from .control import ControlServer, MonitorHub
-from .links import LinkMonitor, StaticLinks
+from .links import LinkMonitor, StaticLinks, is_local
 from .listener import UdpListener
 from .resolvconf_writer import ResolvConfWriter
 from .tcp_listener import TcpClient, TcpServer
@@ -95,6 +96,9 @@ class Daemon:
         self.started = monotonic()
         cfg = self.config
         check_bind_capability()
+        loops = self._check_loops(cfg)
+        if loops:
+            raise StartupError("; ".join(loops))
         self.upstreams = Upstreams(
             loop,
             self._on_upstream_reply,
@@ -368,6 +372,24 @@ class Daemon:
             )
         )
 
+    def looping_servers(
+        self, spec: PvdSpec, listen: Sequence[cfgmod.ListenAddr] | None = None
+    ) -> list[ServerAddr]:
+        """The servers of ``spec`` that are mifdns itself: one of its ``listen`` addresses or,
+        while it listens on a wildcard address, any address of this host (the config's
+        ``looping_servers``, asking the kernel which addresses are this host's)."""
+        listen = self.config.listen if listen is None else listen
+        return cfgmod.looping_servers(spec, listen, is_local)
+
+    def _check_loops(self, config: cfgmod.Config) -> list[str]:
+        """One line per configured server that is mifdns itself (see ``looping_servers``)."""
+        return [
+            f"pvd {spec.name}: server {s} is an address of this host and mifdns listens on a "
+            "wildcard address (queries would loop)"
+            for spec in config.pvds
+            for s in self.looping_servers(spec, config.listen)
+        ]
+
     def _usable(self, ifname: str) -> bool:
         """Up with an address; an IPv6 link-local address counts only for a PvD on that link whose
         servers are link-local (any other PvD needs a routable address)."""
@@ -415,6 +437,12 @@ class Daemon:
                 "reload rejected, running config stays in force: "
                 + "; ".join(str(exc).splitlines())
             ) from None
+        loops = self._check_loops(new)
+        if loops:
+            log.error("reload rejected, running config stays in force: %s", "; ".join(loops))
+            raise ReloadRejected(
+                "reload rejected, running config stays in force: " + "; ".join(loops)
+            )
         assert self.links is not None
         now = monotonic()
         old = {p.name: p for p in self.config.pvds}

@@ -20,7 +20,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..core.pvd import IPNetwork
+from ..core.pvd import IPAddress, IPNetwork
 
 log = logging.getLogger("mifdns.netlink")
 
@@ -73,6 +73,25 @@ class StaticLinks:
 
     def view(self, ifname: str) -> LinkView | None:
         return None
+
+
+def is_local(addr: IPAddress) -> bool:
+    """Whether ``addr`` is an address of this host (its namespace): whether a socket can be
+    bound to it. False if the kernel binds any address (``ip_nonlocal_bind``): then the test
+    says nothing."""
+    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    try:
+        with open(f"/proc/sys/net/ipv{addr.version}/ip_nonlocal_bind") as f:
+            if f.read().strip() not in ("", "0"):
+                return False
+    except OSError:
+        pass
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((str(addr), 0))
+        except OSError:
+            return False
+    return True
 
 
 def dump() -> dict[str, LinkView]:

@@ -8,14 +8,23 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, is_dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-from mifdns.core.pvd import Dns64Spec, Domain, IPNetwork, PvdSpec, ServerAddr, parse_server
+from mifdns.core.pvd import (
+    Dns64Spec,
+    Domain,
+    IPAddress,
+    IPNetwork,
+    PvdSpec,
+    ServerAddr,
+    parse_server,
+    unusable_server,
+)
 from mifdns.errors import ConfigError
 
 from .model import (
@@ -360,11 +369,25 @@ class _Loader:
                     )
 
 
-def looping_servers(spec: PvdSpec, listen: Sequence[ListenAddr]) -> list[ServerAddr]:
+def looping_servers(
+    spec: PvdSpec,
+    listen: Sequence[ListenAddr],
+    is_local: Callable[[IPAddress], bool] = lambda addr: False,
+) -> list[ServerAddr]:
     """The servers of ``spec`` that are one of mifdns's own ``listen`` addresses: queries sent
-    there would come back to mifdns (refused in the config file and at runtime)."""
+    there would come back to mifdns (refused in the config file and at runtime). A wildcard
+    listen address (0.0.0.0, ::) is every address of the host: loopback, and those ``is_local``
+    says are the host's (only the daemon can ask the kernel)."""
     own = {(la.address, la.port) for la in listen}
-    return [s for s in spec.servers if (s.address, s.port) in own]
+    wild = {(la.address.version, la.port) for la in listen if la.address.is_unspecified}
+
+    def loops(s: ServerAddr) -> bool:
+        a = s.address
+        if (a, s.port) in own:
+            return True
+        return (a.version, s.port) in wild and (a.is_loopback or is_local(a))
+
+    return [s for s in spec.servers if loops(s)]
 
 
 def _in_range(value: float, meta: Mapping[str, Any]) -> bool:
@@ -395,8 +418,9 @@ def _metrics_listen(text: str) -> str:
 
 def _server(text: str, interface: str | None) -> ServerAddr:
     server = parse_server(text, interface)
-    if server.address.is_unspecified or server.address.is_multicast:
-        raise _Bad(f"{text!r}: not a unicast address")
+    why = unusable_server(server.address)
+    if why is not None:
+        raise _Bad(f"{text!r}: not a unicast address ({why})")
     return server
 
 

@@ -294,8 +294,9 @@ PVD_KEY_DOCS: dict[str, tuple[str, str, str]] = {
         "[]",
         (
             "DNS servers: `ADDR`, `ADDR:PORT` or `[IPv6]:PORT`. A link-local IPv6 server is "
-            "reached through `interface` (a `%SCOPE`, if written, must name it). May be "
-            "empty: servers can come later."
+            "reached through `interface` (a `%SCOPE`, if written, must name it). A unicast "
+            "address that is not mifdns itself (one of its listen addresses; with a wildcard "
+            "listen address, any address of the host). May be empty: servers can come later."
         ),
     ),
     "domains": (

@@ -103,11 +103,29 @@ def parse_server(text: str, interface: str | None = None) -> ServerAddr:
         addr = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"{text!r}: not an IP address") from None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped  # ::ffff:a.b.c.d is a.b.c.d (also for the loop checks)
     if addr.version == 6 and addr.is_link_local:
         scope = interface or scope
     else:
         scope = None
     return ServerAddr(addr, port, scope)
+
+
+def unusable_server(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why ``addr`` cannot be a DNS server's address, or None. A query to the unspecified
+    address goes to this host (through ``lo``, whatever the socket is bound to); to a multicast
+    or broadcast address, to everyone on the link."""
+    if addr.is_unspecified:
+        return "the unspecified address"
+    if addr.is_multicast:
+        return "a multicast address"
+    if addr == _BROADCAST:
+        return "the broadcast address"
+    return None
+
+
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import yaml
+from conftest import DaemonError
 from test_lifecycle import (
     CORP_HOST,
     CORP_SERVER,
@@ -277,3 +279,33 @@ async def test_networkmanager_dispatcher_script_feeds_and_removes_a_connection(
     hook(topology, daemon, f'"{script}" wg0 vpn-down', resolvconf=rc)
     hook(topology, daemon, f'"{script}" corp0 down', resolvconf=rc)
     assert {p["name"] for p in daemon.ctl("pvds")} == {"wifi"}
+
+
+async def test_with_a_wildcard_listen_address_every_host_address_is_mifdns_itself(
+    topology: Any, nets3: Any, mifdns_factory: Any
+) -> None:
+    """Listening on [::]:53, a server that is any IPv6 address of this host (here the host's
+    own Wi-Fi address) would send the queries back to mifdns: a feed leaves it out and says
+    so, ctl refuses it, and so does a config reload."""
+    daemon = await mifdns_factory(topology, {**WIFI_ONLY, "listen": ["127.0.0.53:53", "[::]:53"]})
+    own = WIFI_HOST[1].split("/")[0]
+    argv = [mifdns_script(), "resolvconf", "--socket", str(daemon.control_socket)]
+    proc = topology.run_host(
+        argv + ["-a", "wlan0.dhcp"],
+        input=f"nameserver {own}\nnameserver 10.2.0.53\nnameserver 2001:db8:2::53\n",
+        env=daemon.env(),
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("an address of mifdns itself") == 1, proc.stderr
+    assert pvd(daemon, "wlan0.dhcp")["servers"] == ["10.2.0.53", "2001:db8:2::53"]
+    for server in (own, "::1", "[::ffff:127.0.0.53]"):
+        with pytest.raises(DaemonError, match="is mifdns itself"):
+            daemon.ctl("update", "wifi", "--server", server)
+    daemon.ctl("update", "wifi", "--server", "10.2.0.53")  # another host: fine
+    cfg = yaml.safe_load(daemon.config_path.read_text())
+    cfg["pvds"][0]["servers"] = [own]
+    daemon.config_path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(DaemonError, match="would loop"):
+        daemon.ctl("reload")
+    assert addrs(await daemon.aquery("www.example.com")) == ["203.0.113.1"]

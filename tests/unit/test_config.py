@@ -560,11 +560,47 @@ def test_link_local_server_scoped_to_another_interface_is_an_error():
     )
 
 
-@pytest.mark.parametrize("server", ["0.0.0.0", "224.0.0.251", "::"])
-def test_server_must_be_unicast(server):
+@pytest.mark.parametrize(
+    "server, why",
+    [
+        ("0.0.0.0", "the unspecified address"),
+        ("224.0.0.251", "a multicast address"),
+        ("::", "the unspecified address"),
+        ("255.255.255.255", "the broadcast address"),
+    ],
+)
+def test_server_must_be_unicast(server, why):
     assert one_problem(PVD + f"    servers: ['{server}']\n") == (
-        f"mifdns.yaml:4: pvds[0].servers[0]: '{server}': not a unicast address"
+        f"mifdns.yaml:4: pvds[0].servers[0]: '{server}': not a unicast address ({why})"
     )
+
+
+def test_a_server_is_a_loop_if_mifdns_listens_on_it_or_on_a_wildcard_and_it_is_local():
+    import ipaddress
+
+    from mifdns.config import ListenAddr, looping_servers
+    from mifdns.core.pvd import Domain, PvdSpec, parse_server
+
+    def spec(*servers: str) -> PvdSpec:
+        return PvdSpec(
+            name="p",
+            interface="eth0",
+            servers=tuple(parse_server(s, "eth0") for s in servers),
+            domains=(Domain.parse("example"),),
+        )
+
+    explicit = [ListenAddr.parse("127.0.0.53")]
+    assert looping_servers(spec("127.0.0.53", "127.0.0.53:5353"), explicit) == [
+        parse_server("127.0.0.53")
+    ]
+    assert looping_servers(spec("[::ffff:127.0.0.53]"), explicit) == [parse_server("127.0.0.53")]
+    wild = [ListenAddr.parse("0.0.0.0:53")]
+    host = {ipaddress.ip_address("203.0.113.2")}
+    got = looping_servers(
+        spec("203.0.113.2", "127.0.0.1", "198.51.100.1", "2001:db8::1"), wild, host.__contains__
+    )
+    assert [str(s) for s in got] == ["203.0.113.2", "127.0.0.1"]  # not another host, not IPv6
+    assert looping_servers(spec("203.0.113.2:5353"), wild, host.__contains__) == []  # port
 
 
 def test_repeated_server_is_an_error():

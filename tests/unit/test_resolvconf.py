@@ -105,7 +105,7 @@ def test_parse_keeps_domain_and_search_and_ignores_comments_and_unknown_lines() 
     assert conf.servers == ["192.0.2.1", "2001:db8::53"]
     assert conf.search == ["corp.example", "a.example"]
     assert conf.options == ["rotate", "timeout:1"]
-    assert conf.problems == []
+    assert conf.ignored == []
 
 
 def test_spec_from_a_dhclient_feed() -> None:
@@ -174,13 +174,45 @@ def test_bad_record_names_are_refused(record):  # type: ignore[no-untyped-def]
         spec_from_resolvconf(record, "nameserver 192.0.2.1\n", exists=only())
 
 
-def test_bad_addresses_and_domains_are_one_line_each() -> None:
-    with pytest.raises(ConfigError) as err:
-        spec_from_resolvconf(
-            "eth0", "nameserver 10.0.0.300\nnameserver a b\nsearch bad..name\n", exists=only("eth0")
-        )
-    assert len(err.value.problems) == 3
-    assert "10.0.0.300" in err.value.problems[1]
+def test_bad_lines_are_left_out_one_note_each_and_the_rest_of_the_feed_counts() -> None:
+    """A DHCP client ignores the exit status: rejecting the whole renewal for one bad line
+    would leave the old servers in place without a word."""
+    feed = read_feed(
+        "eth0",
+        "nameserver 10.0.0.300\nnameserver a b\nsearch bad..name corp.example\n"
+        "nameserver 192.0.2.7\n",
+        exists=only("eth0"),
+    )
+    assert feed.spec is not None and [str(s) for s in feed.spec.servers] == ["192.0.2.7"]
+    assert [str(d) for d in feed.spec.domains] == ["corp.example"]
+    assert len(feed.ignored) == 3
+    assert "line 2: nameserver takes one address" in feed.ignored[0]
+    assert "10.0.0.300" in feed.ignored[1] and "bad..name" in feed.ignored[2]
+    only_bad = read_feed("eth0", "nameserver 1.2.3\n", exists=only("eth0"))
+    assert only_bad.spec is None and len(only_bad.ignored) == 1  # nothing usable: removed
+
+
+@pytest.mark.parametrize(
+    "server, why",
+    [
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("224.0.0.251", "multicast"),
+        ("ff02::fb", "multicast"),
+        ("255.255.255.255", "broadcast"),
+    ],
+)
+def test_addresses_that_are_no_servers_are_left_out(server, why):  # type: ignore[no-untyped-def]
+    """A query to 0.0.0.0 goes to this host through lo whatever the socket is bound to; one to
+    a multicast or broadcast address, to everyone on the link."""
+    feed = read_feed("wg0", f"nameserver {server}\nnameserver 198.18.0.1\n", exists=only("wg0"))
+    assert feed.spec is not None and [str(s) for s in feed.spec.servers] == ["198.18.0.1"]
+    assert len(feed.ignored) == 1 and why in feed.ignored[0]
+
+
+def test_an_ipv4_mapped_server_is_its_ipv4_address() -> None:
+    spec = spec_from_resolvconf("wg0", "nameserver ::ffff:198.18.0.1\n", exists=only("wg0"))
+    assert spec is not None and [str(s) for s in spec.servers] == ["198.18.0.1"]
 
 
 # -- the environment's yes and no -------------------------------------------------------------
