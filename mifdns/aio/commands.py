@@ -41,7 +41,7 @@ async def handle_control(daemon: Daemon, req: dict[str, Any]) -> Any:
         if cmd == "pvds":
             return [pvd_json(daemon, p) for p in reg]
         if cmd == "cache":
-            pvd = req.get("pvd")
+            pvd = _optional_str(req, "pvd")
             if pvd is not None:
                 reg.get(pvd)
             return daemon.resolver.cache_listing(now, pvd)
@@ -49,7 +49,7 @@ async def handle_control(daemon: Daemon, req: dict[str, Any]) -> Any:
             name = req.get("name")
             if not isinstance(name, str) or not name:
                 raise ControlError("explain needs a name")
-            rdtype = _rdtype(req.get("type") or "A")
+            rdtype = _rdtype(req.get("type") or "A")  # checks its type itself
             try:
                 return daemon.resolver.explain(name, rdtype)
             except wire.WireError as exc:
@@ -87,7 +87,7 @@ async def handle_control(daemon: Daemon, req: dict[str, Any]) -> Any:
             daemon.apply(reg.remove(name, cause="removed by operator"))
             return {"removed": name}
         if cmd == "flush":
-            name = req.get("name")
+            name = _optional_str(req, "name")
             names = [name] if name else [p.name for p in reg]
             total = 0
             for n in names:
@@ -152,9 +152,9 @@ def _resolvconf(daemon: Daemon, req: dict[str, Any]) -> Any:
         own = {str(la.address) for la in daemon.config.listen}
         feed = read_feed(
             record,
-            str(req.get("text", "")),
-            exclusive=bool(req.get("exclusive")),
-            private=bool(req.get("private")),
+            _optional_str(req, "text") or "",
+            exclusive=_flag(req, "exclusive"),
+            private=_flag(req, "private"),
             skip=own,
         )
         spec, ignored = feed.spec, feed.ignored
@@ -303,6 +303,21 @@ def spec_to_mapping(spec: PvdSpec) -> dict[str, Any]:
     }
 
 
+def _optional_str(req: dict[str, Any], key: str) -> str | None:
+    value = req.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ControlError(f"{req.get('cmd')}: {key!r} must be a string")
+    return value
+
+
+def _flag(req: dict[str, Any], key: str) -> bool:
+    """A boolean field (absent: false). "no" is not false in JSON, and not true either."""
+    value = req.get(key, False)
+    if not isinstance(value, bool):
+        raise ControlError(f"{req.get('cmd')}: {key!r} must be true or false")
+    return value
+
+
 def _name(req: dict[str, Any]) -> str:
     name = req.get("name")
     if not isinstance(name, str) or not name:
@@ -314,8 +329,11 @@ def _rdtype(text: Any) -> int:
     import dns.exception
     import dns.rdatatype
 
+    text = str(text).strip()
+    if text.isdigit() and int(text) <= 65535:  # a number, as dig takes one (TYPE65535 too)
+        return int(text)
     try:
-        return int(dns.rdatatype.from_text(str(text)))
+        return int(dns.rdatatype.from_text(text))
     except (dns.exception.DNSException, ValueError):  # unknown mnemonic; TYPE99999
         raise ControlError(f"unknown record type {text!r}") from None
 

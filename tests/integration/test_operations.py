@@ -216,6 +216,34 @@ async def test_status_exit_code_is_the_health_check(
     assert gone.returncode == 3 and "cannot reach mifdns" in gone.stderr
 
 
+async def test_raw_control_requests_with_wrong_types_get_a_one_line_error_not_a_traceback(
+    topology: Any, env: Any, mifdns_factory: Any
+) -> None:
+    """The control protocol is JSON lines anyone with the socket can write (not only ctl): a
+    field of the wrong type is a user error naming the field, never an internal error, and a
+    string where a boolean belongs is not taken as true."""
+    from mifdns import ctl
+    from mifdns.errors import ControlError
+
+    daemon = await mifdns_factory(topology, config())
+    bad = [
+        ({"cmd": "flush", "name": {"a": 1}}, "'name' must be a string"),
+        ({"cmd": "flush", "name": ["corp"]}, "'name' must be a string"),
+        ({"cmd": "cache", "pvd": [1]}, "'pvd' must be a string"),
+        (
+            {"cmd": "resolvconf", "action": "add", "record": "lo.x", "exclusive": "no"},
+            "'exclusive' must be true or false",
+        ),
+        ({"cmd": "resolvconf", "action": "add", "record": "lo.x", "text": 5}, "'text' must be"),
+    ]
+    for req, message in bad:
+        with pytest.raises(ControlError) as info:
+            await asyncio.to_thread(ctl.request, daemon.control_socket, req)
+        assert message in str(info.value) and "internal error" not in str(info.value), req
+    assert daemon.ctl("explain", "www.corp.example", "65535")["candidates"]  # a type by number
+    assert "Traceback" not in daemon.stderr(), daemon.stderr()
+
+
 # ------------------------------------------------------------------------------ ctl monitor
 
 
