@@ -225,20 +225,11 @@ def _add_spec_options(p: argparse.ArgumentParser, *, update: bool) -> None:
         const=False,
         help="its domains may fall through (the default)",
     )
-    ta = g.add_mutually_exclusive_group()
-    ta.add_argument(
+    g.add_argument(
         "--trust-ad",
-        dest="trust_ad",
-        action="store_const",
-        const=True,
-        help="pass on its servers' AD bit (validating servers over a path you trust)",
-    )
-    ta.add_argument(
-        "--no-trust-ad",
-        dest="trust_ad",
-        action="store_const",
-        const=False,
-        help="clear the AD bit in its answers (the default)",
+        action=argparse.BooleanOptionalAction,
+        help="pass on its servers' AD bit (validating servers over a path you trust); "
+        "--no-trust-ad clears it (the default)",
     )
     g.add_argument(
         "--dns64",
