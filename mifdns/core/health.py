@@ -49,8 +49,8 @@ class ServerStats:
 class Health:
     def __init__(self) -> None:
         self._stats: dict[tuple[str, ServerAddr], ServerStats] = {}
-        # servers asked without EDNS, until when (see the top); usually empty
-        self._no_edns: dict[tuple[str, ServerAddr], float] = {}
+        # the servers whose stats say "asked without EDNS until" (see the top); usually empty
+        self._no_edns: set[tuple[str, ServerAddr]] = set()
 
     def stats(self, pvd: str, server: ServerAddr) -> ServerStats:
         key = (pvd, server)
@@ -96,7 +96,7 @@ class Health:
     def no_edns(self, pvd: str, server: ServerAddr, now: float) -> None:
         """``server`` rejected EDNS: ask it without for ``NO_EDNS_MEMORY`` seconds."""
         self.stats(pvd, server).no_edns_until = now + NO_EDNS_MEMORY
-        self._no_edns[(pvd, server)] = now + NO_EDNS_MEMORY
+        self._no_edns.add((pvd, server))
 
     def plain(self, pvd: str, servers: Sequence[ServerAddr], now: float) -> tuple[ServerAddr, ...]:
         """Those of ``servers`` to ask without EDNS (empty at once if no server rejected it)."""
@@ -105,16 +105,15 @@ class Health:
             return ()
         out = []
         for s in servers:
-            until = known.get((pvd, s))
-            if until is not None:
-                if until > now:
+            key = (pvd, s)
+            if key in known:
+                if self._stats[key].no_edns_until > now:
                     out.append(s)
                 else:
-                    del known[(pvd, s)]
+                    known.discard(key)
         return tuple(out)
 
     def forget(self, pvd: str) -> None:
         for key in [k for k in self._stats if k[0] == pvd]:
             del self._stats[key]
-        for key in [k for k in self._no_edns if k[0] == pvd]:
-            del self._no_edns[key]
+            self._no_edns.discard(key)
