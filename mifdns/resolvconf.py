@@ -34,11 +34,11 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .core.pvd import Domain, PvdSpec, parse_server, unusable_server
+from .core.pvd import Domain, PvdSpec, ServerAddr, parse_server, unusable_server
 from .errors import ConfigError, ControlError
 
 RECORD_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -123,7 +123,7 @@ def spec_from_resolvconf(
     *,
     exclusive: bool = False,
     private: bool = False,
-    skip: Collection[str] = (),
+    skip: Callable[[ServerAddr], bool] = lambda server: False,
     exists: Callable[[str], bool] = _exists,
 ) -> PvdSpec | None:
     """The runtime PvD a feed describes, or None when it has no usable nameserver (the record
@@ -139,11 +139,11 @@ def read_feed(
     *,
     exclusive: bool = False,
     private: bool = False,
-    skip: Collection[str] = (),
+    skip: Callable[[ServerAddr], bool] = lambda server: False,
     exists: Callable[[str], bool] = _exists,
 ) -> Feed:
-    """The runtime PvD a feed describes, and what it leaves out. ``skip``: server addresses
-    never to use (the daemon's own listen addresses: a feed pointing at mifdns would loop).
+    """The runtime PvD a feed describes, and what it leaves out. ``skip``: servers never
+    to use (the daemon says which are mifdns itself: a feed pointing at mifdns would loop).
     Loopback servers are skipped too unless the record is on ``lo``: they cannot be reached
     through another link; and addresses that are no server's (unspecified, multicast,
     broadcast). A line that does not parse is left out, not the feed: a DHCP client does not
@@ -164,7 +164,7 @@ def read_feed(
         if why is not None:
             conf.ignored.append(f"nameserver {s}: {why}, not a server's")
             continue
-        if str(srv.address) in skip:
+        if skip(srv):
             conf.ignored.append(f"nameserver {s}: an address of mifdns itself (it would loop)")
             continue
         if srv.address.is_loopback and iface != "lo":

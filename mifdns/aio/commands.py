@@ -14,7 +14,6 @@ metrics endpoint, through ``Daemon.status``).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from time import monotonic
@@ -149,22 +148,14 @@ def _resolvconf(daemon: Daemon, req: dict[str, Any]) -> Any:
         raise ControlError("resolvconf: action must be add or delete")
     spec, ignored = None, []
     if action == "add":
-        own = {str(la.address) for la in daemon.config.listen}
         feed = read_feed(
             record,
             _optional_str(req, "text") or "",
             exclusive=_flag(req, "exclusive"),
             private=_flag(req, "private"),
-            skip=own,
+            skip=daemon.is_mifdns,
         )
         spec, ignored = feed.spec, feed.ignored
-        looping = daemon.looping_servers(spec) if spec is not None else []
-        if spec is not None and looping:  # a wildcard listen address: the host's own ones
-            ignored += [
-                f"nameserver {s}: an address of mifdns itself (it would loop)" for s in looping
-            ]
-            kept = tuple(s for s in spec.servers if s not in looping)
-            spec = dataclasses.replace(spec, servers=kept) if kept else None
     if spec is not None:
         # ignored: the nameservers left out, for the front end to report
         return {**pvd_json(daemon, daemon.upsert(spec)), "ignored": ignored}

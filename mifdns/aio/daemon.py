@@ -381,6 +381,10 @@ class Daemon:
         listen = self.config.listen if listen is None else listen
         return cfgmod.looping_servers(spec, listen, is_local)
 
+    def is_mifdns(self, server: ServerAddr) -> bool:
+        """Whether ``server`` is mifdns itself (see ``looping_servers``)."""
+        return cfgmod.loops_back(server, self.config.listen, is_local)
+
     def _check_loops(self, config: cfgmod.Config) -> list[str]:
         """One line per configured server that is mifdns itself (see ``looping_servers``)."""
         return [

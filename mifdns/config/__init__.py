@@ -20,7 +20,14 @@ Modules: ``model`` (the dataclasses and the PvD key table), ``values`` (YAML nod
 with line numbers), ``loader`` (the checks and the entry points), ``reference`` (the docs).
 """
 
-from .loader import apply_env, load_config, looping_servers, parse_config, pvd_spec_from_mapping
+from .loader import (
+    apply_env,
+    load_config,
+    looping_servers,
+    loops_back,
+    parse_config,
+    pvd_spec_from_mapping,
+)
 from .model import (
     ENV_VARS,
     PVD_KEY_DOCS,
@@ -39,5 +46,5 @@ __all__ = [
     "CacheConfig", "Config", "LimitsConfig", "ListenAddr", "MetricsConfig", "ResolvConfConfig",
     "UpstreamConfig", "ENV_VARS", "PVD_KEY_DOCS", "apply_env", "config_reference_markdown",
     "default_config", "load_config",
-    "looping_servers", "parse_config", "pvd_spec_from_mapping",
+    "looping_servers", "loops_back", "parse_config", "pvd_spec_from_mapping",
 ]  # fmt: skip

@@ -378,16 +378,25 @@ def looping_servers(
     there would come back to mifdns (refused in the config file and at runtime). A wildcard
     listen address (0.0.0.0, ::) is every address of the host: loopback, and those ``is_local``
     says are the host's (only the daemon can ask the kernel)."""
-    own = {(la.address, la.port) for la in listen}
-    wild = {(la.address.version, la.port) for la in listen if la.address.is_unspecified}
+    return [s for s in spec.servers if loops_back(s, listen, is_local)]
 
-    def loops(s: ServerAddr) -> bool:
-        a = s.address
-        if (a, s.port) in own:
+
+def loops_back(
+    server: ServerAddr,
+    listen: Sequence[ListenAddr],
+    is_local: Callable[[IPAddress], bool] = lambda addr: False,
+) -> bool:
+    """Whether ``server`` is mifdns itself (see :func:`looping_servers`)."""
+    a, port = server.address, server.port
+    for la in listen:
+        if la.port != port:
+            continue
+        if la.address == a:
             return True
-        return (a.version, s.port) in wild and (a.is_loopback or is_local(a))
-
-    return [s for s in spec.servers if loops(s)]
+        wildcard = la.address.is_unspecified and la.address.version == a.version
+        if wildcard and (a.is_loopback or is_local(a)):
+            return True
+    return False
 
 
 def _in_range(value: float, meta: Mapping[str, Any]) -> bool:

@@ -150,7 +150,7 @@ def test_loopback_and_own_addresses_are_never_servers_of_a_network() -> None:
     spec = spec_from_resolvconf(
         "eth0.dhclient",
         "nameserver 127.0.0.53\nnameserver ::1\nnameserver 10.0.0.53\nnameserver 192.0.2.1\n",
-        skip={"10.0.0.53"},
+        skip=lambda server: str(server.address) == "10.0.0.53",
         exists=only("eth0"),
     )
     assert spec is not None and [str(s) for s in spec.servers] == ["192.0.2.1"]
@@ -374,7 +374,7 @@ def test_a_nameserver_the_daemon_drops_as_its_own_address_is_reported(  # type: 
     feed = read_feed(
         "lo.dnsmasq",
         "nameserver 127.0.0.53\nnameserver 127.0.0.1\n",
-        skip={"127.0.0.53"},
+        skip=lambda server: str(server.address) == "127.0.0.53",
         exists=only("lo"),
     )
     assert feed.ignored == ["nameserver 127.0.0.53: an address of mifdns itself (it would loop)"]
