@@ -5,7 +5,8 @@
  * no recvmmsg/sendmmsg, and on a cache hit the two system calls per datagram plus the Python
  * around them are most of the cost (docs/performance.md).
  *
- * serve(fd, family, ready, now, slow, batch) -> (received, replayed, sent, send_errors, aged)
+ * serve(fd, family, ready, now, slow, batch[, pktinfo]) -> (received, replayed, sent, send_errors,
+ *                                                           aged)
  *
  *   fd      a non-blocking UDP socket
  *   family  socket.AF_INET or socket.AF_INET6 (how a source address is given to ``slow``)
@@ -17,6 +18,13 @@
  *           returns the reply (bytes) or None; must not raise (an exception is reported as
  *           unraisable and the datagram gets no reply)
  *   batch   datagrams to read at most (1..BATCH_MAX)
+ *   pktinfo true for a socket bound to a wildcard address (0.0.0.0, ::) with IP_PKTINFO /
+ *           IPV6_RECVPKTINFO set: each reply leaves from the address its query was sent to
+ *           (without it the kernel picks a source, and a client that asked another address of
+ *           a multi-address host drops the reply). ``slow`` is then called as
+ *           slow(datagram, address, source) with ``source`` the in_pktinfo / in6_pktinfo bytes
+ *           to send a later reply with (IP_PKTINFO / IPV6_PKTINFO ancillary data), or None if
+ *           the kernel gave none.
  *
  * One recvmmsg reads up to ``batch`` datagrams. A datagram whose bytes after the ID are in
  * ``ready`` with ``now`` before its "until" is answered with its own ID and the stored reply
@@ -51,6 +59,12 @@ static struct sockaddr_storage inaddr[BATCH_MAX];
 
 static struct mmsghdr outmsg[BATCH_MAX];
 static struct iovec outiov[BATCH_MAX][2];
+
+/* pktinfo: what the kernel says each datagram was sent to (in), and the ancillary data that
+ * makes its reply leave from there (reply; replylen 0: none, the kernel picks the source) */
+#define CTL_SPACE 128
+static union { struct cmsghdr align; char buf[CTL_SPACE]; } inctl[BATCH_MAX], replyctl[BATCH_MAX];
+static size_t replylen[BATCH_MAX];
 static PyObject *outref[BATCH_MAX];     /* the bytes objects the out iovecs point into */
 static int busy;
 
@@ -95,6 +109,52 @@ queue_reply(int k, PyObject *body, const char *id, int i)
     outmsg[k].msg_hdr.msg_iovlen = (size_t)n;
     outmsg[k].msg_hdr.msg_name = &inaddr[i];
     outmsg[k].msg_hdr.msg_namelen = inmsg[i].msg_hdr.msg_namelen;
+    if (replylen[i]) {
+        outmsg[k].msg_hdr.msg_control = replyctl[i].buf;
+        outmsg[k].msg_hdr.msg_controllen = replylen[i];
+    }
+}
+
+/* The ancillary data for datagram i's reply, from the pktinfo it came with: IPv4 sends from
+ * the local address the kernel reports (ipi_spec_dst; the destination itself for unicast), any
+ * interface (routing decides, as for any reply); IPv6 from the destination address on the
+ * interface it arrived on (which a link-local destination needs). Returns the payload (the
+ * pktinfo struct) and its length, or 0 if the datagram carried none. */
+static size_t
+reply_source(int i, const char **payload)
+{
+    struct msghdr *h = &inmsg[i].msg_hdr;
+    replylen[i] = 0;
+    if (h->msg_control == NULL || (h->msg_flags & MSG_CTRUNC))
+        return 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+        struct cmsghdr *out = (struct cmsghdr *)replyctl[i].buf;
+        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO
+            && c->cmsg_len >= CMSG_LEN(sizeof(struct in_pktinfo))) {
+            struct in_pktinfo got, send;
+            memcpy(&got, CMSG_DATA(c), sizeof got);
+            memset(&send, 0, sizeof send);
+            send.ipi_spec_dst = got.ipi_spec_dst;
+            out->cmsg_level = IPPROTO_IP;
+            out->cmsg_type = IP_PKTINFO;
+            out->cmsg_len = CMSG_LEN(sizeof send);
+            memcpy(CMSG_DATA(out), &send, sizeof send);
+            replylen[i] = CMSG_SPACE(sizeof send);
+            *payload = (const char *)CMSG_DATA(out);
+            return sizeof send;
+        }
+        if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO
+            && c->cmsg_len >= CMSG_LEN(sizeof(struct in6_pktinfo))) {
+            out->cmsg_level = IPPROTO_IPV6;
+            out->cmsg_type = IPV6_PKTINFO;
+            out->cmsg_len = CMSG_LEN(sizeof(struct in6_pktinfo));
+            memcpy(CMSG_DATA(out), CMSG_DATA(c), sizeof(struct in6_pktinfo));
+            replylen[i] = CMSG_SPACE(sizeof(struct in6_pktinfo));
+            *payload = (const char *)CMSG_DATA(out);
+            return sizeof(struct in6_pktinfo);
+        }
+    }
+    return 0;
 }
 
 /* The aged copy of a 6-tuple ready entry (see the header), stored back into ``ready`` under
@@ -162,10 +222,11 @@ bad:
 static PyObject *
 serve(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    int fd, family, batch;
+    int fd, family, batch, pktinfo = 0;
     double now;
     PyObject *ready, *slow;
-    if (!PyArg_ParseTuple(args, "iiOdOi:serve", &fd, &family, &ready, &now, &slow, &batch))
+    if (!PyArg_ParseTuple(args, "iiOdOi|p:serve", &fd, &family, &ready, &now, &slow, &batch,
+                          &pktinfo))
         return NULL;
     if (ready != Py_None && !PyDict_Check(ready)) {
         PyErr_SetString(PyExc_TypeError, "ready must be a dict or None");
@@ -196,6 +257,10 @@ serve(PyObject *Py_UNUSED(self), PyObject *args)
         inmsg[i].msg_hdr.msg_iovlen = 1;
         inmsg[i].msg_hdr.msg_name = &inaddr[i];
         inmsg[i].msg_hdr.msg_namelen = sizeof inaddr[i];
+        if (pktinfo) {
+            inmsg[i].msg_hdr.msg_control = inctl[i].buf;
+            inmsg[i].msg_hdr.msg_controllen = sizeof inctl[i].buf;
+        }
         inmsg[i].msg_len = 0;
     }
     int n, tries = 0;
@@ -217,6 +282,8 @@ serve(PyObject *Py_UNUSED(self), PyObject *args)
     for (int i = 0; i < n; i++) {
         char *data = iniov[i].iov_base;
         unsigned int len = inmsg[i].msg_len;
+        const char *source = NULL;
+        size_t source_len = pktinfo ? reply_source(i, &source) : (replylen[i] = 0);
         if (ready != Py_None && len >= 12) {
             PyObject *key = PyBytes_FromStringAndSize(data + 2, (Py_ssize_t)len - 2);
             if (key == NULL) {
@@ -266,7 +333,21 @@ serve(PyObject *Py_UNUSED(self), PyObject *args)
             PyErr_WriteUnraisable(slow);
             continue;
         }
-        PyObject *reply = PyObject_CallFunctionObjArgs(slow, dgram, addr, NULL);
+        PyObject *reply;
+        if (pktinfo) {
+            PyObject *src = source_len
+                ? PyBytes_FromStringAndSize(source, (Py_ssize_t)source_len) : Py_NewRef(Py_None);
+            if (src == NULL) {
+                Py_DECREF(dgram);
+                Py_DECREF(addr);
+                oom = 1;
+                break;
+            }
+            reply = PyObject_CallFunctionObjArgs(slow, dgram, addr, src, NULL);
+            Py_DECREF(src);
+        } else {
+            reply = PyObject_CallFunctionObjArgs(slow, dgram, addr, NULL);
+        }
         Py_DECREF(dgram);
         Py_DECREF(addr);
         if (reply == NULL) {

@@ -264,8 +264,11 @@ class Daemon:
             for act in box:
                 if type(act) is Reply:
                     client = act.client
-                    if type(client) is tuple:
-                        client[0].send(act.data, client[1])
+                    if type(client) is tuple:  # UDP: (listener, address[, source])
+                        if len(client) == 2:
+                            client[0].send(act.data, client[1])
+                        else:
+                            client[0].send(act.data, client[1], client[2])
                     else:
                         assert isinstance(client, TcpClient)
                         client.send(act.data)

@@ -17,6 +17,13 @@ loops do this, with the same behaviour:
 
 ``MIFDNS_UDP_BATCH=python`` forces the Python loop; ``UdpListener.engine`` says which one runs.
 
+A wildcard listen address (0.0.0.0, ::) asks the kernel where each query was sent
+(IP_PKTINFO / IPV6_RECVPKTINFO) and sends the reply from that address: otherwise the kernel
+picks the source by routing, and on a host with several addresses a client that asked one of
+them gets the reply from another and drops it (RFC 1035 s4.2.1: replies come from the address
+the query was sent to). A later reply (after a miss) carries the same: the client is then
+``(listener, address, source)`` instead of ``(listener, address)``.
+
 ``HandleQuery`` is the resolver's entry point as both listeners call it; the TCP listener is
 in ``tcp_listener.py``.
 """
@@ -55,6 +62,10 @@ try:
 except ImportError:  # not built (no C compiler at install time), or turned off
     _udpbatch = None
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; not in the socket module
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux values; Python 3.11 lacks IP_PKTINFO
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+_ANCILLARY = socket.CMSG_SPACE(64)  # room for one in_pktinfo or in6_pktinfo, with slack
 
 
 class UdpListener:
@@ -85,6 +96,9 @@ class UdpListener:
         self.max_udp = LOOPBACK_UDP_MAX if ip.is_loopback else NETWORK_UDP_MAX
         family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.pktinfo = ip.is_unspecified  # reply from the address each query was sent to
+        self._pktinfo_level = socket.IPPROTO_IPV6 if ip.version == 6 else socket.IPPROTO_IP
+        self._pktinfo_type = IPV6_PKTINFO if ip.version == 6 else IP_PKTINFO
         # ingress_drops: datagrams the kernel dropped because our receive queue was full (the
         # ingress queue's bound); read from /proc/net/udp by refresh_drops()
         # replayed: answered from the ready table without the resolver; aged: of those, the
@@ -115,6 +129,11 @@ class UdpListener:
         if s.family == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         self.set_queue_bytes(self.queue_bytes)
+        if self.pktinfo:
+            if s.family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+            else:
+                s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         s.bind((self.address, self.port))
         self._fd_family = (s.fileno(), int(s.family))
         self.loop.add_reader(s.fileno(), self._readable_c if self.engine == "c" else self._readable)
@@ -162,12 +181,35 @@ class UdpListener:
             pass
         return self.counters["ingress_drops"]
 
-    def send(self, data: bytes, addr: Any) -> None:
-        try:
-            self.sock.sendto(data, addr)
+    def send(self, data: bytes, addr: Any, source: bytes | None = None) -> None:
+        """A reply to ``addr``; ``source``: the pktinfo it leaves from (wildcard listeners)."""
+        if self._sendmsg(data, addr, source):
             self.counters["sent"] += 1
-        except OSError:
+        else:
             self.counters["send_errors"] += 1
+
+    def _sendmsg(self, data: bytes, addr: Any, source: bytes | None) -> bool:
+        try:
+            if source is None:
+                self.sock.sendto(data, addr)
+            else:
+                self.sock.sendmsg(
+                    [data], [(self._pktinfo_level, self._pktinfo_type, source)], 0, addr
+                )
+            return True
+        except OSError:
+            return False
+
+    def _reply_source(self, ancdata: list[tuple[int, int, bytes]]) -> bytes | None:
+        """The pktinfo a reply is sent with, from the one its query came with (as the C
+        loop's ``reply_source``): IPv4 from the local address the kernel reports, any
+        interface; IPv6 from the destination address, on the interface it arrived on."""
+        for level, kind, data in ancdata:
+            if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+                return bytes(4) + data[4:8] + bytes(4)  # ifindex 0, ipi_spec_dst, ipi_addr
+            if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 20:
+                return data[:20]
+        return None
 
     def _readable_c(self) -> None:
         self._now = now = monotonic()  # the core's clock (see daemon.py)
@@ -180,7 +222,9 @@ class UdpListener:
         while left > 0:  # ``batch`` may exceed what one call reads (BATCH_MAX)
             ask = min(left, _udpbatch.BATCH_MAX)
             try:
-                got, replayed, sent, err, aged = serve(fd, family, ready, now, self._slow, ask)
+                got, replayed, sent, err, aged = serve(
+                    fd, family, ready, now, self._slow, ask, self.pktinfo
+                )
             except MemoryError:
                 log.error("out of memory answering a batch of UDP queries")
                 break
@@ -207,15 +251,20 @@ class UdpListener:
             self.count_ready(n_ready)
         self.after_batch()
 
-    def _slow(self, data: bytes, addr: Any) -> bytes | None:
-        """A datagram not answered from the ready table: ask the resolver (at ``_now``)."""
+    def _slow(self, data: bytes, addr: Any, source: bytes | None = None) -> bytes | None:
+        """A datagram not answered from the ready table: ask the resolver (at ``_now``).
+        ``source``: the pktinfo its reply leaves from (wildcard listeners), or None."""
+        client = (self, addr) if source is None else (self, addr, source)
         try:
-            return self.handle(data, (self, addr), self._now, self.max_udp)
+            return self.handle(data, client, self._now, self.max_udp)
         except Exception:  # garbage in never stops the service
             log.exception("query from %s crashed the handler", addr)
             return None
 
     def _readable(self) -> None:
+        if self.pktinfo:
+            self._readable_pktinfo()
+            return
         recv = self.sock.recvfrom
         sendto = self.sock.sendto
         self._now = now = monotonic()  # the core's clock (see daemon.py)
@@ -250,3 +299,26 @@ class UdpListener:
         if n_aged:
             self.counters["aged"] += n_aged
         self._end_batch(n_recv, n_ready, n_sent, n_err)
+
+    def _readable_pktinfo(self) -> None:
+        """The Python loop for a wildcard address: recvmsg/sendmsg with the pktinfo, no ready
+        table (the C loop replays there; this is the fallback without a compiler)."""
+        recvmsg = self.sock.recvmsg
+        self._now = monotonic()
+        n_recv = n_sent = n_err = 0
+        for _ in range(self.batch):
+            try:
+                data, ancdata, _flags, addr = recvmsg(65535, _ANCILLARY)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            n_recv += 1
+            source = self._reply_source(ancdata)
+            reply = self._slow(data, addr, source)
+            if reply is not None:
+                if self._sendmsg(reply, addr, source):
+                    n_sent += 1
+                else:
+                    n_err += 1
+        self._end_batch(n_recv, 0, n_sent, n_err)

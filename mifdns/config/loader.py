@@ -211,7 +211,13 @@ class _Loader:
         addrs = self.each(value, path, ListenAddr.parse)
         if not value:
             self.problem(path, "must list at least one address")
-        return tuple(addrs) if addrs and len(addrs) == len(value) else _BAD
+        if not addrs or len(addrs) != len(value):
+            return _BAD
+        clash = listen_clash(addrs)
+        if clash:
+            self.problem(path, clash)
+            return _BAD
+        return tuple(addrs)
 
     def load_unix_path(self, value: Any, path: str) -> Any:
         if self.expect(value, str, path) is _BAD:
@@ -417,6 +423,31 @@ def _range_text(meta: Mapping[str, Any], *, doc: bool = False) -> str:
     return " and ".join(parts)
 
 
+def listen_clash(addrs: Sequence[ListenAddr]) -> str | None:
+    """Why these listen addresses cannot all be bound, or None: one listed twice, or a wildcard
+    (0.0.0.0, ::) with another address of its family on the same port (the wildcard holds
+    them all already)."""
+    seen: set[tuple[str, int]] = set()
+    for la in addrs:
+        key = (str(la.address), la.port)
+        if key in seen:
+            return f"{la} is listed twice"
+        seen.add(key)
+    for la in addrs:
+        if la.address.is_unspecified:
+            for other in addrs:
+                if (
+                    other is not la
+                    and other.port == la.port
+                    and other.address.version == la.address.version
+                ):
+                    return (
+                        f"{other} and the wildcard {la} cannot both be listened on "
+                        f"(the wildcard answers on every address of the host)"
+                    )
+    return None
+
+
 def _metrics_listen(text: str) -> str:
     """``metrics.listen`` in canonical form; a bare port means loopback."""
     text = text.strip()
@@ -544,8 +575,9 @@ def apply_env(config: Config, environ: Mapping[str, str]) -> Config:
                 addrs = [ListenAddr.parse(t) for t in text.split(",") if t.strip()]
                 if not addrs:
                     raise _Bad(f"{text!r}: no address")
-                if len(set(addrs)) != len(addrs):
-                    raise _Bad(f"{text!r}: an address is listed twice")
+                clash = listen_clash(addrs)
+                if clash:
+                    raise _Bad(f"{text!r}: {clash}")
                 changes["listen"] = tuple(addrs)
             elif var == "MIFDNS_CONTROL_SOCKET":
                 changes["control_socket"] = _unix_path(text)

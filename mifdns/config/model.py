@@ -239,7 +239,9 @@ class Config:
 
     listen: tuple[ListenAddr, ...] = _key(
         "Addresses to answer on, UDP and TCP on each: `ADDR`, `ADDR:PORT` or `[IPv6]:PORT` "
-        "(port 53 when omitted). At least one.",
+        "(port 53 when omitted). At least one. A wildcard (`0.0.0.0`, `[::]`) answers on every "
+        "address of the host, each UDP reply from the address its query was sent to; it cannot "
+        "be combined with a specific address of the same family and port.",
         (ListenAddr(IPv4Address("127.0.0.53"), 53),),
         type="list of strings",
         load="listen",

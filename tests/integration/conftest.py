@@ -194,6 +194,8 @@ class Daemon:
         self.config = cfg
         self.control_socket = cfg["control_socket"]
         self.server, self.port = _split_hostport(str(cfg["listen"][0]))
+        # a wildcard listener is asked on loopback (a reply to 0.0.0.0 comes from 127.0.0.1)
+        self.server = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.server, self.server)
         self.config_path = workdir / "mifdns.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.stderr_path = workdir / "mifdns.stderr"

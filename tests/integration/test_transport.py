@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from typing import Any
 
@@ -38,6 +39,7 @@ from splitdns_helpers import (
     wifi_pvd,
 )
 
+from mifdns.harness import netns
 from mifdns.harness.fakeupstream import FakeUpstream
 from mifdns.harness.topology import Topology
 
@@ -538,3 +540,42 @@ async def test_pvds_attach_through_netlink_on_uvloop(
         "wifi": "attached",
     }
     assert addrs(await d.aquery("www.corp.example")) == ["10.8.0.80"]
+
+
+async def test_wildcard_listener_answers_from_the_address_each_client_asked(
+    topology, upstream_factory, mifdns_factory
+):
+    """Listening on 0.0.0.0:53 and [::]:53 on a host with two addresses per family on the LAN,
+    a client on the LAN asks the second one (which routing would never pick as a source:
+    IPv4's secondary, IPv6's deprecated address) through a connected socket, as stub
+    resolvers do: the socket takes only replies from the address it asked. A miss (answered
+    later) and a hit (at once) both reach it; RFC 1035 s4.2.1."""
+    lan = topology.add_network(
+        "lan",
+        "lan0",
+        host_addrs=["198.51.100.1/24", "198.51.100.2/24", "2001:db8:5::1/64"],
+        server_addrs=["198.51.100.53/24", "2001:db8:5::53/64"],
+    )
+    netns.ip_batch(topology.host, ["address add 2001:db8:5::2/64 dev lan0 nodad preferred_lft 0"])
+    up = await upstream_factory(lan, PUBLIC_ZONE)
+    await mifdns_factory(
+        topology,
+        config(
+            wifi_pvd(interface="lan0", servers=["198.51.100.53"]),
+            listen=["0.0.0.0:53", "[::]:53"],
+        ),
+    )
+    await settle(up)
+    for family, server in ((socket.AF_INET, "198.51.100.2"), (socket.AF_INET6, "2001:db8:5::2")):
+        s = netns.socket_in(lan.ns, family, socket.SOCK_DGRAM)
+        try:
+            s.settimeout(2)
+            s.connect((server, 53))
+            for qid in (1, 2):  # a miss, then a hit
+                q = dns.message.make_query("www.example.com", "A")
+                q.id = qid
+                s.send(q.to_wire())
+                r = dns.message.from_wire(s.recv(4096))
+                assert r.id == qid and addrs(r) == ["203.0.113.1"], (server, qid)
+        finally:
+            s.close()

@@ -495,6 +495,19 @@ def test_listen_list_must_not_be_empty_nor_repeat_an_address():
     )
 
 
+def test_a_wildcard_listen_address_excludes_others_of_its_family_and_port():
+    """The kernel would refuse the second bind (no SO_REUSEADDR): say so at check time."""
+    assert one_problem("listen: ['127.0.0.53', '0.0.0.0']\n") == (
+        "mifdns.yaml:1: listen: 127.0.0.53:53 and the wildcard 0.0.0.0:53 cannot both be "
+        "listened on (the wildcard answers on every address of the host)"
+    )
+    assert one_problem("listen: ['[::]:53', '[2001:db8::1]:53']\n").startswith(
+        "mifdns.yaml:1: listen: [2001:db8::1]:53 and the wildcard [::]:53"
+    )
+    ok = load("listen: ['0.0.0.0', '[::]', '127.0.0.53:5353']\nnetlink: false\n")
+    assert [str(a) for a in ok.listen] == ["0.0.0.0:53", "[::]:53", "127.0.0.53:5353"]
+
+
 def test_metrics_listen_needs_a_port_and_is_stored_canonically():
     assert load("metrics: {listen: '[::1]:9153'}\n").metrics.listen == "[::1]:9153"
     assert load("metrics: {listen: '[::1]:9153'}\n").metrics.address == ListenAddr.parse(
@@ -819,7 +832,10 @@ def test_env_metrics_listen_can_turn_metrics_off():
 @pytest.mark.parametrize("var, value, message", [
     ("MIFDNS_LISTEN", "127.0.0.1,nope", "MIFDNS_LISTEN: 'nope': not an IP address"),
     ("MIFDNS_LISTEN", ",", "MIFDNS_LISTEN: ',': no address"),
-    ("MIFDNS_LISTEN", "::1,[::1]:53", "MIFDNS_LISTEN: '::1,[::1]:53': an address is listed twice"),
+    ("MIFDNS_LISTEN", "::1,[::1]:53", "MIFDNS_LISTEN: '::1,[::1]:53': [::1]:53 is listed twice"),
+    ("MIFDNS_LISTEN", "0.0.0.0,127.0.0.1", ("MIFDNS_LISTEN: '0.0.0.0,127.0.0.1': 127.0.0.1:53 "
+     "and the wildcard 0.0.0.0:53 cannot both be listened on (the wildcard answers on every "
+     "address of the host)")),
     ("MIFDNS_NETLINK", "maybe", "MIFDNS_NETLINK: expected true or false, got 'maybe'"),
     ("MIFDNS_QUERY_LOG", "2", "MIFDNS_QUERY_LOG: expected true or false, got '2'"),
     ("MIFDNS_METRICS_LISTEN", "127.0.0.1", "MIFDNS_METRICS_LISTEN: '127.0.0.1': missing ':PORT'"),

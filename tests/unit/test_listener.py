@@ -17,6 +17,7 @@ import dns.message
 import pytest
 import pytest_asyncio
 
+from mifdns.aio import listener as listener_mod
 from mifdns.aio import tcp_listener
 from mifdns.aio.listener import UdpListener
 from mifdns.aio.tcp_listener import TcpClient, TcpServer
@@ -370,6 +371,70 @@ async def test_udp_miss_is_answered_later_through_send():
         listener_.send(answer(data), addr)  # what the daemon's flush does
         reply = await asyncio.wait_for(loop.sock_recv(c, 4096), 2)
         assert dns.message.from_wire(reply).id == 3
+        c.close()
+    finally:
+        udp.close()
+
+
+ENGINES = ["python"] + (["c"] if listener_mod._udpbatch is not None else [])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_wildcard_udp_replies_leave_from_the_address_the_query_was_sent_to(engine):
+    """Listening on 0.0.0.0, a query to 127.0.0.5 from 127.0.0.1 is answered from 127.0.0.5:
+    left to routing the kernel would answer from 127.0.0.1, and a client that checks the
+    source (a connected socket, most stub resolvers) would drop the reply. Hits from the ready
+    table, immediate answers and later ones (a miss, through ``send``) all do."""
+    res = FakeResolver()
+    loop = asyncio.get_running_loop()
+    port = free_port()
+    hit = query("ready.example", qid=0)
+    ready = {hit[2:]: (answer(hit)[2:], float("inf"))}
+    udp = UdpListener(
+        loop,
+        "0.0.0.0",
+        port,
+        res.handle,
+        res.after_batch,
+        engine=engine,
+        ready=lambda cap: ready,
+        count_ready=lambda n: None,
+    )
+    udp.start()
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        c.bind(("127.0.0.1", 0))
+        c.setblocking(False)
+        asked = ("127.0.0.5", port)
+        c.sendto(query("now.example", qid=1), asked)
+        c.sendto(query("ready.example", qid=2), asked)
+        c.sendto(query("slow.example", qid=3), asked)
+        await settle(lambda: res.held)
+        (client, data) = res.held[0]
+        client[0].send(answer(data), *client[1:])  # what the daemon's flush does
+        got = {}
+        for _ in range(3):
+            reply, source = await asyncio.wait_for(loop.sock_recvfrom(c, 4096), 2)
+            got[dns.message.from_wire(reply).id] = source
+        assert got == {1: asked, 2: asked, 3: asked}
+        assert udp.counters["sent"] == 3 and udp.counters["send_errors"] == 0
+    finally:
+        c.close()
+        udp.close()
+
+
+async def test_a_listener_on_one_address_keeps_plain_clients():
+    """Only wildcard listeners carry a reply source: the common case stays a 2-tuple."""
+    res = FakeResolver()
+    loop = asyncio.get_running_loop()
+    udp = UdpListener(loop, "127.0.0.1", free_port(), res.handle, res.after_batch)
+    assert not udp.pktinfo
+    udp.start()
+    try:
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.sendto(query("slow.example", qid=3), ("127.0.0.1", udp.port))
+        await settle(lambda: res.held)
+        assert len(res.held[0][0]) == 2
         c.close()
     finally:
         udp.close()
