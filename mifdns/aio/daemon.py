@@ -32,7 +32,7 @@ from . import commands
 from .captive_probe import Prober
 from .control import ControlServer, MonitorHub
 from .links import LinkMonitor, StaticLinks, is_local
-from .listener import UdpListener
+from .listener import UdpListener, listen_error
 from .resolvconf_writer import ResolvConfWriter
 from .tcp_listener import TcpClient, TcpServer
 from .upstream import Upstreams, check_bind_capability
@@ -139,7 +139,9 @@ class Daemon:
                 udp.start()
             except OSError as exc:
                 udp.close()
-                raise StartupError(f"cannot listen on {la} (UDP): {exc.strerror}") from None
+                raise StartupError(
+                    f"cannot listen on {la} (UDP): {listen_error(la, exc)}"
+                ) from None
             self.udp.append(udp)
             tcp = TcpServer(
                 loop,
@@ -154,7 +156,9 @@ class Daemon:
             try:
                 await tcp.start()
             except OSError as exc:
-                raise StartupError(f"cannot listen on {la} (TCP): {exc.strerror}") from None
+                raise StartupError(
+                    f"cannot listen on {la} (TCP): {listen_error(la, exc)}"
+                ) from None
             self.tcp.append(tcp)
         if cfg.control_socket:
             self.control = ControlServer(cfg.control_socket, self.handle_control, self.hub)

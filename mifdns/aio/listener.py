@@ -31,6 +31,7 @@ in ``tcp_listener.py``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import os
@@ -66,6 +67,31 @@ IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux values; Python 3.11 lacks
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 _ANCILLARY = socket.CMSG_SPACE(64)  # room for one in_pktinfo or in6_pktinfo, with slack
+
+
+def listen_error(where: Any, exc: OSError) -> str:
+    """Why binding listen address ``where`` (a config ListenAddr) failed, for a person."""
+    address = getattr(where, "address", None)
+    port = getattr(where, "port", 53)
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            "address already in use (another DNS server on it? systemd-resolved's stub listens "
+            "on 127.0.0.53:53: DNSStubListener=no turns it off)"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "no interface of this host has that address (add it, or listen elsewhere)"
+    if exc.errno == errno.EACCES and port < 1024:
+        return (
+            f"permission denied: port {port} needs root or CAP_NET_BIND_SERVICE "
+            "(AmbientCapabilities=CAP_NET_BIND_SERVICE)"
+        )
+    if exc.errno == errno.EINVAL and isinstance(address, ipaddress.IPv6Address):
+        if address.is_link_local and not address.scope_id:
+            return f"a link-local address needs its interface: write [{address}%IFNAME]:{port}"
+        if address.is_link_local:
+            bare = str(address).partition("%")[0]
+            return f"{bare} is not an address of interface {address.scope_id}"
+    return exc.strerror or str(exc)
 
 
 class UdpListener:

@@ -8,6 +8,8 @@ answers a miss. No namespaces, no root: 127.0.0.1 and a port the kernel picks.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -19,8 +21,9 @@ import pytest_asyncio
 
 from mifdns.aio import listener as listener_mod
 from mifdns.aio import tcp_listener
-from mifdns.aio.listener import UdpListener
+from mifdns.aio.listener import UdpListener, listen_error
 from mifdns.aio.tcp_listener import TcpClient, TcpServer
+from mifdns.config import ListenAddr
 
 pytestmark = pytest.mark.asyncio
 
@@ -438,3 +441,16 @@ async def test_a_listener_on_one_address_keeps_plain_clients():
         c.close()
     finally:
         udp.close()
+
+
+@pytest.mark.parametrize("listen, err, says", [
+    ("127.0.0.53:53", errno.EADDRINUSE, "systemd-resolved's stub listens on 127.0.0.53:53"),
+    ("192.0.2.77:53", errno.EADDRNOTAVAIL, "no interface of this host has that address"),
+    ("127.0.0.1:53", errno.EACCES, "port 53 needs root or CAP_NET_BIND_SERVICE"),
+    ("[fe80::1]:53", errno.EINVAL, "needs its interface: write [fe80::1%IFNAME]:53"),
+    ("[fe80::1%eth0]:53", errno.EINVAL, "fe80::1 is not an address of interface eth0"),
+    ("127.0.0.1:53", errno.ENOBUFS, os.strerror(errno.ENOBUFS)),
+])  # fmt: skip
+async def test_a_listen_address_that_cannot_be_bound_is_explained(listen, err, says):
+    exc = OSError(err, os.strerror(err))
+    assert says in listen_error(ListenAddr.parse(listen), exc)
