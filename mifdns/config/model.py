@@ -306,7 +306,8 @@ PVD_KEY_DOCS: dict[str, tuple[str, str, str]] = {
         "[]",
         (
             "`~name`: routing only (names under it go to this PvD); `name`: routing and "
-            "search; `~.`: this PvD takes every name (the default route)."
+            "search; `~.`: this PvD takes every name (the default route). Names are ASCII "
+            "(`xn--` for internationalized ones): letters, digits, `-` and `_`; no `*`."
         ),
     ),
     "default_route": (

@@ -145,8 +145,20 @@ class Domain:
             labels = name.split(".")
             if any(not lab or len(lab) > 63 for lab in labels) or len(name) > 253:
                 raise ValueError(f"{text!r}: not a valid domain name")
-            if any(c.isspace() for c in name):
-                raise ValueError(f"{text!r}: not a valid domain name")
+            if not name.isascii():
+                raise ValueError(
+                    f"{text!r}: not ASCII; write an internationalized name in its xn-- form"
+                )
+            if "*" in labels:
+                raise ValueError(
+                    f"{text!r}: no wildcards; a domain already covers every name under it"
+                )
+            bad = next((c for c in name if not (c.isalnum() or c in "-_.")), None)
+            if bad is not None:
+                raise ValueError(
+                    f"{text!r}: {bad!r} has no place in a domain name "
+                    "(letters, digits, '-' and '_' only)"
+                )
         elif not routing_only:
             raise ValueError(f"{text!r}: the root can only be a routing domain ('~.')")
         return cls(name, routing_only)

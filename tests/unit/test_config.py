@@ -640,6 +640,10 @@ def test_domains_keep_routing_only_and_search_forms():
     (".", "'.': the root can only be a routing domain ('~.')"),
     ("bücher.example", ("'bücher.example': not ASCII; write an internationalized name in its "
                         "xn-- form")),
+    ("*.corp.example", ("'*.corp.example': no wildcards; a domain already covers every name "
+                        "under it")),
+    ("corp example", ("'corp example': ' ' has no place in a domain name (letters, digits, '-' "
+                      "and '_' only)")),
 ])  # fmt: skip
 def test_bad_domains_are_errors(domain, message):
     assert one_problem(PVD + f"    domains: ['{domain}']\n") == (

@@ -179,15 +179,16 @@ def test_bad_lines_are_left_out_one_note_each_and_the_rest_of_the_feed_counts() 
     would leave the old servers in place without a word."""
     feed = read_feed(
         "eth0",
-        "nameserver 10.0.0.300\nnameserver a b\nsearch bad..name corp.example\n"
-        "nameserver 192.0.2.7\n",
+        "nameserver 10.0.0.300\nnameserver a b\nsearch bad..name corp.example *.example "
+        "bücher.example\nnameserver 192.0.2.7\n",
         exists=only("eth0"),
     )
     assert feed.spec is not None and [str(s) for s in feed.spec.servers] == ["192.0.2.7"]
     assert [str(d) for d in feed.spec.domains] == ["corp.example"]
-    assert len(feed.ignored) == 3
+    assert len(feed.ignored) == 5
     assert "line 2: nameserver takes one address" in feed.ignored[0]
     assert "10.0.0.300" in feed.ignored[1] and "bad..name" in feed.ignored[2]
+    assert "no wildcards" in feed.ignored[3] and "not ASCII" in feed.ignored[4]
     only_bad = read_feed("eth0", "nameserver 1.2.3\n", exists=only("eth0"))
     assert only_bad.spec is None and len(only_bad.ignored) == 1  # nothing usable: removed
 
