@@ -213,8 +213,12 @@ class Registry:
         pvd.nat64_prefixes = prefixes
         self.version += 1
         events: list[Event] = [PvdChanged(name, "nat64 prefixes")]
-        if had and pvd.attached:  # a detach already gave it a new, empty partition
-            events.append(self._retag(pvd, "NAT64 prefix changed"))
+        # what the partition holds was marked under the old prefixes (an AAAA inside a NAT64
+        # prefix is "synthesized"): answers cached before the first prefix was discovered
+        # would stay "positive" and beat a native AAAA from a tied PvD. Detached: a detach
+        # already gave it a new, empty partition.
+        if pvd.attached:
+            events.append(self._retag(pvd, "NAT64 prefix changed" if had else "NAT64 prefix found"))
         return events
 
     # ------------------------------------------------------------------ internals

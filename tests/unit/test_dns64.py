@@ -374,6 +374,22 @@ def test_synthesized_aaaa_wins_over_a_negative_and_waits_only_so_long():
     assert d2.reply_at["c1"] - start == pytest.approx(Settings().negative_wait)
 
 
+def test_a_synthesized_aaaa_cached_before_the_prefix_was_discovered_is_not_kept_as_native():
+    """The network's DNS64 answers before discovery finishes (right after an attach, or while
+    discovery backs off): stored then, its AAAA looked native. Finding the first prefix
+    must not leave it so: it would beat a tied PvD's native AAAA from the cache."""
+    d = two_defaults()
+    d.apply(d.registry.set_nat64("cell", ()))  # not discovered yet
+    d.worlds["wifi"].mode = "drop"  # only cell answers now
+    assert answers(d.query("both.example", "AAAA")) == ["64:ff9b::c000:201"]
+    assert kinds(d, "cell")[("both.example.", "AAAA")] == "positive"
+    recs = d.apply(d.registry.set_nat64("cell", (Net6(PREFIX),)))
+    assert any(r.get("purged") for r in recs)
+    d.worlds["wifi"].mode = "answer"
+    assert answers(d.query("both.example", "AAAA")) == ["2001:db8::1"]
+    assert kinds(d, "cell")[("both.example.", "AAAA")] == "synthesized"
+
+
 # -- ipv4only.arpa (RFC 8880)
 def test_ipv4only_a_is_local_and_aaaa_goes_only_to_pvds_with_dns64():
     d = two_defaults()
