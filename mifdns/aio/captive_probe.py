@@ -105,6 +105,8 @@ class Prober:
                     self._detached(pvd, now)
             elif isinstance(ev, (PvdPurged, PvdChanged)) and pvd is not None and pvd.attached:
                 self._maybe_changed(pvd, now)
+                if isinstance(ev, PvdChanged) and ev.what == "networks":
+                    self._addresses_changed(pvd, now)
         self._arm()
 
     def on_probe_result(self, result: ProbeResult) -> None:
@@ -241,6 +243,21 @@ class Prober:
             st.machine.probe_again(now)
         if old.dns64 != new.dns64 or old.interface != new.interface or old.servers != new.servers:
             self._restart_dns64(st, pvd, now)
+
+    def _addresses_changed(self, pvd: Pvd, now: float) -> None:
+        """The PvD's link gained or lost addresses: a discovery that failed (its servers were
+        unreachable, e.g. an IPv6-only server before the IPv6 address came) is asked again
+        now instead of at its backoff slot (up to 300 s away)."""
+        st = self._pvds.get(pvd.name)
+        if (
+            st is not None
+            and st.active
+            and st.dns64_failures
+            and st.dns64_token is None
+            and pvd.spec.dns64.prefix == "auto"
+        ):
+            st.dns64_failures = 0
+            st.dns64_next = now
 
     # ================================================================== NAT64 discovery
     def _restart_dns64(self, st: _PvdProbes, pvd: Pvd, now: float) -> None:

@@ -210,6 +210,37 @@ async def test_prefix_change_is_rediscovered_when_the_ttl_runs_out_and_purges_th
     assert addrs(await d.aquery("v4only.example", "AAAA"), "AAAA") == ["2001:db8:64::c000:250"]
 
 
+async def test_failed_discovery_is_asked_again_when_the_link_gains_an_address(
+    topology, cell, upstream_factory, mifdns_factory
+):
+    """An IPv6-only DNS64 server on a link that has only its IPv4 address yet (after a flap,
+    SLAAC still to come): discovery fails and backs off (2, 5, 15, 60, 300 s). The IPv6
+    address arriving asks again at once, not at the next backoff slot; answers cached before
+    that are purged when the prefix is found (they were stored as native)."""
+    await upstream_factory(cell, ZONE, dns64="64:ff9b::/96")
+    cell.del_addr("2001:db8:1::10/64")
+    d = await mifdns_factory(
+        topology, config(pvd("cell", cell, servers=["2001:db8:1::53"], dns64="auto"))
+    )
+
+    def second_failure() -> bool:
+        disc = pvd_view(d, "cell")["nat64_discovery"]
+        return "failed" in (disc["note"] or "") and (disc["next_in_s"] or 0) > 2.5
+
+    await wait_for(second_failure, timeout=10, what="two failed discoveries")
+    waiting = pvd_view(d, "cell")["nat64_discovery"]["next_in_s"]
+    t0 = time.monotonic()
+    cell.add_addr("2001:db8:1::10/64")
+    await wait_for(
+        lambda: pvd_view(d, "cell")["nat64_prefixes"] == ["64:ff9b::/96"],
+        timeout=waiting - 1.0,
+        what="discovery right after the address came",
+    )
+    assert time.monotonic() - t0 < waiting - 1.0
+    purges = d.ctl("status")["purges"]
+    assert any(p["pvd"] == "cell" and "NAT64 prefix found" in p["cause"] for p in purges)
+
+
 async def test_local_synthesis_and_ptr_from_a_plain_resolver(
     topology, cell, upstream_factory, mifdns_factory
 ):
