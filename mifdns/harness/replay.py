@@ -26,6 +26,7 @@ import concurrent.futures
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -80,10 +81,14 @@ class Replay:
     """Runs one scenario. ``on_step(step, result)`` is called after every step."""
 
     def __init__(self, scenario: Scenario, *, keep_going: bool = False,
-                 on_step: Callable[[Step, StepResult], None] | None = None) -> None:  # fmt: skip
+                 on_step: Callable[[Step, StepResult], None] | None = None,
+                 stop: threading.Event | None = None) -> None:  # fmt: skip
+        """``stop``: set by another thread (an interrupted ``replay -j N``): the replay ends
+        before its next step, cleaning up as after a failure."""
         self.sc = scenario
         self.keep_going = keep_going
         self.on_step = on_step
+        self.stop = stop
         self.topo: Topology | None = None
         self.loop: ServerLoop | None = None
         self.daemon: Daemon | None = None
@@ -100,6 +105,11 @@ class Replay:
         try:
             self._build(workdir)
             for i, step in enumerate(sc.steps):
+                if self.stop is not None and self.stop.is_set():
+                    res.status = "error"
+                    res.error = "interrupted"
+                    res.not_run = len(sc.steps) - i
+                    break
                 sr = self._step(step)
                 res.steps.append(sr)
                 if self.on_step is not None:
@@ -495,7 +505,10 @@ class Replay:
         return f"{len(ups)} server(s) changed"
 
     def _do_advance(self, step: Step) -> str:
-        time.sleep(float(step.arg))
+        if self.stop is None:
+            time.sleep(float(step.arg))
+        elif self.stop.wait(float(step.arg)):  # interrupted: the next step check ends the run
+            return "interrupted"
         return f"{step.arg} s passed"
 
     def _do_reload(self, step: Step) -> str:
@@ -642,6 +655,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         scenarios.append(sc)
     for e in load_errors:
         print(f"mifdns replay: {e}", file=sys.stderr)
+    if not scenarios and not load_errors:
+        print(f"mifdns replay: no scenario's name contains {args.filter!r}", file=sys.stderr)
+        return 2
     if args.check:
         for sc in scenarios:
             print(
@@ -655,25 +671,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     sweep_stale(TOPOLOGY_PREFIX)
     lock = threading.Lock()
+    stop = threading.Event()
 
     def one(sc: Scenario) -> ScenarioResult:
-        r = Replay(sc, keep_going=args.keep_going).run()
+        r = Replay(sc, keep_going=args.keep_going, stop=stop).run()
         with lock:
             print(r.report(verbose=args.verbose), flush=True)
         return r
 
     results: list[ScenarioResult] = []
     t0 = time.monotonic()
+    restore = _interrupt_on(signal.SIGTERM, signal.SIGHUP)
     try:
         if args.jobs <= 1:
             results = [one(sc) for sc in scenarios]
         else:
-            with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            pool = concurrent.futures.ThreadPoolExecutor(args.jobs)
+            try:
                 results = list(pool.map(one, scenarios))
-    except KeyboardInterrupt:
-        print("mifdns replay: interrupted; everything it created was removed", file=sys.stderr)
-        return 130
+            finally:  # interrupted: running replays stop at their next step, queued ones never start
+                stop.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+    except KeyboardInterrupt as exc:
+        signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
+        print(
+            f"mifdns replay: interrupted ({signal.Signals(signum).name}); everything it created "
+            "was removed",
+            file=sys.stderr,
+        )
+        return 128 + signum
     finally:
+        restore()
         if args.junit:
             write_junit(results, args.junit, load_errors)
     counts: dict[str, int] = {}
@@ -684,6 +712,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary += f", {len({e.split(':')[0] for e in load_errors})} invalid files"
     print(f"== {summary} in {time.monotonic() - t0:.1f} s")
     return 0 if all(r.ok for r in results) and not load_errors else 1
+
+
+def _interrupt_on(*signums: int) -> Callable[[], None]:
+    """Make these signals interrupt the main thread as Ctrl-C does (KeyboardInterrupt, with
+    the signal number as its argument), so a replay killed by SIGTERM tears down what it
+    built (namespaces, daemons, work directories) on the way out. Returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signum)
+
+    old = {n: signal.signal(n, interrupt) for n in signums}
+
+    def restore() -> None:
+        for n, handler in old.items():
+            signal.signal(n, handler)
+
+    return restore
 
 
 if __name__ == "__main__":

@@ -152,7 +152,25 @@ class Checker:
         except ConfigError as exc:
             for p in exc.problems:
                 p = re.sub(r"^:\d+(:\d+)?: ", "", p)
-                self.problem(line, where, f"the merged mifdns config is invalid: {p}")
+                net = self._network_of(merged, p)
+                if net is not None:  # a key the network's own ``pvd:`` gave: say so, there
+                    network, path, rest = net
+                    self.problem(network.line, f"networks.{network.name}.pvd.{path}", rest)
+                else:
+                    self.problem(line, where, f"the merged mifdns config is invalid: {p}")
+
+    def _network_of(self, merged: dict[str, Any], problem: str) -> tuple[Any, str, str] | None:
+        """(network, path under its pvd, message) if ``problem`` (about the merged config) is
+        about a key that a network's ``pvd:`` mapping set, else None."""
+        m = re.match(r"^pvds\[(\d+)\]\.([A-Za-z0-9_]+)([^:]*): (.*)$", problem)
+        pvds = merged.get("pvds") or []
+        if m is None or int(m.group(1)) >= len(pvds):
+            return None
+        name = pvds[int(m.group(1))].get("name")
+        for net in self.networks.values():
+            if net.pvd_name == name and net.pvd is not None and m.group(2) in net.pvd:
+                return net, m.group(2) + m.group(3), m.group(4)
+        return None
 
     # ---- networks
     def networks_section(self, data: Any, line: int) -> dict[str, NetworkDef]:

@@ -151,7 +151,15 @@ def test_discover_takes_directories_flat_and_skips_recordings():
         ),
         (
             ("wifi: {}", "wifi: {pvd: {servers: [192.0.2.300]}}"),
-            "the merged mifdns config is invalid: pvds[1].servers[0]",
+            "networks.wifi.pvd.servers[0]: '192.0.2.300': not an IP address",
+        ),
+        (
+            ("wifi: {}", "wifi: {pvd: {domians: [corp.example]}}"),
+            "networks.wifi.pvd.domians: unknown key (did you mean 'domains'?)",
+        ),
+        (
+            ("wifi: {}", "wifi: {}\nconfig: {pvds: [{name: wifi, servers: [192.0.2.300]}]}"),
+            "config: the merged mifdns config is invalid: pvds[1].servers[0]",
         ),
         (
             ("wifi: {}", "wifi: {pvd: {domains: [a]}, interface: corp0}"),
