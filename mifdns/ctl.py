@@ -238,8 +238,9 @@ def _add_spec_options(p: argparse.ArgumentParser, *, update: bool) -> None:
     )
     g.add_argument(
         "--dns64-synthesize",
-        action="store_true",
-        help="synthesize AAAA locally (needs --dns64 auto|PREFIX)",
+        action=argparse.BooleanOptionalAction,
+        help="synthesize AAAA locally (needs a NAT64 prefix: --dns64 auto|PREFIX, or the "
+        "PvD's own); --no-dns64-synthesize stops it",
     )
     g.add_argument(
         "--captive-portal", metavar="URI", help="RFC 8910 captive-portal API URI ('none' to clear)"
@@ -275,8 +276,6 @@ _SPEC_OPTIONS = (
 
 def spec_from_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options given, as a (partial) PvD in config-file form; keys in config order."""
-    if args.dns64_synthesize and args.dns64 is None:
-        raise UsageError("--dns64-synthesize needs --dns64 auto|PREFIX")
     spec: dict[str, Any] = {}
     for key in _SPEC_OPTIONS:
         value = getattr(args, key, None)
@@ -284,10 +283,16 @@ def spec_from_options(args: argparse.Namespace) -> dict[str, Any]:
             continue
         if key == "dns64":
             prefix = value.strip().lower() if value.strip().lower() in ("auto", "none") else value
-            value = {"prefix": prefix, "synthesize": True} if args.dns64_synthesize else prefix
+            if args.dns64_synthesize is not None:
+                value = {"prefix": prefix, "synthesize": args.dns64_synthesize}
+            else:
+                value = prefix
         elif key == "captive_portal" and value.strip().lower() in ("", "none", "null"):
             value = None
         spec[key] = value
+    if args.dns64_synthesize is not None and "dns64" not in spec:
+        # merged with the PvD's prefix by ``update``; ``attach`` has none to merge with
+        spec["dns64"] = {"synthesize": args.dns64_synthesize}
     return spec
 
 
@@ -347,6 +352,8 @@ def _build_attach(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("a new PvD needs --name (or NAME)")
     if "interface" not in options:
         raise UsageError("a new PvD needs --interface (to re-attach a known PvD, give only NAME)")
+    if args.dns64_synthesize and args.dns64 is None:
+        raise UsageError("--dns64-synthesize needs --dns64 auto|PREFIX for a new PvD")
     return {"cmd": "attach", "spec": {"name": name, **options}}
 
 

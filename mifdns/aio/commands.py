@@ -78,6 +78,7 @@ async def handle_control(daemon: Daemon, req: dict[str, Any]) -> Any:
             if not isinstance(changes, dict):
                 raise ControlError("update: 'changes' must be an object")
             merged = {**spec_to_mapping(current), **changes, "name": name}
+            merged["dns64"] = _merged_dns64(spec_to_mapping(current)["dns64"], changes)
             spec = cfgmod.pvd_spec_from_mapping(merged, where="update", origin=current.origin)
             _refuse_own_servers(daemon, spec, "update")
             return pvd_json(daemon, daemon.upsert(spec))
@@ -115,6 +116,22 @@ async def handle_control(daemon: Daemon, req: dict[str, Any]) -> Any:
     except ConfigError as exc:
         raise ControlError("; ".join(exc.problems)) from None
     raise ControlError(f"unknown command {cmd!r}")
+
+
+def _merged_dns64(current: dict[str, Any], changes: dict[str, Any]) -> Any:
+    """``update``'s dns64: merged like the other options, one level down. A prefix alone
+    keeps the PvD's ``synthesize`` (except ``none``, which has nothing to synthesize with);
+    ``synthesize`` alone keeps its prefix."""
+    if "dns64" not in changes:
+        return current
+    change = changes["dns64"]
+    if isinstance(change, str):
+        if change.strip().lower() == "none":
+            return {"prefix": "none", "synthesize": False}
+        return {**current, "prefix": change}
+    if isinstance(change, dict):
+        return {**current, **change}
+    return change  # not a mapping nor a prefix: the config's checks say what is wrong
 
 
 def _refuse_own_servers(daemon: Daemon, spec: PvdSpec, cmd: str) -> None:

@@ -22,6 +22,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
+from conftest import DaemonError
 
 from mifdns.harness import netns
 from mifdns.harness.fakeupstream import FakeUpstream, query_from
@@ -239,6 +240,31 @@ async def test_failed_discovery_is_asked_again_when_the_link_gains_an_address(
     assert time.monotonic() - t0 < waiting - 1.0
     purges = d.ctl("status")["purges"]
     assert any(p["pvd"] == "cell" and "NAT64 prefix found" in p["cause"] for p in purges)
+
+
+async def test_ctl_update_merges_dns64_options_into_the_pvds_own(
+    topology, cell, upstream_factory, mifdns_factory
+):
+    """ "Options given are merged": --dns64-synthesize keeps the PvD's prefix, a new prefix
+    keeps its synthesize, and `none` turns synthesis off with it."""
+    await upstream_factory(cell, ZONE)
+    d = await mifdns_factory(topology, config(pvd("cell", cell, dns64="64:ff9b::/96")))
+
+    def dns64() -> dict[str, Any]:
+        return pvd_view(d, "cell")["dns64"]
+
+    d.ctl("update", "cell", "--dns64-synthesize")
+    assert dns64() == {"prefix": "64:ff9b::/96", "synthesize": True}
+    assert addrs(await d.aquery("v4only.example", "AAAA"), "AAAA") == ["64:ff9b::c000:250"]
+    d.ctl("update", "cell", "--dns64", "2001:db8:64::/96")
+    assert dns64() == {"prefix": "2001:db8:64::/96", "synthesize": True}
+    d.ctl("update", "cell", "--no-dns64-synthesize")
+    assert dns64() == {"prefix": "2001:db8:64::/96", "synthesize": False}
+    d.ctl("update", "cell", "--dns64-synthesize")
+    d.ctl("update", "cell", "--dns64", "none")
+    assert dns64() == {"prefix": "none", "synthesize": False}
+    with pytest.raises(DaemonError, match="needs a prefix"):
+        d.ctl("update", "cell", "--dns64-synthesize")
 
 
 async def test_local_synthesis_and_ptr_from_a_plain_resolver(

@@ -524,6 +524,19 @@ def test_attach_leaves_unset_options_to_the_daemon() -> None:
     }
 
 
+def test_dns64_synthesize_alone_is_a_change_of_its_own() -> None:
+    """Merged with the PvD's prefix by the daemon (test_dns64_captive checks the merge)."""
+    assert _request(["update", "cell", "--dns64-synthesize"])["changes"] == {
+        "dns64": {"synthesize": True}
+    }
+    assert _request(["update", "cell", "--no-dns64-synthesize"])["changes"] == {
+        "dns64": {"synthesize": False}
+    }
+    assert _request(["update", "cell", "--dns64", "auto", "--dns64-synthesize"])["changes"] == {
+        "dns64": {"prefix": "auto", "synthesize": True}
+    }
+
+
 def test_attach_spec_text_in_json_or_yaml_and_from_a_file(tmp_path: Any) -> None:
     spec = {"name": "vpn", "interface": "tun1", "servers": ["10.1.0.53"], "exclusive": True}
     assert _request(["attach", "--spec", json.dumps(spec)]) == {"cmd": "attach", "spec": spec}
