@@ -208,6 +208,9 @@ class Daemon:
         deadline = monotonic() + 1.5
         while self.resolver.inflight and loop and monotonic() < deadline:
             await asyncio.sleep(0.02)
+        # what is still unanswered gets SERVFAIL now: a client fails over at once instead of
+        # waiting for its own timeout
+        _quietly(self.resolver.cancel_all, monotonic())
         self.flush_quietly()
         for u in self.udp:
             _quietly(u.close)

@@ -95,3 +95,17 @@ def _reask(r: Resolver, pvd: Pvd, old: Transaction, movers: list[Resolution], no
     for res in movers:
         res.pending[res.pending.index(old)] = txn
         txn.waiters.append(res)
+
+
+def cancel_all(r: Resolver, now: float) -> int:
+    """The daemon is stopping: end every transaction and every resolution still waiting, so
+    each client gets an answer now (SERVFAIL, or what the other candidates gave) instead of
+    silence until its own timeout. Returns the transactions cancelled."""
+    doomed = list(r.inflight.values()) + list(r._probes.values())
+    for txn in doomed:
+        txn.cancel()
+        completion.complete(r, txn, now)
+    for _, _, obj in list(r._timers):  # negative answers waiting (bounded) for a better one
+        if type(obj) is Resolution and not obj.done:
+            completion.finish_negative_or_fail(r, obj, now)
+    return len(doomed)

@@ -533,6 +533,10 @@ class Resolver:
         event (for the monitor, the log and ``ctl status``). See lifecycle.py."""
         return lifecycle.apply(self, events, now)
 
+    def cancel_all(self, now: float) -> int:
+        """Stopping: answer every waiting client now (see lifecycle.py)."""
+        return lifecycle.cancel_all(self, now)
+
     # ================================================================== introspection
     def explain(self, name: str, qtype: int = wire.A) -> dict[str, Any]:
         return introspect.explain(self.router, name, qtype)

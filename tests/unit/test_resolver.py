@@ -516,3 +516,26 @@ def test_a_server_that_rejects_edns_is_asked_without_it_for_a_while():
     corp.no_edns = False  # upgraded meanwhile
     d.query("x.corp.example")
     assert corp.edns_seen[-1] is True and len(corp.edns_seen) == 4
+
+
+def test_stopping_answers_every_waiting_client_now():
+    """At shutdown: a question still in flight gets SERVFAIL, and a negative answer waiting
+    for a silent tied PvD is sent as it is; nothing is left in flight."""
+    d = Driver(
+        [
+            spec("a", "eth0", domains=["~s.example"]),
+            spec("b", "eth1", servers=["198.51.100.53"], domains=["~s.example"]),
+            spec("c", "eth2", servers=["203.0.113.53"], default_route=True),
+        ]
+    )
+    d.worlds["b"].mode = "drop"
+    d.worlds["c"].mode = "drop"
+    assert d.query("x.s.example", client="tied", pump=False) is None
+    assert d.query("www.example.com", client="lone", pump=False) is None
+    d.pump(until=d.now)  # a's NXDOMAIN arrives; b and c stay silent
+    assert d.replies == []
+    d.resolver.cancel_all(d.now)
+    d.pump(until=d.now)
+    got = {c: dns.message.from_wire(w).rcode() for c, w in d.replies}
+    assert got == {"tied": dns.rcode.NXDOMAIN, "lone": dns.rcode.SERVFAIL}
+    assert not d.resolver.inflight
