@@ -225,6 +225,25 @@ async def test_sigterm_answers_the_query_in_flight_restores_resolv_conf_removes_
     assert "shutting down" in daemon.stderr()
 
 
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+async def test_sigterm_gives_a_query_that_cannot_finish_servfail_not_silence(
+    topology: Any, env2: Any, mifdns_factory: Any, tcp: bool
+) -> None:
+    """A client whose question is still unanswered after the 1.5 s drain gets SERVFAIL, so it
+    tries its next server at once instead of after its own timeout."""
+    _, _, _, _, up_wifi = env2
+    daemon = await mifdns_factory(topology, config())
+    up_wifi.set(drop=True)
+    pending = asyncio.ensure_future(daemon.aquery("stuck.example.com.", timeout=6, tcp=tcp))
+    await asyncio.to_thread(wait_for, lambda: up_wifi.saw("stuck.example.com"))
+    t0 = time.monotonic()
+    daemon.send_signal(signal.SIGTERM)
+    answer = await pending
+    assert answer.rcode() == dns.rcode.SERVFAIL
+    assert 1.4 < time.monotonic() - t0 < 3.0
+    assert await daemon.stop() == 0
+
+
 # ------------------------------------------------------------------------------ --user
 @pytest.fixture
 def runtime_dir() -> Any:
