@@ -538,6 +538,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _bad_query(spec: str) -> str | None:
+    """Why ``--query`` text (``NAME [TYPE]``) cannot be asked, or None."""
+    import dns.exception
+    import dns.name
+    import dns.rdatatype
+
+    words = spec.split()
+    if not 1 <= len(words) <= 2:
+        return "expected NAME [TYPE]"
+    try:
+        dns.name.from_text(words[0])
+        if len(words) == 2:
+            dns.rdatatype.from_text(words[1])
+    except dns.rdatatype.UnknownRdatatype:
+        return f"{words[1]!r} is not a record type"
+    except dns.exception.DNSException as exc:
+        return f"{words[0]!r} is not a domain name ({exc})"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.port = args.port or [53]
@@ -550,6 +570,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.live and args.query and not args.server:
         print("mifdns record: --query needs --server ADDR", file=sys.stderr)
         return 2
+    for spec in args.query:
+        why = _bad_query(spec)
+        if why is not None:
+            print(f"mifdns record: --query {spec!r}: {why}", file=sys.stderr)
+            return 2
+    if args.live:
+        from mifdns.harness import netns
+
+        if not os.path.exists(os.path.join(netns.NETNS_RUN_DIR, args.netns)):
+            print(
+                f"mifdns record: no network namespace {args.netns!r} (see `ip netns list`)",
+                file=sys.stderr,
+            )
+            return 2
     networks: dict[str, list[str]] = {}
     for spec in args.network:
         name, _, addrs = spec.partition("=")

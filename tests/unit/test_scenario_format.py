@@ -723,3 +723,19 @@ def test_record_reports_an_unreadable_capture_in_one_line(tmp_path: Path, capsys
     assert err == f"mifdns record: cannot read {missing}: No such file or directory\n"
     assert record.main(["--from-pcap", str(tmp_path), "--out", "-"]) == 1  # a directory
     assert capsys.readouterr().err.endswith(": Is a directory\n")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--live", "--netns", "lo-ns", "--server", "192.0.2.1", "--query", "www.example BOGUS"],
+     "--query 'www.example BOGUS': 'BOGUS' is not a record type"),
+    (["--live", "--netns", "lo-ns", "--server", "192.0.2.1", "--query", "a b c"],
+     "expected NAME [TYPE]"),
+    (["--live", "--netns", "no-such-namespace-here"],
+     "no network namespace 'no-such-namespace-here'"),
+])  # fmt: skip
+def test_record_refuses_what_it_cannot_capture_before_capturing(argv, says, tmp_path, capsys):
+    """Usage errors (exit 2) before tcpdump starts: not a skeleton scenario and exit 0."""
+    out = tmp_path / "s.yaml"
+    assert record.main([*argv, "--out", str(out)]) == 2
+    assert says in capsys.readouterr().err
+    assert not out.exists()
