@@ -246,6 +246,8 @@ class CaptiveMachine:
         self.probe_at = now
         self.probe_note = verdict.note
         if verdict.hijacked is None:
+            if self.probe is None and self.state == CaptiveState.UNKNOWN:
+                self.reason = f"hijack probe {verdict.note}"  # not "not probed yet"
             self._schedule_probe(now, PROBE_RETRY)
             return None
         changed = verdict.hijacked != self.probe

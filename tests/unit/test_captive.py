@@ -120,6 +120,12 @@ def test_inconclusive_probe_changes_nothing_and_retries():
     m = CaptiveMachine("wifi", now=0.0)
     assert m.on_probe(UNSURE, 0.0) is None
     assert m.state == UNKNOWN and m.next_probe == pytest.approx(cap.PROBE_RETRY)
+    # the view says what happened, not "not probed yet"
+    assert m.to_json(1.0)["reason"] == f"hijack probe {UNSURE.note}"
+    m.on_probe(CLEAN, 2.0)
+    reason = m.to_json(3.0)["reason"]
+    m.on_probe(UNSURE, 4.0)  # once there is evidence, an inconclusive probe leaves it alone
+    assert m.state == OPEN and m.to_json(5.0)["reason"] == reason
 
 
 def test_operator_open_takes_effect_at_once_and_the_pvd_is_probed_again():
