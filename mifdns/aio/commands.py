@@ -77,8 +77,9 @@ async def handle_control(daemon: Daemon, req: dict[str, Any]) -> Any:
             changes = req.get("changes") or {}
             if not isinstance(changes, dict):
                 raise ControlError("update: 'changes' must be an object")
-            merged = {**spec_to_mapping(current), **changes, "name": name}
-            merged["dns64"] = _merged_dns64(spec_to_mapping(current)["dns64"], changes)
+            before = spec_to_mapping(current)
+            merged = {**before, **changes, "name": name}
+            merged["dns64"] = _merged_dns64(before["dns64"], changes)
             spec = cfgmod.pvd_spec_from_mapping(merged, where="update", origin=current.origin)
             _refuse_own_servers(daemon, spec, "update")
             return pvd_json(daemon, daemon.upsert(spec))
