@@ -67,6 +67,7 @@ class _PvdProbes:
     hijack: dict[int, int] = field(default_factory=dict)  # token -> index in hijack_results
     hijack_results: list[tuple[str, list[str]]] = field(default_factory=list)
     poll: asyncio.Task[None] | None = None
+    portal_addresses: tuple[str, ...] = ()  # what the resolver was told (``_sync_portal``)
 
 
 class Prober:
@@ -127,6 +128,21 @@ class Prober:
             self._hijack_done(st, result, now)
         self._arm()
 
+    def on_sightings(self, names: list[str]) -> None:
+        """Answers on these PvDs pointed at the address of a portal seen there before, while
+        they were not captive (``Resolver.portal_sightings``, drained by ``Daemon.flush``):
+        the portal may be back, so probe at once (rate-limited by the machine)."""
+        now = monotonic()
+        for name in dict.fromkeys(names):
+            st = self._pvds.get(name)
+            if st is not None and st.active and st.machine.on_sighting(now):
+                log.info(
+                    "an answer on %s pointed at its captive portal (%s): probing again",
+                    name,
+                    ", ".join(st.machine.portal_addresses),
+                )
+        self._arm()
+
     def operator(self, name: str, state: CaptiveState) -> None:
         """``ctl captive NAME STATE``."""
         pvd = self.registry.get(name)
@@ -137,6 +153,7 @@ class Prober:
             # the machine already agreed (or the PvD is detached): make the registry agree
             self._apply(self.registry.set_captive(name, st.machine.state))
         self._transition(st, t, now)
+        self._sync_portal(st)
         self._arm()
 
     # ================================================================== views
@@ -190,6 +207,7 @@ class Prober:
         st.machine.set_api_uri(pvd.spec.captive_portal, now)
         self._transition(st, st.machine.reset(now, "attached: probing"), now)
         self.resolver.set_portal_hosts(pvd.name, st.machine.portal_hosts)
+        self._sync_portal(st)
         self._restart_dns64(st, pvd, now)
 
     def _detached(self, pvd: Pvd, now: float) -> None:
@@ -202,12 +220,20 @@ class Prober:
         t = st.machine.reset(now, "detached")
         st.machine.next_probe = st.machine.next_poll = None
         self._transition(st, t, now)
+        self._sync_portal(st)
 
     def _forget(self, name: str) -> None:
         st = self._pvds.pop(name, None)
         if st is not None:
             self._stop(st)
         self.resolver.set_portal_hosts(name, ())
+        self.resolver.set_portal_addresses(name, ())
+
+    def _sync_portal(self, st: _PvdProbes) -> None:
+        """Tell the resolver where this PvD's portal pointed its lies (see ``on_sightings``)."""
+        if st.portal_addresses != st.machine.portal_addresses:
+            st.portal_addresses = st.machine.portal_addresses
+            self.resolver.set_portal_addresses(st.spec.name, st.portal_addresses)
 
     def _stop(self, st: _PvdProbes) -> None:
         st.active = False
@@ -327,6 +353,7 @@ class Prober:
         verdict = cap.judge(results)
         log.debug("hijack probe on %s: %s", st.spec.name, verdict.note)
         self._transition(st, st.machine.on_probe(verdict, now), now)
+        self._sync_portal(st)
 
     def _poll_start(self, st: _PvdProbes) -> None:
         st.machine.started_poll()

@@ -265,6 +265,10 @@ class Daemon:
             results, res.probe_results = res.probe_results, []
             for result in results:
                 self.prober.on_probe_result(result)
+        if res.portal_sightings:  # answers that pointed at a captive portal seen before
+            names, res.portal_sightings = res.portal_sightings, []
+            if self.prober is not None:
+                self.prober.on_sightings(names)
         if res.outbox:
             box, res.outbox = res.outbox, []
             ups = self.upstreams

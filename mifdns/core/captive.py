@@ -33,6 +33,12 @@ earlier evidence and probes again at once: if the portal's DNS stopped lying, th
 open; if it still lies, it is captive again within a round trip. ``unknown`` from the operator
 forgets everything and starts over (probe and poll at once).
 
+The addresses the lies pointed at the last time the probe saw some (``portal_addresses``) are
+kept after a login. While the PvD is not captive, the resolver caps an answer that points there
+and reports it; ``on_sighting`` then makes a probe due at once (at most every
+SIGHTING_INTERVAL), so a portal that comes back when a session expires is noticed at its first
+lie, not at the next 10-minute probe.
+
 Every input returns a :class:`Transition` when the state changes (else None); the adapter
 applies it to the registry (leaving ``captive`` purges the PvD's partition there) and asks for
 the PvD to be probed again. The machine also keeps the schedule: ``due(now)`` says whether a
@@ -58,6 +64,8 @@ from .pvd import CaptiveState
 PROBE_CAPTIVE = 3.0
 PROBE_OTHER = 600.0
 PROBE_RETRY = 30.0
+#: seconds between hijack probes started because an answer pointed at the portal (at most)
+SIGHTING_INTERVAL = 30.0
 #: seconds between API polls while captive / otherwise, and after a failed poll (doubling)
 POLL_CAPTIVE = 5.0
 POLL_OTHER = 60.0
@@ -234,6 +242,10 @@ class CaptiveMachine:
         self.probe: bool | None = None
         self.probe_note = ""
         self.probe_addresses: tuple[str, ...] = ()
+        # where the lies pointed the last time the probe saw some: kept after a login, so an
+        # answer pointing there later (the session expired) can be noticed (``on_sighting``)
+        self.portal_addresses: tuple[str, ...] = ()
+        self.sighted_at: float | None = None
         self.probe_at: float | None = None
         self.operator: CaptiveState | None = None
         self.changed_at = now
@@ -253,6 +265,8 @@ class CaptiveMachine:
         changed = verdict.hijacked != self.probe
         self.probe = verdict.hijacked
         self.probe_addresses = verdict.addresses
+        if verdict.hijacked and verdict.addresses:
+            self.portal_addresses = verdict.addresses
         if changed:
             self.operator = None  # new evidence overrides what the operator said before
         what = "DNS rewritten" if verdict.hijacked else "DNS not rewritten"
@@ -310,11 +324,26 @@ class CaptiveMachine:
         self.api_failures = 0
         self.probe = None
         self.probe_addresses = ()
+        self.portal_addresses = ()
+        self.sighted_at = None
         self.probe_note = ""
         self.operator = None
         self.next_probe = now
         self.next_poll = now if self.api_uri else None
         return self._settle(now, source, reason)
+
+    def on_sighting(self, now: float) -> bool:
+        """An answer from the PvD pointed at ``portal_addresses`` while it is not captive: the
+        portal may be back (a session expired). Probe at once, unless captive, a probe is
+        running, or one was started this way less than SIGHTING_INTERVAL seconds ago. True if
+        a probe is now due."""
+        if self.state == CaptiveState.CAPTIVE or self.next_probe is None:
+            return False
+        if self.sighted_at is not None and now - self.sighted_at < SIGHTING_INTERVAL:
+            return False
+        self.sighted_at = now
+        self.next_probe = now
+        return True
 
     def probe_again(self, now: float) -> None:
         """Probe (and poll) at once, e.g. after leaving the captive state."""
@@ -363,6 +392,8 @@ class CaptiveMachine:
             "probe": {True: "hijacked", False: "clean", None: "unknown"}[self.probe],
             "probe_note": self.probe_note,
             "probe_addresses": list(self.probe_addresses),
+            "portal_addresses": list(self.portal_addresses),
+            "sighted_s_ago": ago(self.sighted_at),
             "probed_s_ago": ago(self.probe_at),
             "operator": None if self.operator is None else self.operator.value,
             "portal_hosts": list(self.portal_hosts),

@@ -163,6 +163,14 @@ def store_response(
     if pvd is not None and pvd.captive == CaptiveState.CAPTIVE:
         kind = Kind.CAPTIVE
         cap = min(cap, s.captive_max_ttl)
+    elif r.portal_watch and kind is Kind.POSITIVE and pvd is not None:
+        watch = r.portal_watch.get(pvd_name)
+        if watch is not None and key[0] not in watch[1] and _points_at(data, info, watch[0]):
+            # a portal seen here before may be back (a session expired while open): its
+            # answer lives no longer than a captive one, and the adapter probes again
+            kind = Kind.CAPTIVE
+            cap = min(cap, s.captive_max_ttl)
+            r.portal_sightings.append(pvd_name)
     ttl = 0 if ttl is None else min(ttl, cap)
     if ttls and max(ttls) > cap:
         ttls = tuple(min(t, cap) for t in ttls)
@@ -222,6 +230,14 @@ def finish_negative_or_fail(
     if reply is not None:
         r.outbox.append(Reply(res.client, reply))
     return None
+
+
+def _points_at(data: bytes, info: wire.ResponseInfo, addresses: frozenset[bytes]) -> bool:
+    """Whether an A or AAAA record in the answer section holds one of ``addresses``."""
+    for rtype, _ttl, off, length in info.answers:
+        if (rtype == wire.A or rtype == wire.AAAA) and data[off : off + length] in addresses:
+            return True
+    return False
 
 
 def positive(entry: Entry) -> bool:

@@ -8,9 +8,9 @@ attached PvDs are routed to.
 
 Every PvD owns one cache partition, named by an integer *tag*. The tag is replaced whenever
 what was learned through the PvD may no longer hold: on detach, on a change of servers, domains
-or networks, on a flush, on leaving the captive state. The old tag comes back in the event so
-the resolver can drop that partition and cancel that tag's transactions; a transaction that
-completes under a tag that is no longer current is discarded. Nothing is inferred from answers:
+or networks, on a flush, on entering or leaving the captive state. The old tag comes back in the
+event so the resolver can drop that partition and cancel that tag's transactions; a transaction
+that completes under a tag that is no longer current is discarded. Nothing is inferred from answers:
 the tag is set by whoever fetched the answer.
 
 Methods never call back: they return a list of events, which the caller drains in one place
@@ -203,6 +203,10 @@ class Registry:
         events: list[Event] = [PvdChanged(name, f"captive {old.value} -> {state.value}")]
         if old == CaptiveState.CAPTIVE:
             events.append(self._retag(pvd, f"left captive state ({state.value})"))
+        elif state == CaptiveState.CAPTIVE and pvd.attached:
+            # what was cached before the portal was noticed (right after the attach, or after
+            # a session expired while open) may be its lies, stored as ordinary answers
+            events.append(self._retag(pvd, f"entered captive state (was {old.value})"))
         return events
 
     def set_nat64(self, name: str, prefixes: tuple[IPNetwork, ...]) -> list[Event]:

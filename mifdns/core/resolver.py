@@ -29,6 +29,7 @@ lifecycle.py.
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,6 +136,12 @@ class Resolver:
             0,
         )
         self.probe_results: list[ProbeResult] = []  # drained by the adapter, like ``outbox``
+        # captive portals seen before, per PvD: (the addresses their lies pointed at, the
+        # portal's own host names); an answer pointing there while the PvD is not captive is
+        # capped and named in ``portal_sightings`` (drained by the adapter: probe again)
+        self.portal_watch: dict[str, tuple[frozenset[bytes], frozenset[bytes]]] = {}
+        self.portal_sightings: list[str] = []
+        self._portal_addrs: dict[str, frozenset[bytes]] = {}
         self._probes: dict[int, Transaction] = {}  # token -> its transaction (never coalesced)
         self._probe_seq = 0
         self._synth: dict[tuple[int, Key], Synth] = {}  # (tag, key) -> synthesis in progress
@@ -416,6 +423,38 @@ class Resolver:
         if self.router.portal_hosts.get(pvd, ()) != hosts:
             self.router.set_portal_hosts(pvd, hosts)
             self.memo.forget()
+        self._watch(pvd)
+
+    def set_portal_addresses(self, pvd: str, addresses: tuple[str, ...]) -> None:
+        """Where the captive portal's lies on ``pvd`` pointed (the hijack probe saw them).
+        While the PvD is not captive, an A/AAAA answer from it that points there (other than
+        for the portal's own host names) is cached as ``captive`` for at most
+        ``captive_max_ttl`` and ``pvd`` goes into ``portal_sightings``: the portal may be
+        back. ``()`` forgets them."""
+        packed = set()
+        for a in addresses:
+            try:
+                packed.add(ipaddress.ip_address(a).packed)
+            except ValueError:
+                continue
+        if packed:
+            self._portal_addrs[pvd] = frozenset(packed)
+        else:
+            self._portal_addrs.pop(pvd, None)
+        self._watch(pvd)
+
+    def _watch(self, pvd: str) -> None:
+        addrs = self._portal_addrs.get(pvd)
+        if not addrs:
+            self.portal_watch.pop(pvd, None)
+            return
+        hosts = set()
+        for h in self.router.portal_hosts.get(pvd, ()):
+            try:
+                hosts.add(wire.text_to_qname(h).lower())
+            except wire.WireError:
+                continue
+        self.portal_watch[pvd] = (addrs, frozenset(hosts))
 
     # ================================================================== upstream side
     def handle_reply(

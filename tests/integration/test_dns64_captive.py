@@ -518,6 +518,42 @@ async def test_captive_network_is_detected_by_probe_and_avoided_then_released_at
     assert pvd_view(d, "wifi")["captive"] == "open"
 
 
+async def test_a_session_that_expires_while_open_is_noticed_by_the_first_lie(
+    topology, hotel, upstream_factory, mifdns_factory
+):
+    """Open after a login, the portal comes back (the session expired): the first answer that
+    points at the portal's address seen before starts a probe at once, instead of waiting for
+    the 10-minute one, and the lies cached meanwhile are dropped."""
+    wifi, cell = hotel
+    await upstream_factory(cell, PUBLIC)
+    up_wifi = await upstream_factory(wifi, PUBLIC + "intra.hotel.example. 300 IN A 192.0.2.99\n")
+    up_wifi.set(captive=PORTAL)
+    d = await mifdns_factory(
+        topology, config(pvd("wifi", wifi, domains=["~hotel.example"]), pvd("cell", cell))
+    )
+    await wait_for(lambda: pvd_view(d, "wifi")["captive"] == "captive", what="detection")
+    up_wifi.set(captive=None)
+    d.ctl("captive", "wifi", "open")
+    await wait_for(
+        lambda: pvd_view(d, "wifi")["captive_detail"]["probe"] == "clean", what="probe after login"
+    )
+    detail = pvd_view(d, "wifi")["captive_detail"]
+    assert detail["portal_addresses"] == [PORTAL]  # remembered after the login
+    assert addrs(await d.aquery("intra.hotel.example")) == ["192.0.2.99"]
+
+    up_wifi.set(captive=PORTAL)  # the session expired: every name -> the portal again
+    first = await d.aquery("mail.hotel.example")
+    assert addrs(first) == [PORTAL]  # one lie gets through: nothing could know yet
+    view = await wait_for(
+        lambda: (v := pvd_view(d, "wifi"))["captive"] == "captive" and v,
+        what="captive again well before the 10-minute probe",
+    )
+    assert view["captive_detail"]["probe"] == "hijacked"
+    assert view["captive_detail"]["sighted_s_ago"] is not None
+    # the lie and everything else cached while open is gone; what is cached now is captive
+    assert not any(k != "captive" for (p, _, _), k in cache_kinds(d).items() if p == "wifi")
+
+
 async def test_saying_open_while_the_portal_dns_still_lies_serves_no_portal_answer(
     topology, hotel, upstream_factory, mifdns_factory
 ):

@@ -301,3 +301,79 @@ def test_captive_nodata_does_not_hide_an_answer_from_a_tied_pvd():
     assert {r["pvd"]: r["kind"] for r in d.cache()} == {"wifi": "captive", "cell": "positive"}
     # from the cache: wifi's captive NODATA is still a negative, cell's answer wins
     assert answers(d.query("a.shared.example")) == ["203.0.113.5"]
+
+
+# ------------------------------------------------------------------------------ a portal back
+def test_portal_addresses_outlive_a_login_and_a_sighting_probes_at_once():
+    m = CaptiveMachine("wifi", now=0.0)
+    m.started_probe()
+    m.on_probe(HIJACKED, 0.5)
+    m.on_operator(OPEN, 10.0)  # login: the probe's evidence is forgotten, the portal is not
+    assert m.probe_addresses == () and m.portal_addresses == ("192.0.2.1",)
+    m.started_probe()
+    assert m.on_sighting(10.1) is False  # a probe is running: it will tell
+    m.on_probe(CLEAN, 10.2)
+    assert m.state == OPEN and m.next_probe == pytest.approx(10.2 + cap.PROBE_OTHER)
+    assert m.on_sighting(20.0) is True and m.due(20.0)[0]  # not in 10 minutes: now
+    m.started_probe()
+    m.on_probe(CLEAN, 20.1)  # a false alarm (the portal's address serves something real)
+    assert m.on_sighting(30.0) is False  # at most one such probe per SIGHTING_INTERVAL
+    assert m.on_sighting(20.0 + cap.SIGHTING_INTERVAL) is True
+    assert m.to_json(51.0)["sighted_s_ago"] == pytest.approx(1.0)
+    assert m.to_json(51.0)["portal_addresses"] == ["192.0.2.1"]
+
+
+def test_no_sighting_probe_while_captive_and_a_reset_forgets_the_portal():
+    m = CaptiveMachine("wifi", now=0.0)
+    m.on_probe(HIJACKED, 0.0)
+    assert m.state == CAPTIVE and m.on_sighting(1.0) is False  # probed often anyway
+    m.reset(2.0, "attached: probing")  # another attachment may be another network
+    assert m.portal_addresses == () and m.sighted_at is None
+
+
+def test_entering_captive_purges_what_was_cached_before():
+    d = wifi_and_cell()
+    assert answers(d.query("www.example.com"))  # cached while the state was unknown
+    assert d.cache("wifi")
+    recs = d.apply(d.registry.set_captive("wifi", CAPTIVE))
+    assert any(r.get("purged") == 1 for r in recs)
+    assert d.cache("wifi") == []
+
+
+def test_an_answer_pointing_at_a_known_portal_while_open_is_capped_and_reported():
+    d = Driver([spec("wifi", "wlan0", domains=["hotel.example"])])
+    w = d.worlds["wifi"]
+    w.ttl = 3600
+    w.records = {
+        "mail.hotel.example": {"A": ["192.0.2.1"]},  # the portal's address: a lie
+        "lie.hotel.example": {"A": ["192.0.2.1"]},
+        "www.hotel.example": {"A": ["192.0.2.80"]},
+        "portal.hotel.example": {"A": ["192.0.2.1"]},  # the portal's own host: true
+        "v6.hotel.example": {"AAAA": ["2001:db8::1"]},
+    }
+    d.apply(d.registry.set_captive("wifi", OPEN))
+    r = d.resolver
+    assert answers(d.query("mail.hotel.example")) == ["192.0.2.1"]
+    assert r.portal_sightings == []  # no portal seen here yet: an ordinary answer
+
+    r.set_portal_hosts("wifi", ("portal.hotel.example",))
+    r.set_portal_addresses("wifi", ("192.0.2.1", "2001:db8::1", "not an address"))
+    assert answers(d.query("www.hotel.example")) == ["192.0.2.80"]
+    assert answers(d.query("portal.hotel.example")) == ["192.0.2.1"]
+    assert r.portal_sightings == []  # elsewhere, or the portal's own host name
+    assert answers(d.query("lie.hotel.example")) == ["192.0.2.1"]
+    assert answers(d.query("v6.hotel.example", "AAAA")) == ["2001:db8::1"]
+    assert r.portal_sightings == ["wifi", "wifi"]
+    kinds = {(row["name"], row["kind"], row["ttl"] <= 30) for row in d.cache("wifi")}
+    assert kinds == {
+        ("mail.hotel.example.", "positive", False),
+        ("www.hotel.example.", "positive", False),
+        ("portal.hotel.example.", "positive", False),
+        ("lie.hotel.example.", "captive", True),
+        ("v6.hotel.example.", "captive", True),
+    }
+
+    d.apply(d.registry.set_captive("wifi", CAPTIVE))  # the probe it started found the portal
+    assert d.cache("wifi") == []  # every lie cached while open is gone
+    r.set_portal_addresses("wifi", ())
+    assert r.portal_watch == {}
