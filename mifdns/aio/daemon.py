@@ -117,7 +117,7 @@ class Daemon:
                 self.registry.add(
                     spec,
                     now=now,
-                    link_up=self._usable(spec.interface),
+                    link_up=self._usable(spec)[0],
                 ),
                 now,
             )
@@ -379,10 +379,16 @@ class Daemon:
         (new ifindex) takes them back. Upstream sockets live for one attempt only, and a detach
         cancels the attempts, so no socket stays bound to an ifindex that went away."""
         assert self.links is not None
-        up = self._usable(ifname)
+        up, causes = {}, {}
+        for p in self.registry.on_interface(ifname):
+            up[p.name], causes[p.name] = self._usable(p.spec)
         self.apply(
             self.registry.set_link(
-                ifname, up=up, prefixes=self.links.prefixes(ifname), now=monotonic()
+                ifname,
+                up=up,
+                prefixes=self.links.prefixes(ifname),
+                now=monotonic(),
+                causes=causes,
             )
         )
 
@@ -408,16 +414,20 @@ class Daemon:
             for s in self.looping_servers(spec, config.listen)
         ]
 
-    def _usable(self, ifname: str) -> bool:
-        """Up with an address; an IPv6 link-local address counts only for a PvD on that link whose
-        servers are link-local (any other PvD needs a routable address)."""
+    def _usable(self, spec: PvdSpec) -> tuple[bool, str]:
+        """Whether the PvD's interface can reach its servers, and why: up with an address of
+        a family of its servers (of any family if it has none: it answers nothing anyway). An
+        IPv6 link-local address counts only if one of them is link-local."""
         assert self.links is not None
-        ll = any(
-            s.address.version == 6 and s.address.is_link_local
-            for p in self.registry.on_interface(ifname)
-            for s in p.spec.servers
-        )
-        return self.links.usable(ifname, ll)
+        ifname, servers = spec.interface, spec.servers
+        ll = any(s.address.version == 6 and s.address.is_link_local for s in servers)
+        families = frozenset(s.address.version for s in servers) or None
+        if self.links.usable(ifname, ll, families):
+            return True, f"link {ifname} usable"
+        if families is not None and self.links.usable(ifname, ll):
+            only = "IPv4" if families == {4} else "IPv6"
+            return False, f"link {ifname} has no {only} address (the PvD's servers are {only})"
+        return False, f"link {ifname} not usable"
 
     def upsert(self, spec: PvdSpec) -> Pvd:
         """Add or replace a runtime PvD (``ctl attach``/``update``, ``resolvconf -a``); its
@@ -427,9 +437,7 @@ class Daemon:
         if current is not None and current.spec == spec:  # a DHCP renewal: nothing changed
             return current
         previous = current.spec.interface if current is not None else None
-        self.apply(
-            self.registry.upsert(spec, now=monotonic(), link_up=self._usable(spec.interface))
-        )
+        self.apply(self.registry.upsert(spec, now=monotonic(), link_up=self._usable(spec)[0]))
         self._on_link(spec.interface)
         if previous is not None and previous != spec.interface:
             self._on_link(previous)
@@ -476,16 +484,12 @@ class Daemon:
                 changes["removed"].append(name)
         for name, spec in fresh.items():
             if name not in self.registry:
-                self.apply(
-                    self.registry.add(spec, now=now, link_up=self._usable(spec.interface)), now
-                )
+                self.apply(self.registry.add(spec, now=now, link_up=self._usable(spec)[0]), now)
                 self._on_link(spec.interface)
                 changes["added"].append(name)
             elif old.get(name) != spec and self.registry.get(name).spec != spec:
                 previous = self.registry.get(name).spec.interface
-                self.apply(
-                    self.registry.upsert(spec, now=now, link_up=self._usable(spec.interface)), now
-                )
+                self.apply(self.registry.upsert(spec, now=now, link_up=self._usable(spec)[0]), now)
                 self._on_link(spec.interface)
                 if previous != spec.interface:
                     self._on_link(previous)

@@ -46,11 +46,15 @@ class LinkView:
     def prefixes(self) -> tuple[IPNetwork, ...]:
         return self.nets
 
-    def usable(self, link_local_ok: bool = False) -> bool:
+    def usable(self, link_local_ok: bool = False, families: frozenset[int] | None = None) -> bool:
+        """Up with an address (of one of ``families``, 4 and 6, if given); an IPv6 link-local
+        address counts only if ``link_local_ok``."""
         if not self.up:
             return False
         for addr, _ in self.addresses:
             ip = ipaddress.ip_address(addr)
+            if families is not None and ip.version not in families:
+                continue
             if not (ip.version == 6 and ip.is_link_local) or link_local_ok:
                 return True
         return False
@@ -65,7 +69,9 @@ class StaticLinks:
     async def stop(self) -> None:
         pass
 
-    def usable(self, ifname: str, link_local_ok: bool = False) -> bool:
+    def usable(
+        self, ifname: str, link_local_ok: bool = False, families: frozenset[int] | None = None
+    ) -> bool:
         return True
 
     def prefixes(self, ifname: str) -> tuple[IPNetwork, ...]:
@@ -190,9 +196,11 @@ class LinkMonitor:
     def view(self, ifname: str) -> LinkView | None:
         return self.links.get(ifname)
 
-    def usable(self, ifname: str, link_local_ok: bool = False) -> bool:
+    def usable(
+        self, ifname: str, link_local_ok: bool = False, families: frozenset[int] | None = None
+    ) -> bool:
         v = self.links.get(ifname)
-        return v is not None and v.usable(link_local_ok)
+        return v is not None and v.usable(link_local_ok, families)
 
     def prefixes(self, ifname: str) -> tuple[IPNetwork, ...]:
         v = self.links.get(ifname)

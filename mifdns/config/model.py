@@ -252,8 +252,8 @@ class Config:
     )
     netlink: bool = _key(
         "Follow link and address changes from the kernel: a PvD is attached only while its "
-        "interface is up with a usable address. false: interfaces are not watched and "
-        "configured PvDs count as attached.",
+        "interface is up with a usable address (of a family of its servers). false: "
+        "interfaces are not watched and configured PvDs count as attached.",
         True,
     )
     cache: CacheConfig = _key("The answer cache.", factory=CacheConfig)

@@ -243,7 +243,7 @@ class Pvd:
     spec: PvdSpec
     tag: int  # cache partition tag; a new tag each time the PvD (re)attaches or is purged
     admin_down: bool = False  # `ctl detach NAME`: stays detached until `ctl attach NAME`
-    link_up: bool = True  # the interface exists, is up and has a usable address
+    link_up: bool = True  # the interface is up with an address that reaches the servers
     link_prefixes: tuple[IPNetwork, ...] = ()  # the interface's own prefixes (from netlink)
     nat64_prefixes: tuple[IPNetwork, ...] = ()
     captive: CaptiveState = CaptiveState.UNKNOWN

@@ -20,7 +20,7 @@ Methods never call back: they return a list of events, which the caller drains i
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from .pvd import CaptiveState, IPNetwork, Pvd, PvdSpec
@@ -168,22 +168,30 @@ class Registry:
         self,
         ifname: str,
         *,
-        up: bool,
+        up: bool | Mapping[str, bool],
         prefixes: tuple[IPNetwork, ...] | None = None,
         now: float,
         cause: str = "",
+        causes: Mapping[str, str] | None = None,
     ) -> list[Event]:
-        """The netlink adapter reports the state of ``ifname`` (usable or not, its prefixes)."""
+        """The netlink adapter reports the state of ``ifname``: usable or not (for every PvD
+        on it, or per PvD name: a link with only an IPv4 address serves no PvD whose servers
+        are IPv6), why (``cause``, or per PvD ``causes``), and its prefixes."""
         events: list[Event] = []
         for pvd in self.on_interface(ifname):
             was = pvd.attached
             changed_prefixes = prefixes is not None and prefixes != pvd.link_prefixes
-            pvd.link_up = up
+            usable = up if isinstance(up, bool) else up.get(pvd.name, False)
+            pvd.link_up = usable
             if prefixes is not None:
                 pvd.link_prefixes = prefixes
             if changed_prefixes:
                 self.version += 1
-            reason = cause or (f"link {ifname} usable" if up else f"link {ifname} not usable")
+            reason = (
+                cause
+                or (causes or {}).get(pvd.name)
+                or (f"link {ifname} usable" if usable else f"link {ifname} not usable")
+            )
             events += self._after_state_change(pvd, was, now=now, cause=reason)
             if changed_prefixes and was == pvd.attached:
                 events.append(PvdChanged(pvd.name, "networks"))

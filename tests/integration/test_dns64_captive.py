@@ -214,15 +214,15 @@ async def test_prefix_change_is_rediscovered_when_the_ttl_runs_out_and_purges_th
 async def test_failed_discovery_is_asked_again_when_the_link_gains_an_address(
     topology, cell, upstream_factory, mifdns_factory
 ):
-    """An IPv6-only DNS64 server on a link that has only its IPv4 address yet (after a flap,
-    SLAAC still to come): discovery fails and backs off (2, 5, 15, 60, 300 s). The IPv6
+    """The DNS64 server is IPv6 and the link has only its IPv4 address yet (after a flap,
+    SLAAC still to come); the PvD's other server, IPv4, keeps it attached but answers nothing
+    (ICMP port unreachable). Discovery fails and backs off (2, 5, 15, 60, 300 s). The IPv6
     address arriving asks again at once, not at the next backoff slot; answers cached before
     that are purged when the prefix is found (they were stored as native)."""
     await upstream_factory(cell, ZONE, dns64="64:ff9b::/96")
     cell.del_addr("2001:db8:1::10/64")
-    d = await mifdns_factory(
-        topology, config(pvd("cell", cell, servers=["2001:db8:1::53"], dns64="auto"))
-    )
+    servers = ["2001:db8:1::53", "192.0.2.53:5353"]
+    d = await mifdns_factory(topology, config(pvd("cell", cell, servers=servers, dns64="auto")))
 
     def second_failure() -> bool:
         disc = pvd_view(d, "cell")["nat64_discovery"]
@@ -240,6 +240,28 @@ async def test_failed_discovery_is_asked_again_when_the_link_gains_an_address(
     assert time.monotonic() - t0 < waiting - 1.0
     purges = d.ctl("status")["purges"]
     assert any(p["pvd"] == "cell" and "NAT64 prefix found" in p["cause"] for p in purges)
+
+
+async def test_an_ipv6_only_dns64_server_attaches_and_is_asked_when_the_ipv6_address_comes(
+    topology, cell, upstream_factory, mifdns_factory
+):
+    """With only IPv6 servers, a link with only its IPv4 address leaves the PvD detached (no
+    query can reach them); the IPv6 address arriving attaches it and discovery runs at once."""
+    await upstream_factory(cell, ZONE, dns64="64:ff9b::/96")
+    cell.del_addr("2001:db8:1::10/64")
+    d = await mifdns_factory(
+        topology, config(pvd("cell", cell, servers=["2001:db8:1::53"], dns64="auto"))
+    )
+    view = pvd_view(d, "cell")
+    assert view["state"] == "detached" and not view["link_usable"]
+    cell.add_addr("2001:db8:1::10/64")
+    await wait_for(
+        lambda: pvd_view(d, "cell")["nat64_prefixes"] == ["64:ff9b::/96"],
+        timeout=5,
+        what="attach and discovery once the IPv6 address came",
+    )
+    got = await d.aquery("v4only.example", "AAAA")
+    assert addrs(got, "AAAA") == ["64:ff9b::c000:250"]
 
 
 async def test_ctl_update_merges_dns64_options_into_the_pvds_own(

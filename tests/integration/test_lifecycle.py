@@ -149,15 +149,15 @@ async def test_carrier_loss_detaches_within_a_second(env: Any) -> None:
 async def test_last_usable_address_removed_detaches_and_purges(env: Any) -> None:
     daemon, corp, _, _, _ = env
     daemon.query("www.corp.example")
-    corp.del_addr("10.1.0.10/24")
+    corp.del_addr("2001:db8:1::10/64")
     await asyncio.sleep(0.3)
     p = pvd(daemon, "corp")
-    assert p["state"] == "attached"  # the IPv6 address is still there
-    assert p["networks"] == ["2001:db8:1::/64"]
+    assert p["state"] == "attached"  # the IPv4 address its server needs is still there
+    assert p["networks"] == ["10.1.0.0/24"]
     assert "www.corp.example" in cache_names(daemon, "corp")  # a prefix change keeps the cache
 
     t0 = time.time()
-    corp.del_addr("2001:db8:1::10/64")  # only the fe80:: link-local address is left
+    corp.del_addr("10.1.0.10/24")  # only the fe80:: link-local address is left
     rec = wait_for(lambda: lifecycle_after(daemon, t0, "detached", "corp"))
     assert rec["time"] - t0 < 1.0
     assert "not usable" in rec["cause"]
@@ -166,6 +166,38 @@ async def test_last_usable_address_removed_detaches_and_purges(env: Any) -> None
     corp.add_addr("10.1.0.10/24")
     wait_for(lambda: pvd(daemon, "corp")["state"] == "attached")
     assert addrs(daemon.query("www.corp.example")) == ["198.51.100.7"]
+
+
+async def test_a_link_without_an_address_of_the_servers_family_does_not_attach_them(
+    topology: Any, nets: Any, upstream_factory: Any, mifdns_factory: Any
+) -> None:
+    """corp's only server is IPv6: with only an IPv4 address on corp0 it cannot be reached, so
+    corp is detached (its names fail at once with a reason, instead of each query timing out),
+    until the IPv6 address comes. wifi's IPv4 server on wlan0 is unaffected by IPv6 going."""
+    corp, wifi = nets
+    await upstream_factory(corp, CORP_ZONE)
+    await upstream_factory(wifi, WIFI_ZONE)
+    cfg = config()
+    cfg["pvds"][0].update(servers=["2001:db8:1::53"], exclusive=True)
+    corp.del_addr("2001:db8:1::10/64")
+    wifi.del_addr("2001:db8:2::10/64")
+    daemon = await mifdns_factory(topology, cfg)
+    assert pvd(daemon, "corp")["state"] == "detached"
+    assert pvd(daemon, "wifi")["state"] == "attached"
+
+    t0 = time.time()
+    corp.add_addr("2001:db8:1::10/64")
+    rec = wait_for(lambda: lifecycle_after(daemon, t0, "attached", "corp"))
+    assert rec["time"] - t0 < 1.0
+    assert addrs(daemon.query("www.corp.example")) == ["198.51.100.7"]
+
+    t0 = time.time()
+    corp.del_addr("2001:db8:1::10/64")  # IPv4 10.1.0.10 stays: no use to an IPv6 server
+    rec = wait_for(lambda: lifecycle_after(daemon, t0, "detached", "corp"))
+    assert rec["cause"] == "link corp0 has no IPv6 address (the PvD's servers are IPv6)"
+    assert cache_names(daemon, "corp") == set()
+    assert daemon.query("www.corp.example").rcode() == dns.rcode.SERVFAIL  # exclusive: no leak
+    assert addrs(daemon.query("www.example.com")) == ["203.0.113.1"]
 
 
 async def test_interface_prefixes_become_the_pvds_networks_for_reverse_lookups(env: Any) -> None:

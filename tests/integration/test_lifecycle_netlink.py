@@ -91,3 +91,12 @@ def test_usable_needs_up_and_a_non_link_local_address_unless_allowed() -> None:
     assert not ll.usable() and ll.usable(link_local_ok=True)
     assert not LinkView(3, False, (("10.0.0.1", 24),), ()).usable()
     assert LinkView(3, True, (("10.0.0.1", 24),), ()).usable()
+
+
+def test_usable_for_a_family_needs_an_address_of_that_family() -> None:
+    v4 = LinkView(3, True, (("10.0.0.1", 24), ("fe80::1", 64)), ())
+    assert v4.usable(families=frozenset({4})) and v4.usable(families=frozenset({4, 6}))
+    assert not v4.usable(families=frozenset({6}))  # only link-local IPv6
+    assert v4.usable(link_local_ok=True, families=frozenset({6}))
+    v6 = LinkView(3, True, (("2001:db8::1", 64),), ())
+    assert v6.usable(families=frozenset({6})) and not v6.usable(families=frozenset({4}))

@@ -186,3 +186,33 @@ def test_a_resolution_change_while_attached_purges_and_a_settings_change_does_no
         spec("corp", "tun0", servers=["198.51.100.53"], domains=["corp.example"]), now=2
     )
     assert isinstance(ev, PvdPurged) and ev.old_tag == tag and reg.get("corp").tag != tag
+
+
+def test_set_link_per_pvd_detaches_only_those_it_cannot_serve():
+    reg = Registry()
+    reg.add(spec("v4", "eth0"), now=0)
+    reg.add(spec("v6", "eth0", servers=["2001:db8::53"]), now=0)
+    events = reg.set_link(
+        "eth0",
+        up={"v4": True, "v6": False},
+        now=1,
+        causes={"v6": "link eth0 has no IPv6 address (the PvD's servers are IPv6)"},
+    )
+    (ev,) = events
+    assert isinstance(ev, PvdDetached) and ev.name == "v6" and "no IPv6 address" in ev.cause
+    assert reg.get("v4").attached and not reg.get("v6").attached
+    (ev,) = reg.set_link("eth0", up={"v4": True, "v6": True}, now=2)
+    assert isinstance(ev, PvdAttached) and ev.cause == "link eth0 usable"
+
+
+def test_entering_captive_purges_an_attached_pvd_and_leaving_it_too():
+    reg = Registry()
+    reg.add(spec("wifi", "wlan0"), now=0)
+    tag = reg.get("wifi").tag
+    changed, purged = reg.set_captive("wifi", CaptiveState.CAPTIVE)
+    assert isinstance(changed, PvdChanged) and isinstance(purged, PvdPurged)
+    assert purged.old_tag == tag and "entered captive state" in purged.cause
+    assert isinstance(reg.set_captive("wifi", CaptiveState.OPEN)[1], PvdPurged)
+    reg.admin_detach("wifi")
+    (only,) = reg.set_captive("wifi", CaptiveState.CAPTIVE)  # detached: nothing to purge
+    assert isinstance(only, PvdChanged)
