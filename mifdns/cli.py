@@ -37,7 +37,8 @@ async def serve(
 
     ``user`` (a ``privileges.Account``): become that user once the sockets are bound. Stopping
     is graceful (``Daemon.stop``); a failed start undoes what it did (resolv.conf, sockets)."""
-    from .aio.daemon import Daemon, ReloadRejected, sd_notify
+    from .aio.daemon import Daemon, sd_notify
+    from .aio.reload import ReloadRejected
 
     daemon = Daemon(config)
     loop = asyncio.get_running_loop()

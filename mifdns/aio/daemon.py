@@ -18,7 +18,6 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from time import monotonic
 from typing import Any
 
@@ -27,8 +26,9 @@ from ..core.pvd import Pvd, PvdSpec, ServerAddr
 from ..core.registry import Event, Registry
 from ..core.resolver import Release, Reply, Resolver, Settings
 from ..core.transaction import Send, Transaction
-from ..errors import ConfigError, ControlError, StartupError
+from ..errors import StartupError
 from . import commands
+from . import reload as reloading
 from .captive_probe import Prober
 from .control import ControlServer, MonitorHub
 from .links import LinkMonitor, StaticLinks, is_local
@@ -40,10 +40,6 @@ from .upstream import Upstreams, check_bind_capability
 log = logging.getLogger("mifdns")
 
 GC_YOUNG_THRESHOLD = 20_000  # allocations between young-generation collections (default 700)
-
-
-class ReloadRejected(ControlError):
-    """The config file is invalid; the running config stays (already logged in full)."""
 
 
 def settings_from(config: cfgmod.Config) -> Settings:
@@ -444,102 +440,8 @@ class Daemon:
         return self.registry.get(spec.name)
 
     async def reload(self) -> dict[str, Any]:
-        """Re-read the config file and apply it as a diff (SIGHUP, ``ctl reload``).
-
-        An invalid file changes nothing (the errors are check-config's). PvDs are compared file
-        to file: one gone from the file is removed (its partition purged); one added is added;
-        one whose entry changed is updated (purged if its servers, domains, networks, interface
-        or DNS64 changed: answers from the old servers must not outlive them; other changes keep
-        the cache); one whose entry did not change is left alone, runtime changes included.
-        A PvD missing from the registry (``ctl remove``) comes back."""
-        path = self.config.source
-        if not path:
-            raise ControlError("no config file to reload (the daemon runs on built-in defaults)")
-        try:
-            new = cfgmod.apply_env(cfgmod.load_config(path), os.environ)
-        except ConfigError as exc:
-            log.error("reload rejected, running config stays in force:\n%s", exc)
-            raise ReloadRejected(
-                "reload rejected, running config stays in force: "
-                + "; ".join(str(exc).splitlines())
-            ) from None
-        loops = self._check_loops(new)
-        if loops:
-            log.error("reload rejected, running config stays in force: %s", "; ".join(loops))
-            raise ReloadRejected(
-                "reload rejected, running config stays in force: " + "; ".join(loops)
-            )
-        assert self.links is not None
-        now = monotonic()
-        old = {p.name: p for p in self.config.pvds}
-        fresh = {p.name: p for p in new.pvds}
-        changes: dict[str, list[str]] = {"removed": [], "added": [], "changed": [], "unchanged": []}
-        for name in old:
-            if (
-                name not in fresh
-                and name in self.registry
-                and self.registry.get(name).spec.origin == "config"
-            ):
-                self.apply(self.registry.remove(name, cause="removed from config (reload)"), now)
-                changes["removed"].append(name)
-        for name, spec in fresh.items():
-            if name not in self.registry:
-                self.apply(self.registry.add(spec, now=now, link_up=self._usable(spec)[0]), now)
-                self._on_link(spec.interface)
-                changes["added"].append(name)
-            elif old.get(name) != spec and self.registry.get(name).spec != spec:
-                previous = self.registry.get(name).spec.interface
-                self.apply(self.registry.upsert(spec, now=now, link_up=self._usable(spec)[0]), now)
-                self._on_link(spec.interface)
-                if previous != spec.interface:
-                    self._on_link(previous)
-                changes["changed"].append(name)
-            else:
-                changes["unchanged"].append(name)
-        notes = []
-        if new.listen != self.config.listen or new.control_socket != self.config.control_socket:
-            notes.append("listen/control_socket changes need a restart")
-        if new.netlink != self.config.netlink:
-            notes.append("netlink changes need a restart")
-        if new.metrics != self.config.metrics:
-            notes.append("metrics changes need a restart")
-        if settings_from(new) != self.resolver.settings:
-            self.resolver.settings = settings_from(new)
-            self.resolver.cache.max_entries = new.cache.max_entries
-            self.resolver.cache.max_bytes = new.cache.max_bytes
-        if self.upstreams is not None:
-            self.upstreams.max_tcp = new.limits.max_upstream_tcp
-            self.upstreams.queries_per_port = new.upstream.queries_per_port
-        lim = new.limits  # the listeners read these on every batch, connection or frame
-        for udp in self.udp:
-            udp.batch = lim.ingress_batch
-            if udp.queue_bytes != lim.ingress_queue_bytes:
-                udp.set_queue_bytes(lim.ingress_queue_bytes)
-        for tcp in self.tcp:
-            tcp.max_clients = lim.max_tcp_clients
-            tcp.max_inflight = lim.max_tcp_queries_per_connection
-            tcp.idle_timeout = lim.tcp_idle_timeout
-        running = self.config  # what needs a restart stays as it runs (status shows it)
-        self.config = replace(
-            new,
-            listen=running.listen,
-            control_socket=running.control_socket,
-            netlink=running.netlink,
-            metrics=running.metrics,
-        )
-        if new.resolv_conf != running.resolv_conf:
-            if self.resolv_conf is not None:
-                self.resolv_conf.restore()
-                self.resolv_conf = None
-            try:
-                self._resolv_conf_take_over(self.config)
-            except StartupError as exc:
-                log.error("%s", exc)
-                notes.append(str(exc))
-        rec = {"event": "reload", "time": time.time(), **changes, "notes": notes}
-        self.hub.publish(rec)
-        log.info("reloaded %s: %s", path, {k: v for k, v in changes.items() if v})
-        return rec
+        """Re-read the config file and apply it as a diff (SIGHUP, ``ctl reload``; reload.py)."""
+        return await reloading.reload(self)
 
     # ================================================================== resolv.conf
     def _resolv_conf_take_over(self, cfg: cfgmod.Config) -> None:
