@@ -182,15 +182,27 @@ class Transaction:
                 return self._fail_attempt(now, "malformed reply")
             self.ignored += 1
             return None
+        rcode = info.rcode
         if (
             info.qtype != self.qtype
             or info.qclass != self.qclass
             or (info.qname != self.qname and not wire.names_equal(info.qname, self.qname))
+        ) and not (
+            # an error with no question section (QDCOUNT 0: old servers answer EDNS this way,
+            # RFC 1035 does not make errors echo it), to the current attempt's ID and source
+            info.qname == b""
+            and current
+            and info.id == self.txid
+            and rcode != wire.NOERROR
+            and rcode != wire.NXDOMAIN
+            and not (info.ancount or info.nscount)
         ):
             self.ignored += 1
             return None
-        rcode = info.rcode
         if not (current and info.id == self.txid):
+            if tcp:  # over TCP only the reply to the attempt in flight; earlier ones were UDP
+                self.ignored += 1
+                return None
             # perhaps the answer to an attempt given up for a timeout: taken if it is one
             for txid, was, sent_at in self.earlier:
                 if txid == info.id and _same_source(source, was):

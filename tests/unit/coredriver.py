@@ -42,6 +42,7 @@ class World:
     soa_min: int = 60
     mode: str = "answer"  # answer | drop | servfail | refused | truncate
     no_edns: bool = False  # a query with an OPT gets FORMERR without one (before EDNS)
+    bare_errors: bool = False  # error replies are a bare header (no question section)
     edns_seen: list[bool] = field(default_factory=list)  # whether each query had an OPT
     ad: bool = False  # answers claim AD=1 (authenticated data), validated or not
     ede: tuple[int, str] | None = None  # an Extended DNS Error on error answers
@@ -57,7 +58,7 @@ class World:
             r = dns.message.make_response(q)
             r.use_edns(False)
             r.set_rcode(dns.rcode.FORMERR)
-            return r.to_wire()
+            return self._bare(r) if self.bare_errors else r.to_wire()
         if self.mode == "drop":
             return None
         r = dns.message.make_response(q)
@@ -65,7 +66,7 @@ class World:
             r.set_rcode(dns.rcode.from_text(self.mode))
             if self.ede is not None:
                 r.use_edns(0, options=[dns.edns.EDEOption(*self.ede)])
-            return r.to_wire()
+            return self._bare(r) if self.bare_errors else r.to_wire()
         if self.mode == "truncate" and not tcp:
             r.flags |= dns.flags.TC
             return r.to_wire()
@@ -84,6 +85,11 @@ class World:
         else:
             r.authority.append(self._soa())
         return r.to_wire()
+
+    @staticmethod
+    def _bare(r: dns.message.Message) -> bytes:
+        """The 12-byte header alone: ID, flags and rcode, every count 0."""
+        return r.id.to_bytes(2, "big") + (r.flags | r.rcode()).to_bytes(2, "big") + bytes(8)
 
     def _soa(self) -> dns.rrset.RRset:
         return dns.rrset.from_text(

@@ -518,6 +518,21 @@ def test_a_server_that_rejects_edns_is_asked_without_it_for_a_while():
     assert corp.edns_seen[-1] is True and len(corp.edns_seen) == 4
 
 
+def test_error_replies_without_a_question_section_count():
+    """Old servers answer EDNS with FORMERR as a bare header (QDCOUNT 0): matched on ID and
+    source, it still triggers the fallback (it was ignored, and the query timed out); a bare
+    REFUSED is passed on at once."""
+    d = vpn_and_wifi()
+    corp = d.worlds["corp"]
+    corp.no_edns = corp.bare_errors = True
+    t0 = d.now
+    assert answers(d.query("intranet.corp.example")) == ["10.8.0.5"]
+    assert corp.edns_seen == [True, False] and d.now == t0  # no timeout waited for
+    corp.mode = "refused"
+    got = d.query("other.corp.example")
+    assert got.rcode() == dns.rcode.REFUSED and d.now == t0
+
+
 def test_stopping_answers_every_waiting_client_now():
     """At shutdown: a question still in flight gets SERVFAIL, and a negative answer waiting
     for a silent tied PvD is sent as it is; nothing is left in flight."""

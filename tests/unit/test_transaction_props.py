@@ -17,7 +17,7 @@ import dns.rcode
 import dns.rrset
 import hypothesis.strategies as st
 from hypothesis import event as tally
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 
 from mifdns.core import wire
 from mifdns.core.pvd import parse_server
@@ -68,6 +68,14 @@ def message(txid: int, question: str, rcode: int, tc: bool) -> bytes:
 
 @settings(max_examples=1000, deadline=None)
 @given(n_servers=st.integers(1, 3), events=st.lists(event, max_size=30))
+@example(  # found by this test: over TCP, a timed-out UDP attempt's ID was taken
+    n_servers=1,
+    events=[
+        ("wait", 1.0),
+        ("reply", 0, "right", "same", 0, True, False, False),
+        ("late", 0, "tcp"),
+    ],
+)
 def test_only_the_reply_to_the_attempt_in_flight_or_a_timed_out_one_is_taken(n_servers, events):
     ids = iter(range(1000, 100000, 7))
     now = 0.0
