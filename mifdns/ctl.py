@@ -126,9 +126,12 @@ def _connect(path: str, timeout: float) -> socket.socket:
         sock.connect(path)
     except OSError as exc:
         sock.close()
-        raise DaemonUnreachable(
-            f"cannot reach mifdns at {path}: {_reason(exc)} (is the daemon running? see --socket)"
-        ) from None
+        hint = (
+            "the socket is for the daemon's user only, mode 0600: run as root or as that user"
+            if isinstance(exc, PermissionError)
+            else "is the daemon running? see --socket"
+        )
+        raise DaemonUnreachable(f"cannot reach mifdns at {path}: {_reason(exc)} ({hint})") from None
     return sock
 
 

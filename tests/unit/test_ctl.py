@@ -10,6 +10,8 @@ import re
 import shutil
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
 from typing import Any
 
@@ -372,6 +374,28 @@ def test_no_daemon_is_exit_3_with_one_line(tmp_path: Any, capsys: Any) -> None:
     assert err.count("\n") == 1
     assert err.startswith(f"mifdns ctl: cannot reach mifdns at {path}: ")
     assert "(is the daemon running? see --socket)" in err
+
+
+def test_permission_denied_says_so_not_that_the_daemon_is_down(tmp_path: Any) -> None:
+    """A user who may not open the socket is told why, not sent looking for a dead daemon.
+    As root, the child loses CAP_DAC_OVERRIDE (setpriv) so the socket's mode applies."""
+    path = str(tmp_path / "ctl.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+    os.chmod(path, 0)
+    argv = [sys.executable, "-m", "mifdns", "ctl", "--socket", path, "status"]
+    if os.geteuid() == 0:
+        argv = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *argv]
+    try:
+        got = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        listener.close()
+    assert got.returncode == 3
+    assert got.stderr == (
+        f"mifdns ctl: cannot reach mifdns at {path}: permission denied (the socket is for the "
+        "daemon's user only, mode 0600: run as root or as that user)\n"
+    )
 
 
 def test_the_socket_comes_from_the_environment(
