@@ -196,6 +196,10 @@ class Resolver:
         if qtype in (253, 254):  # MAILB, MAILA
             c["notimp"] += 1
             return render.error_reply(data, wire.NOTIMP, query=q, opt=self._opt_for(q))
+        if qtype in (41, 249, 250):  # OPT, TKEY, TSIG: meta-types, never data (RFC 6895 s3.1)
+            # asked of an upstream they come back FORMERR, which would count against the server
+            c["formerr"] += 1
+            return render.error_reply(data, wire.FORMERR, query=q, opt=self._opt_for(q))
 
         decision = self.router.route(q.key)
         if decision.local is not None:

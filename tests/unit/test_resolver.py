@@ -353,6 +353,15 @@ def test_zone_transfer_refused_and_bad_edns_version_badvers():
     assert r.rcode() == dns.rcode.BADVERS
 
 
+def test_meta_types_as_qtype_get_formerr_here_and_never_reach_a_server():
+    d = vpn_and_wifi()
+    for qtype in ("OPT", "TKEY", "TSIG"):
+        r = d.query("www.example.com", qtype)
+        assert r.rcode() == dns.rcode.FORMERR and r.question[0].rdtype.name == qtype
+    assert d.worlds["wifi"].seen == [] and d.worlds["corp"].seen == []
+    assert d.query("www.example.com", "TYPE65534").rcode() != dns.rcode.FORMERR  # unknown: asked
+
+
 def test_repeated_query_from_the_memo_ages_its_ttl_and_keeps_its_entry_recent():
     d = Driver([spec("a", "eth0")], Settings(max_entries=2))
     d.worlds["a"].records = {f"h{i}.example": {"A": [f"192.0.2.{i}"]} for i in range(3)}
