@@ -79,6 +79,9 @@ async def reload(d: Daemon) -> dict[str, Any]:
         else:
             changes["unchanged"].append(name)
     notes = []
+    if changes["removed"] and not fresh:
+        notes.append(f"{path} names no PvDs any more: every PvD from the file is gone")
+        log.warning("reload: %s", notes[-1])
     if new.listen != d.config.listen or new.control_socket != d.config.control_socket:
         notes.append("listen/control_socket changes need a restart")
     if new.netlink != d.config.netlink:

@@ -111,6 +111,19 @@ async def test_broken_reload_is_rejected_with_check_config_errors_and_changes_no
     assert addrs(daemon.query("www.corp.example")) == ["198.51.100.7"]
 
 
+async def test_reloading_a_file_emptied_by_mistake_warns_that_every_pvd_is_gone(
+    topology: Any, env2: Any, mifdns_factory: Any
+) -> None:
+    """An empty file is valid (the defaults), so the reload applies; it must not pass quietly."""
+    daemon = await mifdns_factory(topology, config())
+    rewrite(daemon, "")
+    rec = daemon.ctl("reload")
+    assert sorted(rec["removed"]) == ["corp", "wifi"]
+    assert any("names no PvDs any more" in n for n in rec["notes"])
+    wait_for(lambda: "WARNING mifdns: reload: " in daemon.stderr())
+    assert daemon.ctl("pvds") == []
+
+
 @pytest.mark.parametrize("how", ["SIGHUP", "ctl reload"])
 async def test_reload_purges_only_the_pvd_whose_servers_changed_and_removes_a_dropped_one(
     topology: Any, env2: Any, mifdns_factory: Any, how: str
