@@ -10,7 +10,8 @@ setup(
     ext_modules=[
         Extension(
             "mifdns.aio._udpbatch",
-            ["mifdns/aio/_udpbatch.c"],
+            ["mifdns/aio/_udpbatch.c", "mifdns/aio/_lane.c"],
+            depends=["mifdns/aio/_lane.h"],
             optional=True,
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
         ),

@@ -43,6 +43,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "_lane.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -222,12 +224,18 @@ bad:
 static PyObject *
 serve(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    int fd, family, batch, pktinfo = 0;
+    int fd, family, batch, pktinfo = 0, max_udp = 0;
     double now;
-    PyObject *ready, *slow;
-    if (!PyArg_ParseTuple(args, "iiOdOi|p:serve", &fd, &family, &ready, &now, &slow, &batch,
-                          &pktinfo))
+    PyObject *ready, *slow, *lane = Py_None;
+    if (!PyArg_ParseTuple(args, "iiOdOi|pOi:serve", &fd, &family, &ready, &now, &slow, &batch,
+                          &pktinfo, &lane, &max_udp))
         return NULL;
+    if (lane != Py_None && !PyObject_TypeCheck(lane, &LaneType)) {
+        PyErr_SetString(PyExc_TypeError, "lane must be a Lane or None");
+        return NULL;
+    }
+    if (pktinfo)
+        lane = Py_None; /* the lane replies without pktinfo: wildcard listeners keep out */
     if (ready != Py_None && !PyDict_Check(ready)) {
         PyErr_SetString(PyExc_TypeError, "ready must be a dict or None");
         return NULL;
@@ -322,6 +330,10 @@ serve(PyObject *Py_UNUSED(self), PyObject *args)
             }
             Py_DECREF(key);
         }
+        if (lane != Py_None
+            && lane_try(lane, fd, (const unsigned char *)data, len, &inaddr[i],
+                        inmsg[i].msg_hdr.msg_namelen, max_udp))
+            continue; /* forwarded by the miss lane: its reply comes from Lane.poll */
         PyObject *dgram = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
         if (dgram == NULL) {
             oom = 1;
@@ -423,11 +435,14 @@ static struct PyModuleDef module = {
     "One UDP listener batch in two system calls (recvmmsg, sendmmsg).", -1, methods,
 };
 
+int lane_module_init(PyObject *m); /* _lane.c */
+
 PyMODINIT_FUNC
 PyInit__udpbatch(void)
 {
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "BATCH_MAX", BATCH_MAX) < 0) {
+    if (m != NULL
+        && (PyModule_AddIntConstant(m, "BATCH_MAX", BATCH_MAX) < 0 || lane_module_init(m) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

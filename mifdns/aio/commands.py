@@ -222,6 +222,8 @@ def pvd_json(daemon: Daemon, p: Pvd) -> dict[str, Any]:
 
 def status(daemon: Daemon) -> dict[str, Any]:
     res = daemon.resolver
+    if daemon.lane is not None:
+        daemon.lane.book()  # what the C lane did since its last table, into the counters
     counters = dict(res.counters)
     for u in daemon.udp:
         u.refresh_drops()
@@ -245,6 +247,8 @@ def status(daemon: Daemon) -> dict[str, Any]:
         "counters": counters,
         # the UDP listeners' loop: "c" (recvmmsg/sendmmsg batches) or "python"
         "udp_engine": daemon.udp[0].engine if daemon.udp else None,
+        # the miss lane (aio/lane.py): None when off (no C loop, MIFDNS_MISS_LANE=0)
+        "udp_lane": daemon.lane.status() if daemon.lane is not None else None,
         "upstream_queries": dict(res.upstream_queries),
         "upstream_failures": dict(res.upstream_failures),
         "pvds": [pvd_json(daemon, p) for p in daemon.registry],

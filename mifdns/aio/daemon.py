@@ -31,6 +31,8 @@ from . import commands
 from . import reload as reloading
 from .captive_probe import Prober
 from .control import ControlServer, MonitorHub
+from .lane import MissLane
+from .lane import available as lane_available
 from .links import LinkMonitor, StaticLinks, is_local
 from .listener import UdpListener, listen_error
 from .resolvconf_writer import ResolvConfWriter
@@ -68,6 +70,7 @@ class Daemon:
         self.tcp: list[TcpServer] = []
         self.control: ControlServer | None = None
         self.upstreams: Upstreams | None = None
+        self.lane: MissLane | None = None
         self.links: LinkMonitor | StaticLinks | None = None
         self.prober: Prober | None = None  # NAT64 discovery, captive-portal detection
         self.resolv_conf: ResolvConfWriter | None = None
@@ -156,6 +159,19 @@ class Daemon:
                     f"cannot listen on {la} (TCP): {listen_error(la, exc)}"
                 ) from None
             self.tcp.append(tcp)
+        if lane_available() and any(u.engine == "c" and not u.pktinfo for u in self.udp):
+            by_fd = {u.sock.fileno(): u for u in self.udp}
+            self.lane = MissLane(
+                loop,
+                self.resolver,
+                by_fd.get,
+                self.flush,
+                per_port=cfg.upstream.queries_per_port,
+            )
+            for u in self.udp:
+                if u.engine == "c" and not u.pktinfo:
+                    u.lane = self.lane.lane
+            self.lane.refresh()
         if cfg.control_socket:
             self.control = ControlServer(cfg.control_socket, self.handle_control, self.hub)
             await self.control.start()
@@ -201,6 +217,8 @@ class Daemon:
         # the original resolv.conf comes back as soon as we stop listening
         if self.resolv_conf is not None:
             _quietly(self.resolv_conf.restore)
+        if self.lane is not None:  # its attempts become the resolver's, answered or cancelled
+            _quietly(self.lane.stop)
         deadline = monotonic() + 1.5
         while self.resolver.inflight and loop and monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -208,6 +226,8 @@ class Daemon:
         # waiting for its own timeout
         _quietly(self.resolver.cancel_all, monotonic())
         self.flush_quietly()
+        if self.lane is not None:
+            _quietly(self.lane.close)
         for u in self.udp:
             _quietly(u.close)
         for t in self.tcp:
@@ -294,6 +314,8 @@ class Daemon:
                 if self.config.query_log:
                     self.query_log.info("%s", _json(ev))
         res.monitoring = self.hub.active or self.config.query_log
+        if self.lane is not None:
+            self.lane.refresh()
         when = res.next_timer()
         # re-arm only for an earlier deadline: a timer armed for one that has gone since (its
         # transaction was answered) fires early, finds nothing due and re-arms here; re-arming

@@ -146,6 +146,7 @@ class UdpListener:
         self.engine = engine
         self._now = 0.0
         self._fd_family = (-1, int(family))
+        self.lane: Any = None  # the miss lane (lane.py), set by the daemon; C loop only
 
     def start(self) -> None:
         s = self.sock
@@ -249,7 +250,7 @@ class UdpListener:
             ask = min(left, _udpbatch.BATCH_MAX)
             try:
                 got, replayed, sent, err, aged = serve(
-                    fd, family, ready, now, self._slow, ask, self.pktinfo
+                    fd, family, ready, now, self._slow, ask, self.pktinfo, self.lane, self.max_udp
                 )
             except MemoryError:
                 log.error("out of memory answering a batch of UDP queries")

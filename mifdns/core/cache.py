@@ -138,6 +138,12 @@ class Cache:
         self.garbage = 0  # entries unlinked by a purge, not yet freed
 
     # ------------------------------------------------------------------ hot path
+    @property
+    def parts_by_tag(self) -> dict[int, Partition]:
+        """tag -> partition, live (the miss lane checks a key is not cached before it
+        forwards; read only)."""
+        return self._parts
+
     def lookup(self, tag: int, key: Key, now: float) -> Entry | None:
         part = self._parts.get(tag)
         if part is None:

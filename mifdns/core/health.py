@@ -75,6 +75,11 @@ class Health:
 
         return [s for _, s in sorted(enumerate(servers), key=rank)]
 
+    def held(self, pvd: str, server: ServerAddr, now: float) -> bool:
+        """Whether ``server`` is held back (failed DEAD_AFTER times in a row, backing off)."""
+        st = self._stats.get((pvd, server))
+        return st is not None and st.dead_until > now
+
     def record(self, pvd: str, server: ServerAddr, rtt: float | None, now: float) -> None:
         st = self.stats(pvd, server)
         if rtt is None:

@@ -132,9 +132,16 @@ class Resolver:
                 "probes",
                 "synthesized",
                 "upstream_refused",
+                # the miss lane (lane.py): first attempts forwarded by the adapter's C loop,
+                # of those answered there, and handed back (a reply not plain, or a timeout)
+                "lane_forwarded",
+                "lane_answered",
+                "lane_adopted",
+                "lane_timeouts",
             ),
             0,
         )
+        self.lane_pending = 0  # the miss lane's attempts in flight (the adapter keeps it)
         self.probe_results: list[ProbeResult] = []  # drained by the adapter, like ``outbox``
         # captive portals seen before, per PvD: (the addresses their lies pointed at, the
         # portal's own host names); an answer pointing there while the PvD is not captive is
@@ -323,7 +330,7 @@ class Resolver:
             if txn is not None:
                 self.counters["coalesced"] += 1
             else:
-                if len(self.inflight) >= self.settings.max_inflight:
+                if len(self.inflight) + self.lane_pending >= self.settings.max_inflight:
                     self.counters["limit_inflight"] += 1
                     res.failures.append((cand.pvd, "in-flight limit reached"))
                     continue

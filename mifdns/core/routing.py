@@ -220,6 +220,10 @@ class RouteTable:
     def default(self) -> Decision:
         return self._default
 
+    def suffixes(self) -> list[tuple[bytes, Decision]]:
+        """Every suffix ``route`` looks up, with its decision (the miss lane walks the same)."""
+        return list(self._map.items())
+
     # ------------------------------------------------------------------ building
     def _build_default(self, registry: Registry) -> Decision:
         # an exclusive PvD holding "~." owns every name no domain claims (a full-tunnel VPN,

@@ -77,6 +77,17 @@ class Stats:
         h.total += seconds
         h.count += 1
 
+    def add_rtts(self, pvd: str, buckets: tuple[int, ...], total: float, count: int) -> None:
+        """``count`` RTTs at once, already counted into ``buckets`` (one per RTT_BOUNDS and
+        +Inf, as ``rtt`` counts them) and summed to ``total`` (the miss lane's)."""
+        h = self.rtt_by_pvd.get(pvd)
+        if h is None:
+            h = self.rtt_by_pvd[pvd] = RttHistogram()
+        for i, n in enumerate(buckets[: len(h.buckets)]):
+            h.buckets[i] += n
+        h.total += total
+        h.count += count
+
     def purge(self, pvd: str, event: str, cause: str, entries: int) -> None:
         key = (pvd, event, cause_class(cause))
         row = self.purges.get(key)

@@ -1,0 +1,222 @@
+"""The miss lane's adapter: the C lane (``_lane.c``) driven by the core's table (core/lane.py).
+
+The UDP listeners offer the lane every query their ready table did not answer (inside
+``_udpbatch.serve``); what it forwards, it answers from ``poll`` when the reply is plain, and
+hands everything else back here, where the core adopts it (``core.lane.adopt``). This module:
+
+- keeps the lane's table current: after every batch (``refresh``, from the daemon's flush) it
+  rebuilds it when the registry moved or a second has passed (the health table's order),
+  and installs it when it differs;
+- books what the lane did into the resolver (``core.lane.absorb``) before each new table and
+  every second;
+- reads the lane's replies (its epoll descriptor is a reader of the loop) and, while attempts
+  are out, looks for timed-out ones every ``TICK`` seconds.
+
+``MIFDNS_MISS_LANE=0`` turns the lane off (every miss goes through the resolver, as without a
+C compiler); ``ctl status`` shows ``udp_lane``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from time import monotonic
+from typing import Any
+
+from ..core import lane as core_lane
+from ..core.resolver import Resolver
+from ..core.stats import RTT_BOUNDS
+
+try:
+    from . import _udpbatch  # type: ignore[attr-defined]
+except ImportError:
+    _udpbatch = None
+
+log = logging.getLogger("mifdns.lane")
+
+TICK = 0.05  # how often timed-out attempts are looked for, while any is out
+REFRESH = 1.0  # the table is rebuilt at least this often (server health moves)
+KEEP_TABLES = 64  # generations kept for handoffs (a table lives >= REFRESH or a registry change)
+
+
+def available() -> bool:
+    return (
+        _udpbatch is not None
+        and hasattr(_udpbatch, "Lane")
+        and os.environ.get("MIFDNS_MISS_LANE", "1") != "0"
+        and os.environ.get("MIFDNS_UDP_BATCH", "") != "python"
+    )
+
+
+class MissLane:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        resolver: Resolver,
+        listener_of: Callable[[int], Any],
+        flush: Callable[[], None],
+        *,
+        per_port: int = 16,
+    ) -> None:
+        """``listener_of(fd)``: the UDP listener with that socket (a client is
+        ``(listener, address)``); ``flush``: the daemon's, after handoffs."""
+        assert _udpbatch is not None
+        s = resolver.settings
+        self.loop = loop
+        self.resolver = resolver
+        self.listener_of = listener_of
+        self.flush = flush
+        self.lane = _udpbatch.Lane(
+            capacity=max(1, s.max_inflight),
+            per_port=per_port,
+            timeout=s.timeout,
+            edns_size=s.edns_udp_size,
+            rtt_bounds=tuple(RTT_BOUNDS),
+        )
+        self.table: core_lane.Table | None = None
+        self.gen = 0
+        self._built_at = -1e9
+        self._version = -1
+        self._monitoring = False
+        # the tables of recent generations: a handoff names the lane by (generation, index)
+        self._tables: dict[int, core_lane.Table] = {}
+        self._tick: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._stopping = False
+        loop.add_reader(self.lane.fileno(), self._on_replies)
+
+    # ------------------------------------------------------------------ the table
+    def refresh(self, now: float | None = None) -> None:
+        """Rebuild the table if the registry moved or REFRESH passed; book the counts."""
+        r = self.resolver
+        if self._closed:
+            return
+        r.lane_pending = self.lane.pending
+        if self._stopping:
+            return
+        if self.lane.pending and self._tick is None:
+            self._tick = self.loop.call_later(TICK, self._on_tick)
+        if now is None:
+            now = monotonic()
+        monitoring = r.monitoring
+        if (
+            r.registry.version == self._version
+            and now - self._built_at < REFRESH
+            and monitoring == self._monitoring
+        ):
+            return
+        self._book(now)
+        self._built_at = now
+        self._version = r.registry.version
+        self._monitoring = monitoring
+        table = core_lane.table(r, now)
+        if table is None:
+            if self.table is not None:
+                self.lane.disable()
+            self.table = None
+            return
+        if table.same(self.table):
+            return
+        lanes = []
+        for ln in table.lanes:
+            lanes.append(_c_lane(ln))
+        self.gen += 1
+        try:
+            self.lane.configure(
+                self.gen,
+                table.routes,
+                table.default,
+                lanes,
+                r.cache.parts_by_tag,
+                r.inflight,
+                r._synth,
+            )
+        except (ValueError, OSError) as exc:
+            log.warning("miss lane off until the next change: %s", exc)
+            self.lane.disable()
+            self.table = None
+            return
+        self.table = table
+        self._tables[self.gen] = table
+        for old in [g for g in self._tables if g <= self.gen - KEEP_TABLES]:
+            del self._tables[old]
+
+    def book(self) -> None:
+        """Book the lane's counts into the resolver now (``ctl status``, metrics)."""
+        self._book(monotonic())
+
+    def _book(self, now: float) -> None:
+        if self.table is not None:
+            core_lane.absorb(self.resolver, self.table.lanes, self.lane.drain(), now)
+
+    # ------------------------------------------------------------------ replies, timeouts
+    def _on_replies(self) -> None:
+        self.refresh()  # a reply after a detach must not meet the old table
+        self._adopt(self.lane.poll())
+
+    def _on_tick(self) -> None:
+        self._tick = None
+        self._adopt(self.lane.expire(monotonic()))  # its flush may have re-armed the tick
+        if self.lane.pending and not self._closed and self._tick is None:
+            self._tick = self.loop.call_later(TICK, self._on_tick)
+
+    def _adopt(self, handoffs: list[tuple[Any, ...]]) -> None:
+        if handoffs:
+            now = monotonic()
+            r = self.resolver
+            for data, addr, lfd, k, gen, txid, sent, reply in handoffs:
+                listener = self.listener_of(lfd)
+                if listener is None:
+                    continue  # closed meanwhile: nobody to answer
+                table = self._tables.get(gen)
+                ln = table.lanes[k] if table is not None and 0 <= k < len(table.lanes) else None
+                try:
+                    core_lane.adopt(
+                        r, ln, data, (listener, addr), listener.max_udp, txid, sent, reply, now
+                    )
+                except Exception:  # one bad handoff must not stop the others
+                    log.exception("taking over a query from the miss lane")
+        self.resolver.lane_pending = self.lane.pending
+        self.flush()
+
+    # ------------------------------------------------------------------ stop
+    def stop(self) -> None:
+        """Take no new queries; hand every attempt still out to the resolver (which answers
+        them, or cancels them at stop)."""
+        self._stopping = True
+        self.lane.disable()
+        self._adopt(self.lane.expire(float("inf")))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._book(monotonic())
+        if self._tick is not None:
+            self._tick.cancel()
+        try:
+            self.loop.remove_reader(self.lane.fileno())
+        except (ValueError, OSError):
+            pass
+        self.lane.close()
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.lane.counters())
+        out["lanes"] = [ln.pvd for ln in self.table.lanes] if self.table is not None else []
+        return out
+
+
+def _c_lane(ln: core_lane.Lane) -> tuple[Any, ...]:
+    srv = ln.server
+    addr = srv.address
+    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    scope = 0
+    if srv.scope:
+        try:
+            scope = socket.if_nametoindex(srv.scope)
+        except OSError:
+            scope = 0
+    return (int(family), addr.packed, srv.port, scope, ln.interface.encode(), ln.flags, ln.tag)
