@@ -217,11 +217,18 @@ class Daemon:
         # the original resolv.conf comes back as soon as we stop listening
         if self.resolv_conf is not None:
             _quietly(self.resolv_conf.restore)
-        if self.lane is not None:  # its attempts become the resolver's, answered or cancelled
+        if self.lane is not None:  # no new queries; the attempts out are still answered
             _quietly(self.lane.stop)
         deadline = monotonic() + 1.5
-        while self.resolver.inflight and loop and monotonic() < deadline:
+        lane = self.lane
+        while (
+            (self.resolver.inflight or (lane is not None and lane.pending))
+            and loop
+            and monotonic() < deadline
+        ):
             await asyncio.sleep(0.02)
+        if lane is not None:
+            _quietly(lane.hand_over)
         # what is still unanswered gets SERVFAIL now: a client fails over at once instead of
         # waiting for its own timeout
         _quietly(self.resolver.cancel_all, monotonic())

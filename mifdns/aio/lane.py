@@ -184,10 +184,16 @@ class MissLane:
 
     # ------------------------------------------------------------------ stop
     def stop(self) -> None:
-        """Take no new queries; hand every attempt still out to the resolver (which answers
-        them, or cancels them at stop)."""
+        """Stopping: take no new queries; the attempts out are still answered."""
         self._stopping = True
         self.lane.disable()
+
+    @property
+    def pending(self) -> int:
+        return int(self.lane.pending)
+
+    def hand_over(self) -> None:
+        """Hand every attempt still out to the resolver (which cancels them at stop)."""
         self._adopt(self.lane.expire(float("inf")))
 
     def close(self) -> None:

@@ -203,11 +203,14 @@ def adopt(
     txn.waiters.append(res)
     res.pending.append(txn)
     r.counters["lane_adopted"] += 1
+    # from here the attempt times out as any of the resolver's (a reply that is ignored; a
+    # handoff at stop, before its time: cancelled with the rest)
+    r._push_timer(txn.deadline, txn)
     if reply is None:
-        r.counters["lane_timeouts"] += 1
-        r._after_step(txn, txn.on_timeout(now), now)
+        if now >= txn.deadline:
+            r.counters["lane_timeouts"] += 1
+            r._after_step(txn, txn.on_timeout(now), now)
         return
-    r._push_timer(txn.deadline, txn)  # if the reply is ignored, the attempt times out as usual
     r.handle_reply(txn, reply, (lane.server.host, lane.server.port), False, now)
 
 
