@@ -66,7 +66,7 @@
 typedef struct {
     int fd;               /* -1: slot free */
     unsigned uses, pending;
-    int retired;
+    int retired, ep;
 } Sock;
 
 typedef struct {
@@ -119,6 +119,7 @@ typedef struct {
     unsigned short rnd[1024];
     int rndpos;
     long c_forwarded, c_answered, c_handoffs, c_expired, c_ignored, c_send_errors, c_client_errors;
+    long c_socket_errors;
     PyObject *handoffs;   /* list being filled by poll/expire */
 } Lane;
 
@@ -236,7 +237,7 @@ sock_open(Lane *L, Endpoint *e)
         close(fd);
         return -1;
     }
-    L->socks[s] = (Sock){.fd = fd, .uses = 0, .pending = 0, .retired = 0};
+    L->socks[s] = (Sock){.fd = fd, .uses = 0, .pending = 0, .retired = 0, .ep = (int)(e - L->eps)};
     L->nsocks++;
     return s;
 }
@@ -261,8 +262,13 @@ pend_free(Lane *L, int i)
         Py_CLEAR(p->tkey);
     }
     Sock *s = &L->socks[p->sock];
-    if (--s->pending == 0 && s->retired)
+    if (--s->pending == 0) {
+        /* idle: closed, so the next lone query gets a port of its own (RFC 5452 9.2); only
+         * queries in flight together share one, as in upstream.py */
+        if (!s->retired && L->eps[s->ep].used && L->eps[s->ep].cur == p->sock)
+            L->eps[s->ep].cur = -1;
         sock_close(L, p->sock);
+    }
     p->used = 0;
     L->freelist[L->nfree++] = i;
     L->npend--;
@@ -349,19 +355,20 @@ cached(Lane *L, PyObject *tag, PyObject *key, PyObject *qname, int flags)
     return hit;
 }
 
-int
-lane_try(PyObject *self, int lfd, const unsigned char *d, unsigned int len,
-         const struct sockaddr_storage *addr, socklen_t alen, int max_udp)
+/* Whether ``d`` is a plain query (see the top); if so its lower-case name (``key``, ``*nlen``
+ * octets with the root), type, the client's flags, EDNS, DO and UDP size (capped at max_udp). */
+static int
+parse_plain(const unsigned char *d, unsigned len, int max_udp, unsigned char *key,
+            unsigned *nlen_out, unsigned *qtype_out, unsigned *flags_out, unsigned *edns_out,
+            unsigned *do_out, unsigned *udp_out)
 {
-    Lane *L = (Lane *)self;
-    if (!L->enabled || L->nfree == 0 || len < 17 || len > QMAX)
+    if (len < 17 || len > QMAX)
         return 0;
     unsigned flags = (unsigned)d[2] << 8 | d[3];
     if (flags & 0xF800) /* QR, opcode */
         return 0;
     if (d[4] != 0 || d[5] != 1 || d[6] || d[7] || d[8] || d[9] || d[10] || d[11] > 1)
         return 0;
-    unsigned char key[256];
     unsigned pos = 12, n = d[12];
     while (n) {
         if (n > 63)
@@ -403,6 +410,26 @@ lane_try(PyObject *self, int lfd, const unsigned char *d, unsigned int len,
     }
     if (max_udp > 0 && udp > (unsigned)max_udp)
         udp = (unsigned)max_udp;
+    *nlen_out = nlen;
+    *qtype_out = qtype;
+    *flags_out = flags;
+    *edns_out = edns;
+    *do_out = dobit;
+    *udp_out = udp;
+    return 1;
+}
+
+int
+lane_try(PyObject *self, int lfd, const unsigned char *d, unsigned int len,
+         const struct sockaddr_storage *addr, socklen_t alen, int max_udp)
+{
+    Lane *L = (Lane *)self;
+    if (!L->enabled || L->nfree == 0)
+        return 0;
+    unsigned char key[256];
+    unsigned nlen, qtype, flags, edns, dobit, udp;
+    if (!parse_plain(d, len, max_udp, key, &nlen, &qtype, &flags, &edns, &dobit, &udp))
+        return 0;
 
     /* the route: the core's walk (RouteTable.route) over the same map */
     long lane = -2;
@@ -728,8 +755,15 @@ Lane_poll(Lane *L, PyObject *Py_UNUSED(ignored))
                 rmsg[k].msg_hdr.msg_iovlen = 1;
             }
             int got = recvmmsg(L->socks[s].fd, rmsg, RBATCH, MSG_DONTWAIT, NULL);
-            /* an error (ICMP port unreachable: the server is not there) is consumed by the
-             * call; the attempts on this socket then time out into the core, as they would */
+            if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                /* ICMP port unreachable and the like: every attempt on this socket fails now
+                 * (an empty reply in the handoff), as upstream.py fails them */
+                L->c_socket_errors++;
+                for (int i = 0; i < L->cap && L->socks[s].fd >= 0; i++)
+                    if (L->pend[i].used && L->pend[i].sock == s)
+                        handoff(L, i, (const unsigned char *)"", 0);
+                continue;
+            }
             for (int k = 0; k < got; k++) {
                 on_datagram(L, s, riov[k].iov_base, rmsg[k].msg_len, now);
                 if (L->socks[s].fd < 0)
@@ -760,6 +794,77 @@ Lane_expire(Lane *L, PyObject *arg)
         }
     L->handoffs = NULL;
     return list;
+}
+
+/* ------------------------------------------------------------------ test hooks
+ * lane_parse(query, max_udp) -> (name, qtype, flags, edns, do, udp) or None
+ * lane_answer(query, reply, edns_size, flags, max_udp) -> the client's reply or None
+ * The lane's two parsers as pure functions, for the differential tests against the core
+ * (tests/unit/test_lane_wire.py): what the lane takes and says must be what the resolver would. */
+PyObject *
+lane_parse_hook(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    const unsigned char *d;
+    Py_ssize_t len;
+    int max_udp;
+    if (!PyArg_ParseTuple(args, "y#i:lane_parse", &d, &len, &max_udp))
+        return NULL;
+    unsigned char key[256];
+    unsigned nlen, qtype, flags, edns, dobit, udp;
+    if (len > QMAX
+        || !parse_plain(d, (unsigned)len, max_udp, key, &nlen, &qtype, &flags, &edns, &dobit, &udp))
+        Py_RETURN_NONE;
+    return Py_BuildValue("(y#IIIII)", (const char *)key, (Py_ssize_t)nlen, qtype, flags, edns,
+                         dobit, udp);
+}
+
+PyObject *
+lane_answer_hook(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    const unsigned char *d, *r;
+    Py_ssize_t len, rlen;
+    int edns_size, flags, max_udp;
+    if (!PyArg_ParseTuple(args, "y#y#iii:lane_answer", &d, &len, &r, &rlen, &edns_size, &flags,
+                          &max_udp))
+        return NULL;
+    unsigned char key[256];
+    unsigned nlen, qtype, cflags, edns, dobit, udp;
+    if (len > QMAX || rlen > 65535
+        || !parse_plain(d, (unsigned)len, max_udp, key, &nlen, &qtype, &cflags, &edns, &dobit,
+                        &udp))
+        Py_RETURN_NONE;
+    Lane *L = PyMem_RawCalloc(1, sizeof(Lane));
+    Pending *p = PyMem_RawCalloc(1, sizeof(Pending));
+    unsigned char *out = PyMem_RawMalloc(QMAX + 65536);
+    PyObject *res = NULL;
+    if (L == NULL || p == NULL || out == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    L->edns_size = edns_size;
+    L->lanes[0].flags = flags;
+    p->qlen = (unsigned short)(nlen + 4);
+    p->cflags = (unsigned short)cflags;
+    p->udp = (unsigned short)udp;
+    p->edns = (unsigned char)edns;
+    p->dobit = (unsigned char)dobit;
+    p->cid = (unsigned short)((unsigned)d[0] << 8 | d[1]);
+    memcpy(p->data, d, (size_t)len);
+    p->dlen = (unsigned short)len;
+    /* as on_datagram: a response, question (case-insensitive) and ID already matched */
+    if (rlen < 12 || !(r[2] & 0x80) || r[4] != 0 || r[5] != 1 || !plain_qname(r, (unsigned)rlen)
+        || !name_is(r, (unsigned)rlen, key, nlen) || 12 + nlen + 4 > (unsigned)rlen
+        || memcmp(r + 12 + nlen, d + 12 + nlen, 4) != 0) {
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    unsigned m = plain_answer(L, p, r, (unsigned)rlen, out);
+    res = m ? PyBytes_FromStringAndSize((const char *)out, m) : Py_NewRef(Py_None);
+done:
+    PyMem_RawFree(L);
+    PyMem_RawFree(p);
+    PyMem_RawFree(out);
+    return res;
 }
 
 /* ------------------------------------------------------------------ configuration */
@@ -919,10 +1024,11 @@ Lane_drain(Lane *L, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Lane_counters(Lane *L, PyObject *Py_UNUSED(ignored))
 {
-    return Py_BuildValue("{sl,sl,sl,sl,sl,sl,sl,si,si}", "forwarded", L->c_forwarded, "answered",
+    return Py_BuildValue("{sl,sl,sl,sl,sl,sl,sl,sl,si,si}", "forwarded", L->c_forwarded, "answered",
                          L->c_answered, "handoffs", L->c_handoffs, "expired", L->c_expired,
                          "ignored", L->c_ignored, "send_errors", L->c_send_errors,
-                         "client_errors", L->c_client_errors, "pending", L->npend, "sockets",
+                         "client_errors", L->c_client_errors, "socket_errors", L->c_socket_errors,
+                         "pending", L->npend, "sockets",
                          L->nsocks);
 }
 

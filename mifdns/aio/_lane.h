@@ -15,4 +15,8 @@ extern PyTypeObject LaneType;
 int lane_try(PyObject *lane, int lfd, const unsigned char *data, unsigned int len,
              const struct sockaddr_storage *addr, socklen_t alen, int max_udp);
 
+/* test hooks (see _lane.c) */
+PyObject *lane_parse_hook(PyObject *m, PyObject *args);
+PyObject *lane_answer_hook(PyObject *m, PyObject *args);
+
 #endif

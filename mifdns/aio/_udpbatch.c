@@ -427,6 +427,8 @@ age_entry(PyObject *Py_UNUSED(self), PyObject *args)
 static PyMethodDef methods[] = {
     {"serve", serve, METH_VARARGS, "Read, answer and reply to one batch of UDP datagrams."},
     {"age", age_entry, METH_VARARGS, "The aged copy of a 6-tuple ready entry, or None."},
+    {"lane_parse", lane_parse_hook, METH_VARARGS, "The miss lane's query parser (tests)."},
+    {"lane_answer", lane_answer_hook, METH_VARARGS, "The miss lane's reply check (tests)."},
     {NULL, NULL, 0, NULL},
 };
 

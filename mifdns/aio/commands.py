@@ -236,6 +236,11 @@ def status(daemon: Daemon) -> dict[str, Any]:
         for k, v in daemon.upstreams.counters.items():
             counters[f"upstream_{k}"] = v
         counters["upstream_udp_open"] = daemon.upstreams.open_sockets  # ports open now
+    if daemon.lane is not None:  # the miss lane's sockets are upstream sockets too
+        lane_counts = daemon.lane.lane.counters()
+        counters["upstream_icmp_errors"] = (
+            counters.get("upstream_icmp_errors", 0) + lane_counts["socket_errors"]
+        )
     counters["cache_evictions"] = res.cache.evictions
     lim = daemon.config.limits
     return {

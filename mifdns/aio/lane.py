@@ -12,8 +12,8 @@ hands everything else back here, where the core adopts it (``core.lane.adopt``).
 - reads the lane's replies (its epoll descriptor is a reader of the loop) and, while attempts
   are out, looks for timed-out ones every ``TICK`` seconds.
 
-``MIFDNS_MISS_LANE=0`` turns the lane off (every miss goes through the resolver, as without a
-C compiler); ``ctl status`` shows ``udp_lane``.
+Off by default for now: ``MIFDNS_MISS_LANE=1`` in the daemon's environment turns it on (see
+``available``); ``ctl status`` shows ``udp_lane``.
 """
 
 from __future__ import annotations
@@ -43,10 +43,13 @@ KEEP_TABLES = 64  # generations kept for handoffs (a table lives >= REFRESH or a
 
 
 def available() -> bool:
+    """Off unless ``MIFDNS_MISS_LANE=1``: with it, an attempt the lane sent cannot yet take a
+    late answer after its timeout, and a burst whose sockets get ICMP errors fails over more
+    slowly than through the resolver (docs/performance.md, "The miss lane")."""
     return (
         _udpbatch is not None
         and hasattr(_udpbatch, "Lane")
-        and os.environ.get("MIFDNS_MISS_LANE", "1") != "0"
+        and os.environ.get("MIFDNS_MISS_LANE", "0") == "1"
         and os.environ.get("MIFDNS_UDP_BATCH", "") != "python"
     )
 
@@ -80,6 +83,8 @@ class MissLane:
         self.gen = 0
         self._built_at = -1e9
         self._version = -1
+        self._health = -1
+        self._ignored = 0  # the lane's ignored replies booked so far
         self._monitoring = False
         # the tables of recent generations: a handoff names the lane by (generation, index)
         self._tables: dict[int, core_lane.Table] = {}
@@ -104,6 +109,7 @@ class MissLane:
         monitoring = r.monitoring
         if (
             r.registry.version == self._version
+            and r.health.version == self._health
             and now - self._built_at < REFRESH
             and monitoring == self._monitoring
         ):
@@ -111,6 +117,7 @@ class MissLane:
         self._book(now)
         self._built_at = now
         self._version = r.registry.version
+        self._health = r.health.version
         self._monitoring = monitoring
         table = core_lane.table(r, now)
         if table is None:
@@ -151,6 +158,10 @@ class MissLane:
     def _book(self, now: float) -> None:
         if self.table is not None:
             core_lane.absorb(self.resolver, self.table.lanes, self.lane.drain(), now)
+        ignored = int(self.lane.counters()["ignored"])
+        if ignored != self._ignored:  # spoofed, stray or late: as the resolver counts them
+            self.resolver.counters["ignored_replies"] += ignored - self._ignored
+            self._ignored = ignored
 
     # ------------------------------------------------------------------ replies, timeouts
     def _on_replies(self) -> None:

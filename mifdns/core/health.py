@@ -51,6 +51,9 @@ class Health:
         self._stats: dict[tuple[str, ServerAddr], ServerStats] = {}
         # the servers whose stats say "asked without EDNS until" (see the top); usually empty
         self._no_edns: set[tuple[str, ServerAddr]] = set()
+        # moves when a server fails, recovers or is found to reject EDNS (the miss lane's
+        # table is rebuilt then: core/lane.py)
+        self.version = 0
 
     def stats(self, pvd: str, server: ServerAddr) -> ServerStats:
         key = (pvd, server)
@@ -83,6 +86,7 @@ class Health:
     def record(self, pvd: str, server: ServerAddr, rtt: float | None, now: float) -> None:
         st = self.stats(pvd, server)
         if rtt is None:
+            self.version += 1  # the order may change: the miss lane's table follows
             st.failures += 1
             st.total_failures += 1
             if st.failures >= DEAD_AFTER:
@@ -90,6 +94,8 @@ class Health:
                 st.dead_until = now + backoff
             return
         st.answers += 1
+        if st.failures or st.dead_until:
+            self.version += 1
         st.failures = 0
         st.dead_until = 0.0
         st.srtt = rtt if st.srtt is None else 0.7 * st.srtt + 0.3 * rtt
@@ -100,6 +106,7 @@ class Health:
 
     def no_edns(self, pvd: str, server: ServerAddr, now: float) -> None:
         """``server`` rejected EDNS: ask it without for ``NO_EDNS_MEMORY`` seconds."""
+        self.version += 1
         self.stats(pvd, server).no_edns_until = now + NO_EDNS_MEMORY
         self._no_edns.add((pvd, server))
 

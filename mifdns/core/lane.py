@@ -18,7 +18,8 @@ AAAA and PTR stay with the resolver on a PvD with DNS64 (synthesis, RFC 6147 5.3
 someone monitors queries there is no table (each query must be seen).
 
 ``adopt`` takes a handoff: the lane's attempt with the reply it got (not plain: an error, TC,
-records to cache, another type, ...) or None (it timed out). The resolver builds the
+records to cache, another type, ...), None (it timed out) or b"" (its socket reported an
+error: ICMP port unreachable). The resolver builds the
 transaction it would have started, with the lane's attempt as its first (its ID, server and
 send time), and feeds it the reply or the timeout: from there on it is the resolver's own
 (next server, TCP, EDNS fallback, storage, DNS64, the failure rules). If the routing changed
@@ -206,6 +207,9 @@ def adopt(
     # from here the attempt times out as any of the resolver's (a reply that is ignored; a
     # handoff at stop, before its time: cancelled with the rest)
     r._push_timer(txn.deadline, txn)
+    if reply is not None and not reply:  # the socket reported an error (ICMP unreachable)
+        r.handle_send_error(txn, "connection refused (ICMP)", now)
+        return
     if reply is None:
         if now >= txn.deadline:
             r.counters["lane_timeouts"] += 1

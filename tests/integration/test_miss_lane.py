@@ -3,7 +3,7 @@
 The lane forwards a plain query's first UDP attempt in C and answers a plain reply (NOERROR,
 A/AAAA of the question's name, TTL 0) there; everything else is handed to the resolver. These
 tests check that a client cannot tell: the lane's replies are the resolver's byte for byte
-(MIFDNS_MISS_LANE=0 turns it off), the handed-over cases behave as without it (cache, failover,
+(MIFDNS_MISS_LANE=1 turns it on), the handed-over cases behave as without it (cache, failover,
 TCP, spoofed replies), and its routing is the resolver's (two PvDs with the same server
 address on two links: each name reaches only its own PvD's server).
 """
@@ -33,6 +33,12 @@ from splitdns_helpers import (
 from mifdns.harness.topology import Topology
 
 pytestmark = [pytest.mark.netns, pytest.mark.asyncio]
+
+
+@pytest.fixture(autouse=True)
+def _lane_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIFDNS_MISS_LANE", "1")  # off by default (aio/lane.py: available)
+
 
 ZERO = {  # the referee's miss test: answers with TTL 0 (nothing to cache)
     **{f"a{i}.corp.example": {"A": [f"10.8.1.{i}"], "AAAA": [f"fd00:8::1:{i}"]} for i in range(8)},
@@ -153,12 +159,6 @@ async def test_what_is_not_plain_is_the_resolvers_cache_failover_tcp_and_spoofs(
     first.wrong_question = first.spoof_first = False
     assert _lane(d)["ignored"] >= 1
 
-    # SERVFAIL from the first server: the resolver asks the second
-    first.servfail = True
-    assert addrs(await d.aquery("a3.corp.example")) == ["10.8.1.3"]
-    assert "a3.corp.example." in names_seen(second)
-    first.servfail = False
-
     # the first server is silent: the lane's attempt times out into the resolver, which asks
     # the second (one per-server timeout)
     first.drop = True
@@ -168,8 +168,14 @@ async def test_what_is_not_plain_is_the_resolvers_cache_failover_tcp_and_spoofs(
     assert 0.6 < took < 2.5, took
     lane = _lane(d)
     assert lane["lane_timeouts"] >= 1 and lane["expired"] >= 1
-    assert lane["lane_adopted"] >= 5 and lane["pending"] == 0
+    assert lane["lane_adopted"] >= 4 and lane["pending"] == 0
     assert "a4.corp.example." in names_seen(second)
+    first.drop = False
+
+    # SERVFAIL from the server the lane asks now: the resolver asks the other one
+    second.servfail = True
+    assert addrs(await d.aquery("a3.corp.example")) == ["10.8.1.3"]
+    assert "a3.corp.example." in names_seen(first)
 
 
 async def test_the_lane_routes_as_the_resolver_and_never_crosses_pvds(
