@@ -127,9 +127,7 @@ class MissLane:
             return
         if table.same(self.table):
             return
-        lanes = []
-        for ln in table.lanes:
-            lanes.append(_c_lane(ln))
+        lanes = [_c_lane(ln) for ln in table.lanes]
         self.gen += 1
         try:
             self.lane.configure(

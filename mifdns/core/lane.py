@@ -39,7 +39,6 @@ from . import wire
 from .actions import Reply
 from .inflight import Resolution
 from .pvd import CaptiveState, ServerAddr
-from .transaction import Transaction
 
 if TYPE_CHECKING:
     from .resolver import Resolver
@@ -168,35 +167,8 @@ def adopt(
         if got is not None:
             r.outbox.append(Reply(client, got))
         return
-    s = r.settings
-    order = r.health.order(lane.pvd, servers, now) if len(servers) > 1 else list(servers)
-    txn = Transaction(
-        lane.pvd,
-        lane.tag,
-        pvd.spec.interface,
-        order,
-        q.key,
-        q.qtype,
-        q.qclass,
-        q.do,
-        q.cd,
-        sent,
-        s.timeout,
-        s.total_timeout,
-        r._rand,
-        s.edns_udp_size,
-    )
-    txn.ad = pvd.spec.trust_ad
-    if r.health.any_no_edns:
-        txn.plain = r.health.plain(lane.pvd, servers, now)
-    # the lane's attempt, as Transaction._send would have recorded it
-    txn.index = order.index(lane.server)
-    txn.tries = 1
-    txn.server = lane.server
-    txn.tcp = False
-    txn.txid = txid
-    txn.sent_at = sent
-    txn.deadline = min(sent + s.timeout, txn.final)
+    txn = r._transaction(pvd, key, sent, now)
+    txn.adopt_attempt(lane.server, txid, sent)
     tkey = (lane.tag, key)
     if tkey not in r.inflight:
         r.inflight[tkey] = txn

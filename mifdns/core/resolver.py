@@ -370,6 +370,19 @@ class Resolver:
     def _launch(self, pvd: Pvd, key: Key, now: float, *, shared: bool = True) -> Transaction | None:
         """Start a transaction for ``key`` on ``pvd``; ``shared``: registered in ``inflight`` so
         identical questions coalesce on it. None if the PvD has no servers."""
+        txn = self._transaction(pvd, key, now, now)
+        send = txn.start(now)
+        if send is None:
+            return None
+        if shared:
+            self.inflight[(pvd.tag, key)] = txn
+        self._send(send)
+        return txn
+
+    def _transaction(self, pvd: Pvd, key: Key, started: float, now: float) -> Transaction:
+        """A transaction for ``key`` on ``pvd``, begun at ``started`` (the miss lane's attempts
+        began before the resolver sees them): servers in health order at ``now``, AD asked if
+        the PvD trusts it, the servers known to reject EDNS asked without."""
         s = self.settings
         spec = pvd.spec
         servers = spec.servers
@@ -384,7 +397,7 @@ class Resolver:
             qclass,
             flags & 1 == 1,
             flags & 2 == 2,
-            now,
+            started,
             s.timeout,
             s.total_timeout,
             self._rand,
@@ -394,12 +407,6 @@ class Resolver:
             txn.ad = True
         if self.health.any_no_edns:
             txn.plain = self.health.plain(pvd.name, servers, now)
-        send = txn.start(now)
-        if send is None:
-            return None
-        if shared:
-            self.inflight[(pvd.tag, key)] = txn
-        self._send(send)
         return txn
 
     # ================================================================== mifdns's own questions

@@ -164,6 +164,17 @@ class Transaction:
             return None
         return self._next_server(now)
 
+    def adopt_attempt(self, server: ServerAddr, txid: int, sent: float) -> None:
+        """Instead of ``start``: a first UDP attempt already sent to ``server`` with ``txid``
+        at ``sent`` (by the miss lane), recorded as ``_send`` records its own."""
+        self.index = list(self.servers).index(server)
+        self.tries = 1
+        self.server = server
+        self.tcp = False
+        self.txid = txid
+        self.sent_at = sent
+        self.deadline = min(sent + self.timeout, self.final)
+
     def on_reply(self, data: bytes, source: tuple[str, int], tcp: bool, now: float) -> Send | None:
         """A datagram or TCP message arrived for this transaction. Returns the next send, if any;
         check ``done`` afterwards."""

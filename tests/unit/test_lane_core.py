@@ -129,7 +129,7 @@ def test_flags_dns64_and_trust_ad() -> None:
     assert corp.flags == lane.TRUST_AD
 
 
-def _handoff(d: Driver, name: str, ln: lane.Lane, txid: int, ttl: int | None = None):
+def _handoff(d: Driver, name: str, ln: lane.Lane, txid: int):
     """A client's query and what the lane sent upstream for it (the resolver's query)."""
     q = dns.message.make_query(name, "A", use_edns=0)
     data = q.to_wire()
