@@ -5,7 +5,7 @@
  * single PvD and server); everything else about a query is the core's job, and the lane hands
  * the query over to it (``handoff``) as soon as anything is not plain.
  *
- * Lane(capacity, per_port, timeout, edns_size, rtt_bounds)
+ * Lane(capacity, per_port, timeout, edns_size, rtt_bounds, total_timeout=timeout)
  *   configure(gen, routes, default, lanes, parts, inflight, synth)
  *       routes   dict: lower-case wire suffix -> lane index, or -1 (not for the lane); the
  *                same keys as the core's route table, so the walk below is its walk
@@ -19,7 +19,7 @@
  *   poll()       read the replies; answer the plain ones; returns the handoffs
  *   expire(now)  the attempts whose timeout passed, as handoffs
  *   drain()      per lane index: (forwarded, answered, rtt buckets tuple, rtt sum); reset
- *   counters()   dict of totals; pending: attempts in flight
+ *   counters()   dict of totals; pending: attempts in flight; waiting: timed out, kept
  *   close()
  *
  * A query takes the lane (lane_try, from _udpbatch.serve) when it is a plain QUERY: opcode 0,
@@ -39,9 +39,11 @@
  * (nothing to cache) and the table unchanged since the query left. The client gets what the
  * resolver would render (its ID, its letter case, RA, AA cleared, AD by the trust rule, our
  * OPT if it sent one, TC if over its size). Everything else, and every timeout, is a handoff:
- * (datagram, address, listener fd, lane index, gen, id, sent at, reply or None), which the
- * adapter gives to the core (Resolver.adopt_lane): it continues the attempt as its own
- * transaction (next server, TCP, EDNS fallback, storage, DNS64, the failure rules).
+ * (datagram, address, listener fd, lane index, gen, id, sent at, reply or None, late), which
+ * the adapter gives to the core (core/lane.py adopt): it continues the attempt as its own
+ * transaction (next server, TCP, EDNS fallback, storage, DNS64, the failure rules). A
+ * timed-out attempt stays (``waiting``, not ``pending``) until ``total_timeout`` after its
+ * send: its reply is then handed off with late=1, for the transaction that adopted it.
  */
 #include "_lane.h"
 
@@ -51,6 +53,7 @@
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
@@ -76,6 +79,7 @@ typedef struct {
     char ifname[IFNAMSIZ];
     int cur;              /* the socket new queries go through, or -1 */
     int mark;
+    int down;             /* a peer error (ICMP unreachable) since the last configure */
 } Endpoint;
 
 typedef struct {
@@ -91,6 +95,8 @@ typedef struct {
     unsigned short id, cid, qlen;      /* qlen: the question, name + type + class */
     unsigned short cflags, udp;
     unsigned char edns, dobit;
+    unsigned char zombie;              /* timed out and handed over; waits for a late reply */
+    unsigned char failed;              /* its server is unreachable: handed over at the next poll */
     double sent, deadline;
     PyObject *tkey;
     struct sockaddr_storage addr;
@@ -101,18 +107,18 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    int epfd, gen, enabled, deflane, nlanes;
+    int epfd, evfd, gen, enabled, deflane, nlanes, nfailed;
     PyObject *routes, *parts, *inflight, *synth, *questions;
     LaneDef lanes[LANES_MAX];
     Endpoint eps[EP_MAX];
     Sock socks[SOCK_MAX];
     Pending *pend;
-    int cap, npend, nsocks;
+    int cap, npend, nsocks, nzombie;
     int *freelist, nfree;
     int *hash;
     unsigned hmask;
     unsigned per_port;
-    double timeout;
+    double timeout, total_timeout;
     int edns_size;
     double bounds[NBUCKETS_MAX];
     int nbounds;
@@ -255,28 +261,37 @@ static void
 pend_free(Lane *L, int i)
 {
     Pending *p = &L->pend[i];
-    hremove(L, i);
+    if (p->sock >= 0)
+        hremove(L, i);
     if (p->tkey != NULL) {
         if (PyDict_DelItem(L->questions, p->tkey) < 0)
             PyErr_Clear();
         Py_CLEAR(p->tkey);
     }
-    Sock *s = &L->socks[p->sock];
-    if (--s->pending == 0) {
+    Sock *s = p->sock >= 0 ? &L->socks[p->sock] : NULL;
+    if (s != NULL && --s->pending == 0) {
         /* idle: closed, so the next lone query gets a port of its own (RFC 5452 9.2); only
          * queries in flight together share one, as in upstream.py */
-        if (!s->retired && L->eps[s->ep].used && L->eps[s->ep].cur == p->sock)
+        if (!s->retired && s->ep >= 0 && L->eps[s->ep].used && L->eps[s->ep].cur == p->sock)
             L->eps[s->ep].cur = -1;
         sock_close(L, p->sock);
+    }
+    if (p->zombie) {
+        p->zombie = 0;
+        L->nzombie--;
+    }
+    if (p->failed) {
+        p->failed = 0;
+        L->nfailed--;
     }
     p->used = 0;
     L->freelist[L->nfree++] = i;
     L->npend--;
 }
 
-/* the handoff tuple of pending i (see the top), appended to L->handoffs; then i is freed */
+/* the handoff tuple of pending i (see the top), appended to L->handoffs */
 static void
-handoff(Lane *L, int i, const unsigned char *reply, Py_ssize_t rlen)
+handoff_tuple(Lane *L, int i, const unsigned char *reply, Py_ssize_t rlen, int late)
 {
     Pending *p = &L->pend[i];
     PyObject *addr = NULL, *t = NULL;
@@ -292,15 +307,98 @@ handoff(Lane *L, int i, const unsigned char *reply, Py_ssize_t rlen)
                              (unsigned)ntohl(a->sin6_flowinfo), (unsigned)a->sin6_scope_id);
     }
     if (addr != NULL)
-        t = Py_BuildValue("(y#Oiiiidy#)", (const char *)p->data, (Py_ssize_t)p->dlen, addr,
+        t = Py_BuildValue("(y#Oiiiidy#i)", (const char *)p->data, (Py_ssize_t)p->dlen, addr,
                           p->lfd, p->lane, p->gen, (int)p->id, p->sent,
-                          reply ? (const char *)reply : NULL, reply ? rlen : (Py_ssize_t)0);
+                          reply ? (const char *)reply : NULL, reply ? rlen : (Py_ssize_t)0, late);
     if (t == NULL || PyList_Append(L->handoffs, t) < 0)
         PyErr_WriteUnraisable((PyObject *)L);
     Py_XDECREF(t);
     Py_XDECREF(addr);
+}
+
+/* hand pending i over (its reply, b"" for a socket error, NULL for a timeout) and free it */
+static void
+handoff(Lane *L, int i, const unsigned char *reply, Py_ssize_t rlen)
+{
+    handoff_tuple(L, i, reply, rlen, 0);
     L->c_handoffs++;
     pend_free(L, i);
+}
+
+/* a timed-out attempt, handed over: the core's transaction goes on (to the next server, or
+ * this one again), and this entry stays until ``total_timeout`` after its send so that a late
+ * answer from its server still reaches that transaction (a "late" handoff), as the resolver's
+ * own earlier attempts do. It no longer counts as pending, nor holds its question. */
+static void
+zombify(Lane *L, int i)
+{
+    Pending *p = &L->pend[i];
+    handoff_tuple(L, i, NULL, 0, 0);
+    L->c_handoffs++;
+    if (p->tkey != NULL) {
+        if (PyDict_DelItem(L->questions, p->tkey) < 0)
+            PyErr_Clear();
+        Py_CLEAR(p->tkey);
+    }
+    p->zombie = 1;
+    p->deadline = p->sent + L->total_timeout;
+    L->nzombie++;
+}
+
+static int
+peer_error(int err)
+{
+    return err == ECONNREFUSED || err == EHOSTUNREACH || err == ENETUNREACH || err == EHOSTDOWN
+           || err == EPROTO;
+}
+
+/* make the lane's descriptor readable: the next poll hands over the failed attempts */
+static void
+wake(Lane *L)
+{
+    uint64_t one = 1;
+    if (L->evfd >= 0 && write(L->evfd, &one, sizeof one) < 0) {
+        /* the counter is far from full: cannot happen */
+    }
+}
+
+/* socket ``s`` reported ``err`` (on a receive or a send): its attempts fail now, not at their
+ * timeout, as upstream.py fails them. A peer error (the server or its port is unreachable)
+ * fails every attempt to that server through that interface, on every socket (the kernel
+ * rate-limits ICMP errors, so the other sockets may never get theirs), drops the timed-out
+ * attempts waiting there for a late answer, and takes the server out of the lane until the
+ * next configure (the core has learnt of the failure by then). The failed attempts are
+ * handed over (an empty reply) by the next poll, which the event descriptor wakes. */
+static void
+sock_failed(Lane *L, int s, int err)
+{
+    int ep = L->socks[s].ep, peer = peer_error(err);
+    L->c_socket_errors++;
+    if (peer && ep >= 0)
+        L->eps[ep].down = 1;
+    for (int i = 0; i < L->cap; i++) {
+        Pending *p = &L->pend[i];
+        if (!p->used || p->failed || p->sock < 0
+            || !(p->sock == s || (peer && ep >= 0 && L->socks[p->sock].ep == ep)))
+            continue;
+        if (p->zombie) {
+            pend_free(L, i);
+        } else {
+            p->failed = 1;
+            L->nfailed++;
+        }
+    }
+    if (L->nfailed)
+        wake(L);
+}
+
+/* hand over the attempts ``sock_failed`` marked */
+static void
+hand_failed(Lane *L)
+{
+    for (int i = 0; i < L->cap && L->nfailed; i++)
+        if (L->pend[i].used && L->pend[i].failed)
+            handoff(L, i, (const unsigned char *)"", 0); /* pend_free counts it off */
 }
 
 /* ------------------------------------------------------------------ queries */
@@ -419,6 +517,66 @@ parse_plain(const unsigned char *d, unsigned len, int max_udp, unsigned char *ke
     return 1;
 }
 
+#define SEND_DECLINED -1 /* not sent: no socket, no free ID, or a local error */
+#define SEND_FAILED -2   /* not sent: the server is unreachable (an ICMP error came out) */
+
+/* send the query for ``key``/``qtype`` to lane ``ld``'s server: the socket it went through
+ * (its ID in ``*id_out``), or SEND_DECLINED or SEND_FAILED */
+static int
+lane_send(Lane *L, LaneDef *ld, const unsigned char *key, unsigned nlen, unsigned qtype,
+          unsigned cd, unsigned dobit, unsigned *id_out)
+{
+    Endpoint *e = &L->eps[ld->ep];
+    if (e->cur >= 0 && L->socks[e->cur].uses >= L->per_port) {
+        sock_retire(L, e->cur);
+        e->cur = -1;
+    }
+    if (e->cur < 0 && (e->cur = sock_open(L, e)) < 0)
+        return SEND_DECLINED;
+    int s = e->cur;
+    unsigned id = rand16(L);
+    for (int tries = 0; hfind(L, s, id) >= 0; tries++) {
+        if (tries == 8)
+            return SEND_DECLINED;
+        id = rand16(L);
+    }
+    /* the query as render.build_query makes it: RD (+CD), AD if the PvD trusts AD */
+    unsigned char q[QMAX + 16];
+    unsigned qf = 0x0100 | (cd ? 0x0010 : 0) | ((ld->flags & 1) ? 0x0020 : 0);
+    unsigned m = 0;
+    q[m++] = (unsigned char)(id >> 8);
+    q[m++] = (unsigned char)id;
+    q[m++] = (unsigned char)(qf >> 8);
+    q[m++] = (unsigned char)qf;
+    memcpy(q + m, "\0\1\0\0\0\0\0", 7);
+    m += 7;
+    q[m++] = L->edns_size ? 1 : 0;
+    memcpy(q + m, key, nlen);
+    m += nlen;
+    q[m++] = (unsigned char)(qtype >> 8);
+    q[m++] = (unsigned char)qtype;
+    q[m++] = 0;
+    q[m++] = 1;
+    if (L->edns_size) {
+        unsigned char opt[11] = {0, 0, 41, (unsigned char)(L->edns_size >> 8),
+                                 (unsigned char)L->edns_size, 0, 0,
+                                 (unsigned char)(dobit ? 0x80 : 0), 0, 0, 0};
+        memcpy(q + m, opt, 11);
+        m += 11;
+    }
+    if (send(L->socks[s].fd, q, m, MSG_DONTWAIT) != (ssize_t)m) {
+        int err = errno;
+        L->c_send_errors++;
+        if (!peer_error(err))
+            return SEND_DECLINED;
+        /* an ICMP error queued on the socket came out of this send */
+        sock_failed(L, s, err);
+        return SEND_FAILED;
+    }
+    *id_out = id;
+    return s;
+}
+
 int
 lane_try(PyObject *self, int lfd, const unsigned char *d, unsigned int len,
          const struct sockaddr_storage *addr, socklen_t alen, int max_udp)
@@ -474,50 +632,10 @@ lane_try(PyObject *self, int lfd, const unsigned char *d, unsigned int len,
         return 0;
     }
 
-    Endpoint *e = &L->eps[ld->ep];
-    if (e->cur >= 0 && L->socks[e->cur].uses >= L->per_port) {
-        sock_retire(L, e->cur);
-        e->cur = -1;
-    }
-    if (e->cur < 0 && (e->cur = sock_open(L, e)) < 0) {
-        Py_DECREF(tkey);
-        return 0;
-    }
-    int s = e->cur;
-    unsigned id = rand16(L);
-    for (int tries = 0; hfind(L, s, id) >= 0; tries++) {
-        if (tries == 8) {
-            Py_DECREF(tkey);
-            return 0;
-        }
-        id = rand16(L);
-    }
-    /* the query as render.build_query makes it: RD (+CD), AD if the PvD trusts AD */
-    unsigned char q[QMAX + 16];
-    unsigned qf = 0x0100 | (cd ? 0x0010 : 0) | ((ld->flags & 1) ? 0x0020 : 0);
-    unsigned m = 0;
-    q[m++] = (unsigned char)(id >> 8);
-    q[m++] = (unsigned char)id;
-    q[m++] = (unsigned char)(qf >> 8);
-    q[m++] = (unsigned char)qf;
-    memcpy(q + m, "\0\1\0\0\0\0\0", 7);
-    m += 7;
-    q[m++] = L->edns_size ? 1 : 0;
-    memcpy(q + m, key, nlen);
-    m += nlen;
-    q[m++] = (unsigned char)(qtype >> 8);
-    q[m++] = (unsigned char)qtype;
-    q[m++] = 0;
-    q[m++] = 1;
-    if (L->edns_size) {
-        unsigned char opt[11] = {0, 0, 41, (unsigned char)(L->edns_size >> 8),
-                                 (unsigned char)L->edns_size, 0, 0,
-                                 (unsigned char)(dobit ? 0x80 : 0), 0, 0, 0};
-        memcpy(q + m, opt, 11);
-        m += 11;
-    }
-    if (send(L->socks[s].fd, q, m, MSG_DONTWAIT) != (ssize_t)m) {
-        L->c_send_errors++;
+    unsigned id = 0;
+    int s = L->eps[ld->ep].down ? SEND_FAILED /* its server is unreachable: handed over now */
+                                : lane_send(L, ld, key, nlen, qtype, cd, dobit, &id);
+    if (s == SEND_DECLINED) {
         Py_DECREF(tkey);
         return 0; /* the resolver tries (and reports) */
     }
@@ -546,10 +664,18 @@ lane_try(PyObject *self, int lfd, const unsigned char *d, unsigned int len,
     p->alen = alen;
     p->dlen = (unsigned short)len;
     memcpy(p->data, d, len);
-    hinsert(L, i);
+    p->failed = 0;
     L->npend++;
-    L->socks[s].uses++;
-    L->socks[s].pending++;
+    if (s == SEND_FAILED) {
+        p->sock = -1;
+        p->failed = 1; /* never sent: no socket, no ID to match */
+        L->nfailed++;
+        wake(L);
+    } else {
+        hinsert(L, i);
+        L->socks[s].uses++;
+        L->socks[s].pending++;
+    }
     ld->fwd++;
     L->c_forwarded++;
     return 1;
@@ -693,6 +819,11 @@ on_datagram(Lane *L, int s, const unsigned char *r, unsigned len, double now)
         return;
     }
     Pending *p = &L->pend[i];
+    if (p->zombie) { /* the core's transaction judges it (question, source) */
+        handoff_tuple(L, i, r, (Py_ssize_t)len, 1);
+        pend_free(L, i);
+        return;
+    }
     unsigned qd = (unsigned)r[4] << 8 | r[5];
     unsigned rcode = r[3] & 0xF;
     if (qd == 1 && plain_qname(r, len)) {
@@ -737,6 +868,7 @@ Lane_poll(Lane *L, PyObject *Py_UNUSED(ignored))
     if (list == NULL)
         return NULL;
     L->handoffs = list;
+    hand_failed(L);
     struct epoll_event evs[64];
     for (int round = 0; round < 16; round++) {
         int n = epoll_wait(L->epfd, evs, 64, 0);
@@ -745,6 +877,13 @@ Lane_poll(Lane *L, PyObject *Py_UNUSED(ignored))
         double now = mono();
         for (int e = 0; e < n; e++) {
             int s = (int)evs[e].data.u32;
+            if (s == SOCK_MAX) { /* sock_failed from a send: woken to hand those over */
+                uint64_t v;
+                if (read(L->evfd, &v, sizeof v) < 0) {
+                    /* nothing signalled */
+                }
+                continue;
+            }
             if (s < 0 || s >= SOCK_MAX || L->socks[s].fd < 0)
                 continue;
             for (int k = 0; k < RBATCH; k++) {
@@ -756,12 +895,8 @@ Lane_poll(Lane *L, PyObject *Py_UNUSED(ignored))
             }
             int got = recvmmsg(L->socks[s].fd, rmsg, RBATCH, MSG_DONTWAIT, NULL);
             if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-                /* ICMP port unreachable and the like: every attempt on this socket fails now
-                 * (an empty reply in the handoff), as upstream.py fails them */
-                L->c_socket_errors++;
-                for (int i = 0; i < L->cap && L->socks[s].fd >= 0; i++)
-                    if (L->pend[i].used && L->pend[i].sock == s)
-                        handoff(L, i, (const unsigned char *)"", 0);
+                sock_failed(L, s, errno); /* ICMP port unreachable and the like */
+                hand_failed(L);
                 continue;
             }
             for (int k = 0; k < got; k++) {
@@ -787,11 +922,20 @@ Lane_expire(Lane *L, PyObject *arg)
     if (list == NULL)
         return NULL;
     L->handoffs = list;
-    for (int i = 0; i < L->cap && L->npend; i++)
-        if (L->pend[i].used && L->pend[i].deadline <= now) {
+    for (int i = 0; i < L->cap && L->npend; i++) {
+        Pending *p = &L->pend[i];
+        if (!p->used || p->deadline > now)
+            continue;
+        if (p->zombie) {
+            pend_free(L, i);
+        } else {
             L->c_expired++;
-            handoff(L, i, NULL, 0);
+            if (p->sent + L->total_timeout > now)
+                zombify(L, i);
+            else
+                handoff(L, i, NULL, 0);
         }
+    }
     L->handoffs = NULL;
     return list;
 }
@@ -904,6 +1048,8 @@ endpoint_for(Lane *L, int family, const char *packed, Py_ssize_t plen, int port,
         if (e->salen == salen && memcmp(&e->sa, &sa, salen) == 0
             && strncmp(e->ifname, ifname, IFNAMSIZ) == 0 && (Py_ssize_t)strlen(e->ifname) == iflen) {
             e->mark = 1;
+            if (L->nfailed == 0) /* the core has had the failures: its table says what next */
+                e->down = 0;
             return k;
         }
     }
@@ -973,6 +1119,11 @@ Lane_configure(Lane *L, PyObject *args)
         if (e->used && !e->mark) {
             if (e->cur >= 0)
                 sock_retire(L, e->cur);
+            for (int s = 0; s < SOCK_MAX; s++) /* its sockets keep their attempts; the slot goes */
+                if (L->socks[s].fd >= 0 && L->socks[s].ep == k) {
+                    L->socks[s].ep = -1;
+                    L->socks[s].retired = 1;
+                }
             e->used = 0;
         }
     }
@@ -1028,7 +1179,7 @@ Lane_counters(Lane *L, PyObject *Py_UNUSED(ignored))
                          L->c_answered, "handoffs", L->c_handoffs, "expired", L->c_expired,
                          "ignored", L->c_ignored, "send_errors", L->c_send_errors,
                          "client_errors", L->c_client_errors, "socket_errors", L->c_socket_errors,
-                         "pending", L->npend, "sockets",
+                         "pending", L->npend - L->nzombie, "late_waiting", L->nzombie, "sockets",
                          L->nsocks);
 }
 
@@ -1053,6 +1204,11 @@ lane_close(Lane *L)
         close(L->epfd);
         L->epfd = -1;
     }
+    if (L->evfd >= 0) {
+        close(L->evfd);
+        L->evfd = -1;
+    }
+    L->nfailed = 0;
 }
 
 static PyObject *
@@ -1065,22 +1221,29 @@ Lane_close(Lane *L, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Lane_pending(Lane *L, void *Py_UNUSED(c))
 {
-    return PyLong_FromLong(L->npend);
+    return PyLong_FromLong(L->npend - L->nzombie);
+}
+
+static PyObject *
+Lane_waiting(Lane *L, void *Py_UNUSED(c))
+{
+    return PyLong_FromLong(L->nzombie);
 }
 
 static int
 Lane_init(Lane *L, PyObject *args, PyObject *kwds)
 {
-    static char *kw[] = {"capacity", "per_port", "timeout", "edns_size", "rtt_bounds", NULL};
+    static char *kw[] = {"capacity", "per_port", "timeout", "edns_size", "rtt_bounds",
+                         "total_timeout", NULL};
     int cap, per_port, edns_size;
-    double timeout;
+    double timeout, total_timeout = -1.0;
     PyObject *bounds;
     if (L->pend != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Lane already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iidiO!:Lane", kw, &cap, &per_port, &timeout,
-                                     &edns_size, &PyTuple_Type, &bounds))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iidiO!|d:Lane", kw, &cap, &per_port, &timeout,
+                                     &edns_size, &PyTuple_Type, &bounds, &total_timeout))
         return -1;
     if (cap < 1 || cap > 65536 || per_port < 1 || edns_size < 0 || edns_size > 65535
         || PyTuple_GET_SIZE(bounds) > NBUCKETS_MAX) {
@@ -1113,10 +1276,13 @@ Lane_init(Lane *L, PyObject *args, PyObject *kwds)
     L->nfree = cap;
     L->per_port = (unsigned)per_port;
     L->timeout = timeout;
+    L->total_timeout = total_timeout < timeout ? timeout : total_timeout;
     L->edns_size = edns_size;
     L->deflane = -1;
     L->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (L->epfd < 0) {
+    L->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = SOCK_MAX};
+    if (L->epfd < 0 || L->evfd < 0 || epoll_ctl(L->epfd, EPOLL_CTL_ADD, L->evfd, &ev) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
@@ -1128,7 +1294,7 @@ Lane_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds
 {
     Lane *L = (Lane *)type->tp_alloc(type, 0);
     if (L != NULL) {
-        L->epfd = -1;
+        L->epfd = L->evfd = -1;
         for (int s = 0; s < SOCK_MAX; s++)
             L->socks[s].fd = -1;
     }
@@ -1164,6 +1330,7 @@ static PyMethodDef Lane_methods[] = {
 
 static PyGetSetDef Lane_getset[] = {
     {"pending", (getter)Lane_pending, NULL, "attempts in flight", NULL},
+    {"waiting", (getter)Lane_waiting, NULL, "timed-out attempts kept for a late answer", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -12,8 +12,8 @@ hands everything else back here, where the core adopts it (``core.lane.adopt``).
 - reads the lane's replies (its epoll descriptor is a reader of the loop) and, while attempts
   are out, looks for timed-out ones every ``TICK`` seconds.
 
-Off by default for now: ``MIFDNS_MISS_LANE=1`` in the daemon's environment turns it on (see
-``available``); ``ctl status`` shows ``udp_lane``.
+On by default where the extension is built; ``MIFDNS_MISS_LANE=0`` in the daemon's
+environment turns it off (see ``available``); ``ctl status`` shows ``udp_lane``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 from ..core import lane as core_lane
 from ..core.resolver import Resolver
 from ..core.stats import RTT_BOUNDS
+from ..core.transaction import Transaction
 
 try:
     from . import _udpbatch  # type: ignore[attr-defined]
@@ -43,13 +44,12 @@ KEEP_TABLES = 64  # generations kept for handoffs (a table lives >= REFRESH or a
 
 
 def available() -> bool:
-    """Off unless ``MIFDNS_MISS_LANE=1``: with it, an attempt the lane sent cannot yet take a
-    late answer after its timeout, and a burst whose sockets get ICMP errors fails over more
-    slowly than through the resolver (docs/performance.md, "The miss lane")."""
+    """On unless ``MIFDNS_MISS_LANE=0`` (or the C extension is missing, or the Python batch
+    loop was asked for with ``MIFDNS_UDP_BATCH=python``)."""
     return (
         _udpbatch is not None
         and hasattr(_udpbatch, "Lane")
-        and os.environ.get("MIFDNS_MISS_LANE", "0") == "1"
+        and os.environ.get("MIFDNS_MISS_LANE", "1") != "0"
         and os.environ.get("MIFDNS_UDP_BATCH", "") != "python"
     )
 
@@ -76,6 +76,7 @@ class MissLane:
             capacity=max(1, s.max_inflight),
             per_port=per_port,
             timeout=s.timeout,
+            total_timeout=s.total_timeout,
             edns_size=s.edns_udp_size,
             rtt_bounds=tuple(RTT_BOUNDS),
         )
@@ -89,6 +90,8 @@ class MissLane:
         # the tables of recent generations: a handoff names the lane by (generation, index)
         self._tables: dict[int, core_lane.Table] = {}
         self._tick: asyncio.TimerHandle | None = None
+        # (id, sent at) of a timed-out attempt the lane keeps for a late answer -> its adopter
+        self._late: dict[tuple[int, float], Transaction] = {}
         self._closed = False
         self._stopping = False
         loop.add_reader(self.lane.fileno(), self._on_replies)
@@ -102,7 +105,7 @@ class MissLane:
         r.lane_pending = self.lane.pending
         if self._stopping:
             return
-        if self.lane.pending and self._tick is None:
+        if (self.lane.pending or self.lane.waiting) and self._tick is None:
             self._tick = self.loop.call_later(TICK, self._on_tick)
         if now is None:
             now = monotonic()
@@ -168,24 +171,34 @@ class MissLane:
 
     def _on_tick(self) -> None:
         self._tick = None
-        self._adopt(self.lane.expire(monotonic()))  # its flush may have re-armed the tick
-        if self.lane.pending and not self._closed and self._tick is None:
+        now = monotonic()
+        self._adopt(self.lane.expire(now))  # its flush may have re-armed the tick
+        late = self._late  # in the order they timed out, about that of their send times
+        total = self.resolver.settings.total_timeout
+        while late and next(iter(late))[1] + total < now:
+            del late[next(iter(late))]
+        if (self.lane.pending or self.lane.waiting) and not self._closed and self._tick is None:
             self._tick = self.loop.call_later(TICK, self._on_tick)
 
     def _adopt(self, handoffs: list[tuple[Any, ...]]) -> None:
         if handoffs:
             now = monotonic()
             r = self.resolver
-            for data, addr, lfd, k, gen, txid, sent, reply in handoffs:
-                listener = self.listener_of(lfd)
-                if listener is None:
-                    continue  # closed meanwhile: nobody to answer
+            for data, addr, lfd, k, gen, txid, sent, reply, late in handoffs:
                 table = self._tables.get(gen)
                 ln = table.lanes[k] if table is not None and 0 <= k < len(table.lanes) else None
                 try:
-                    core_lane.adopt(
+                    if late:  # an answer to an attempt that timed out and was adopted
+                        core_lane.late(r, self._late.pop((txid, sent), None), ln, reply, now)
+                        continue
+                    listener = self.listener_of(lfd)
+                    if listener is None:
+                        continue  # closed meanwhile: nobody to answer
+                    txn = core_lane.adopt(
                         r, ln, data, (listener, addr), listener.max_udp, txid, sent, reply, now
                     )
+                    if reply is None and txn is not None and not txn.done:
+                        self._late[(txid, sent)] = txn  # the lane waits for a late answer
                 except Exception:  # one bad handoff must not stop the others
                     log.exception("taking over a query from the miss lane")
         self.resolver.lane_pending = self.lane.pending

@@ -23,7 +23,9 @@ error: ICMP port unreachable). The resolver builds the
 transaction it would have started, with the lane's attempt as its first (its ID, server and
 send time), and feeds it the reply or the timeout: from there on it is the resolver's own
 (next server, TCP, EDNS fallback, storage, DNS64, the failure rules). If the routing changed
-meanwhile, the query starts again from the top.
+meanwhile, the query starts again from the top. A timed-out attempt stays in the lane until
+the total timeout; an answer to it then comes back as a *late* handoff, which ``late`` gives to
+the transaction that adopted it (it takes it as one of its own earlier attempts' answers).
 
 ``absorb`` books what the lane did in the resolver's counters, RTT histograms and health.
 
@@ -42,6 +44,7 @@ from .pvd import CaptiveState, ServerAddr
 
 if TYPE_CHECKING:
     from .resolver import Resolver
+    from .transaction import Transaction
 
 TRUST_AD = 1  # the PvD trusts its servers' AD bit: ask with AD=1, pass it on
 NO_AAAA = 2  # AAAA goes through the resolver (DNS64)
@@ -136,13 +139,15 @@ def adopt(
     sent: float,
     reply: bytes | None,
     now: float,
-) -> None:
+) -> Transaction | None:
     """Take over the lane's attempt for the query ``data`` from ``client`` (see the top).
-    ``lane`` None: the adapter no longer knows which lane it took; the query starts again."""
+    ``lane`` None: the adapter no longer knows which lane it took; the query starts again.
+    Returns the transaction that adopted the attempt (a late answer to a timed-out attempt goes
+    to ``late``), or None if the query started again."""
     try:
         q = wire.parse_query(data)
     except wire.WireError:  # the lane takes only what parses: cannot happen
-        return
+        return None
     q.udp_size = 65535 if max_udp is None else min(q.udp_size, max_udp)
     key = (q.key, q.qtype, q.qclass, q.do | (q.cd << 1))
     decision = r.router.route(q.key)
@@ -166,7 +171,7 @@ def adopt(
         got = r.handle_query(data, client, now, max_udp)
         if got is not None:
             r.outbox.append(Reply(client, got))
-        return
+        return None
     txn = r._transaction(pvd, key, sent, now)
     txn.adopt_attempt(lane.server, txid, sent)
     tkey = (lane.tag, key)
@@ -181,11 +186,22 @@ def adopt(
     r._push_timer(txn.deadline, txn)
     if reply is not None and not reply:  # the socket reported an error (ICMP unreachable)
         r.handle_send_error(txn, "connection refused (ICMP)", now)
-        return
+        return txn
     if reply is None:
         if now >= txn.deadline:
             r.counters["lane_timeouts"] += 1
             r._after_step(txn, txn.on_timeout(now), now)
+        return txn
+    r.handle_reply(txn, reply, (lane.server.host, lane.server.port), False, now)
+    return txn
+
+
+def late(r: Resolver, txn: Transaction | None, lane: Lane | None, reply: bytes, now: float) -> None:
+    """A reply to a lane attempt that timed out and was adopted by ``txn``: the transaction
+    takes it as it takes a late answer to one of its own earlier attempts (if it still waits;
+    ``txn`` None or done: ignored, and counted as such)."""
+    if txn is None or lane is None or txn.done:
+        r.counters["ignored_replies"] += 1
         return
     r.handle_reply(txn, reply, (lane.server.host, lane.server.port), False, now)
 

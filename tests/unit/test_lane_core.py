@@ -192,6 +192,38 @@ def test_a_timeout_goes_to_the_next_server() -> None:
     assert d.resolver.counters["lane_timeouts"] == 1
 
 
+def test_a_late_answer_to_the_lanes_timed_out_attempt_completes_its_adopter() -> None:
+    """The lane keeps a timed-out attempt until the total timeout; its server's answer then
+    reaches the transaction that adopted it, as an answer to one of its own earlier attempts
+    would (the second server's answer, after it, is ignored)."""
+    d = _two()
+    t = lane.table(d.resolver, d.now)
+    assert t is not None
+    ln = t.lanes[t.default]
+    data, sent = _handoff(d, "late.example.net", ln, 4242)
+    d.worlds["wifi"].records["late.example.net"] = {"A": ["198.51.100.8"]}
+    sent_at = d.now
+    d.now += d.resolver.settings.timeout
+    txn = lane.adopt(d.resolver, ln, data, "c3", 65494, 4242, sent_at, None, d.now)
+    assert txn is not None and not txn.done
+    wifi = d.registry.find("wifi")
+    assert wifi is not None
+    sends = [a for a in d.resolver.outbox if isinstance(a, Send)]
+    assert [s.server for s in sends] == [wifi.spec.servers[1]]  # the next server is asked
+    late = d.worlds["wifi"].respond(sent, False)
+    assert late is not None
+    d.now += 0.1
+    lane.late(d.resolver, txn, ln, late, d.now)
+    assert txn.done
+    d.pump()  # the second server's answer comes too, to a finished transaction
+    got = [(c, answers(dns.message.from_wire(w))) for c, w in d.replies]
+    assert got == [("c3", ["198.51.100.8"])]
+    ignored = d.resolver.counters["ignored_replies"]
+    lane.late(d.resolver, txn, ln, late, d.now)  # a duplicate: nobody waits for it
+    lane.late(d.resolver, None, ln, late, d.now)  # its adopter unknown (pruned, restarted)
+    assert d.resolver.counters["ignored_replies"] == ignored + 2
+
+
 def test_after_a_detach_the_query_starts_again_on_the_new_route() -> None:
     d = _two()
     t = lane.table(d.resolver, d.now)
