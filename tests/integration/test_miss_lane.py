@@ -3,7 +3,7 @@
 The lane forwards a plain query's first UDP attempt in C and answers a plain reply (NOERROR,
 A/AAAA of the question's name, TTL 0) there; everything else is handed to the resolver. These
 tests check that a client cannot tell: the lane's replies are the resolver's byte for byte
-(MIFDNS_MISS_LANE=1 turns it on), the handed-over cases behave as without it (cache, failover,
+(MIFDNS_MISS_LANE=0 turns it off), the handed-over cases behave as without it (cache, failover,
 TCP, spoofed replies), and its routing is the resolver's (two PvDs with the same server
 address on two links: each name reaches only its own PvD's server).
 """
@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.asyncio]
 
 @pytest.fixture(autouse=True)
 def _lane_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MIFDNS_MISS_LANE", "1")  # off by default (aio/lane.py: available)
+    monkeypatch.setenv("MIFDNS_MISS_LANE", "1")  # the default, whatever the caller's env says
 
 
 ZERO = {  # the referee's miss test: answers with TTL 0 (nothing to cache)

@@ -1,6 +1,11 @@
 """Upstream and client transport on real sockets in network namespaces: truncation and TCP,
 failover between a PvD's servers, the SERVFAIL deadline, query ID / source port randomness,
 and replies that must not be accepted (wrong ID, wrong source, wrong question).
+
+Every test runs twice: with the miss lane (the default: a plain query's first UDP attempt is
+sent and matched in C, aio/_lane.c) and without it (MIFDNS_MISS_LANE=0: the resolver's own
+attempts, aio/upstream.py). Failover, late answers, ICMP errors and spoofing must not depend
+on which one sent the attempt.
 """
 
 from __future__ import annotations
@@ -44,6 +49,11 @@ from mifdns.harness.fakeupstream import FakeUpstream
 from mifdns.harness.topology import Topology
 
 pytestmark = [pytest.mark.netns, pytest.mark.asyncio]
+
+
+@pytest.fixture(autouse=True, params=["lane", "nolane"])
+def _miss_lane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIFDNS_MISS_LANE", "1" if request.param == "lane" else "0")
 
 
 TWO_SERVERS = ["192.0.2.53/24", "192.0.2.54/24", "2001:db8:1::53/64"]
