@@ -10,6 +10,8 @@ byte by byte, so the lie-telling counts, truncations and odd owners are covered 
 
 from __future__ import annotations
 
+import os
+
 import dns.flags
 import dns.message
 import dns.rrset
@@ -67,12 +69,20 @@ def _mutate(draw: st.DrawFn, data: bytes) -> bytes:
     return bytes(out)
 
 
+_SLOW = [HealthCheck.too_slow]
+
+
+def _examples(ci: int) -> int:
+    """CI's count, or the nightly run's (scripts/fuzz sets MIFDNS_FUZZ_EXAMPLES)."""
+    return int(os.environ.get("MIFDNS_FUZZ_EXAMPLES", ci))
+
+
 @st.composite
 def mutated_queries(draw: st.DrawFn) -> bytes:
     return _mutate(draw, draw(queries()))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=_examples(400), deadline=None, suppress_health_check=_SLOW)
 @given(data=st.one_of(queries(), mutated_queries()), max_udp=st.sampled_from([65494, 1232]))
 def test_the_lane_takes_only_queries_the_resolver_parses_the_same(data: bytes, max_udp: int):
     got = _udpbatch.lane_parse(data, max_udp)
@@ -134,7 +144,7 @@ def _resolver_renders(query: bytes, reply: bytes, flags: int, max_udp: int) -> b
     return render.render_reply(body, offsets, ttls, 0, q, opt=opt, clear_ad=not (q.ad or q.do))
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=_examples(600), deadline=None, suppress_health_check=_SLOW)
 @given(ex=exchanges(), trust_ad=st.booleans(), max_udp=st.sampled_from([65494, 1232]))
 @example(
     ex=(
