@@ -14,6 +14,7 @@
  *                flags: 1 the PvD trusts AD, 2 AAAA not for the lane, 4 PTR not for the lane
  *       parts    the cache's partitions (dict tag -> Partition), inflight and synth: the
  *                core's in-flight tables; a query they hold is not for the lane
+ *   tune(timeout, total_timeout, edns_size, limit, per_port)   settings a reload changed
  *   disable()    nothing takes the lane until the next configure (in-flight ones finish)
  *   fileno()     an epoll descriptor: readable when an upstream socket of the lane is
  *   poll()       read the replies; answer the plain ones; returns the handoffs
@@ -113,7 +114,7 @@ typedef struct {
     Endpoint eps[EP_MAX];
     Sock socks[SOCK_MAX];
     Pending *pend;
-    int cap, npend, nsocks, nzombie;
+    int cap, limit, npend, nsocks, nzombie;
     int *freelist, nfree;
     int *hash;
     unsigned hmask;
@@ -582,7 +583,7 @@ lane_try(PyObject *self, int lfd, const unsigned char *d, unsigned int len,
          const struct sockaddr_storage *addr, socklen_t alen, int max_udp)
 {
     Lane *L = (Lane *)self;
-    if (!L->enabled || L->nfree == 0)
+    if (!L->enabled || L->nfree == 0 || L->npend - L->nzombie >= L->limit)
         return 0;
     unsigned char key[256];
     unsigned nlen, qtype, flags, edns, dobit, udp;
@@ -1137,6 +1138,29 @@ Lane_configure(Lane *L, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* tune(timeout, total_timeout, edns_size, limit, per_port): the settings a reload changed; ``limit``
+ * (attempts in flight) is capped at the capacity the lane was made with. Attempts already
+ * out keep the deadlines they were given. */
+static PyObject *
+Lane_tune(Lane *L, PyObject *args)
+{
+    double timeout, total_timeout;
+    int edns_size, limit, per_port;
+    if (!PyArg_ParseTuple(args, "ddiii:tune", &timeout, &total_timeout, &edns_size, &limit,
+                          &per_port))
+        return NULL;
+    if (timeout <= 0 || edns_size < 0 || edns_size > 65535 || limit < 0 || per_port < 1) {
+        PyErr_SetString(PyExc_ValueError, "bad Lane settings");
+        return NULL;
+    }
+    L->timeout = timeout;
+    L->total_timeout = total_timeout < timeout ? timeout : total_timeout;
+    L->edns_size = edns_size;
+    L->limit = limit < L->cap ? limit : L->cap;
+    L->per_port = (unsigned)per_port;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 Lane_disable(Lane *L, PyObject *Py_UNUSED(ignored))
 {
@@ -1270,7 +1294,7 @@ Lane_init(Lane *L, PyObject *args, PyObject *kwds)
     for (unsigned h = 0; h < hcap; h++)
         L->hash[h] = -1;
     L->hmask = hcap - 1;
-    L->cap = cap;
+    L->cap = L->limit = cap;
     for (int i = 0; i < cap; i++)
         L->freelist[i] = cap - 1 - i;
     L->nfree = cap;
@@ -1318,6 +1342,8 @@ Lane_dealloc(Lane *L)
 
 static PyMethodDef Lane_methods[] = {
     {"configure", (PyCFunction)Lane_configure, METH_VARARGS, "Install a lane table."},
+    {"tune", (PyCFunction)Lane_tune, METH_VARARGS,
+     "tune(timeout, total_timeout, edns_size, limit, per_port): settings after a reload."},
     {"disable", (PyCFunction)Lane_disable, METH_NOARGS, "Take no new queries."},
     {"poll", (PyCFunction)Lane_poll, METH_NOARGS, "Read replies; returns the handoffs."},
     {"expire", (PyCFunction)Lane_expire, METH_O, "Timed-out attempts, as handoffs."},

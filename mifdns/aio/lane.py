@@ -152,6 +152,14 @@ class MissLane:
         for old in [g for g in self._tables if g <= self.gen - KEEP_TABLES]:
             del self._tables[old]
 
+    def tune(self, per_port: int) -> None:
+        """After a reload: the resolver's new timeouts, EDNS size and in-flight limit (capped
+        at the capacity the lane was made with), and ``upstream.queries_per_port``."""
+        s = self.resolver.settings
+        self.lane.tune(
+            s.timeout, s.total_timeout, s.edns_udp_size, max(1, s.max_inflight), per_port
+        )
+
     def book(self) -> None:
         """Book the lane's counts into the resolver now (``ctl status``, metrics)."""
         self._book(monotonic())

@@ -95,6 +95,8 @@ async def reload(d: Daemon) -> dict[str, Any]:
     if d.upstreams is not None:
         d.upstreams.max_tcp = new.limits.max_upstream_tcp
         d.upstreams.queries_per_port = new.upstream.queries_per_port
+    if d.lane is not None:  # made with the settings at start
+        d.lane.tune(new.upstream.queries_per_port)
     lim = new.limits  # the listeners read these on every batch, connection or frame
     for udp in d.udp:
         udp.batch = lim.ingress_batch

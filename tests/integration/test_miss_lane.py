@@ -16,6 +16,7 @@ from typing import Any
 import dns.flags
 import dns.message
 import pytest
+import yaml
 from splitdns_helpers import (
     addrs,
     client_log,
@@ -228,3 +229,27 @@ async def test_a_pvd_that_detaches_mid_query_does_not_answer_it(
     assert names_seen(up_wifi) == ["a1.corp.example."]
     lane = _lane(d)
     assert lane["handoffs"] >= 1 and lane["pending"] == 0
+
+
+async def test_a_reload_changes_the_lanes_timeouts_too(topology, upstream_factory, mifdns_factory):
+    """The lane is made with the upstream settings at start; a reload that shortens the
+    timeouts must reach it, or its attempts keep the old deadline (here 2.5 s)."""
+    corp = topology.add_network("corp", "corp0")
+    up = await upstream_factory(corp, ZERO, ttl=0)
+    cfg = config(corp_pvd(), upstream={"timeout": 2.5, "total_timeout": 3.0})
+    d = await mifdns_factory(topology, cfg)
+    await settle(up)
+    assert addrs(await d.aquery("a1.corp.example")) == ["10.8.1.1"]
+    short = dict(cfg, upstream={"timeout": 0.3, "total_timeout": 1.0})
+    d.config_path.write_text(yaml.safe_dump(dict(short, control_socket=d.control_socket)))
+    d.ctl("reload")
+    up.drop = True
+    before = _lane(d)
+    t0 = asyncio.get_running_loop().time()
+    r = await d.aquery("a2.corp.example", timeout=5)
+    took = asyncio.get_running_loop().time() - t0
+    assert rcode(r) == "SERVFAIL"
+    assert took < 1.8, took  # the total timeout of 1 s, not the lane's old 2.5 s attempt
+    after = _lane(d)
+    assert after["forwarded"] == before["forwarded"] + 1  # it was the lane's attempt
+    assert after["expired"] == before["expired"] + 1
