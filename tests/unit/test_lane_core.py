@@ -171,20 +171,28 @@ def test_a_reply_with_another_id_is_ignored_and_the_attempt_times_out_as_usual()
     assert [c for c, _ in d.replies] == ["c1"]
 
 
-def test_a_timeout_goes_to_the_next_server() -> None:
-    d = _two()
+def _timed_out(d: Driver, name: str, address: str, client: str):
+    """The lane's attempt for ``name`` (on wifi, the default route) timed out and was adopted:
+    (the lane, the query it sent, the adopting transaction, the wifi PvD). The next server
+    has been asked."""
     t = lane.table(d.resolver, d.now)
     assert t is not None
     ln = t.lanes[t.default]
-    data, _ = _handoff(d, "www.corp.example.net", ln, 4242)
-    d.worlds["wifi"].records["www.corp.example.net"] = {"A": ["198.51.100.7"]}
+    data, sent = _handoff(d, name, ln, 4242)
+    d.worlds["wifi"].records[name] = {"A": [address]}
     sent_at = d.now
     d.now += d.resolver.settings.timeout
-    lane.adopt(d.resolver, ln, data, "c2", 65494, 4242, sent_at, None, d.now)
-    sends = [a for a in d.resolver.outbox if isinstance(a, Send)]
+    txn = lane.adopt(d.resolver, ln, data, client, 65494, 4242, sent_at, None, d.now)
     wifi = d.registry.find("wifi")
     assert wifi is not None
+    sends = [a for a in d.resolver.outbox if isinstance(a, Send)]
     assert [s.server for s in sends] == [wifi.spec.servers[1]]  # not the one that timed out
+    return ln, sent, txn, wifi
+
+
+def test_a_timeout_goes_to_the_next_server() -> None:
+    d = _two()
+    _, _, _, wifi = _timed_out(d, "www.corp.example.net", "198.51.100.7", "c2")
     health = d.resolver.health.stats("wifi", wifi.spec.servers[0])
     assert health.failures == 1
     d.pump()
@@ -197,19 +205,8 @@ def test_a_late_answer_to_the_lanes_timed_out_attempt_completes_its_adopter() ->
     reaches the transaction that adopted it, as an answer to one of its own earlier attempts
     would (the second server's answer, after it, is ignored)."""
     d = _two()
-    t = lane.table(d.resolver, d.now)
-    assert t is not None
-    ln = t.lanes[t.default]
-    data, sent = _handoff(d, "late.example.net", ln, 4242)
-    d.worlds["wifi"].records["late.example.net"] = {"A": ["198.51.100.8"]}
-    sent_at = d.now
-    d.now += d.resolver.settings.timeout
-    txn = lane.adopt(d.resolver, ln, data, "c3", 65494, 4242, sent_at, None, d.now)
+    ln, sent, txn, _ = _timed_out(d, "late.example.net", "198.51.100.8", "c3")
     assert txn is not None and not txn.done
-    wifi = d.registry.find("wifi")
-    assert wifi is not None
-    sends = [a for a in d.resolver.outbox if isinstance(a, Send)]
-    assert [s.server for s in sends] == [wifi.spec.servers[1]]  # the next server is asked
     late = d.worlds["wifi"].respond(sent, False)
     assert late is not None
     d.now += 0.1
