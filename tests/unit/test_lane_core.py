@@ -138,12 +138,18 @@ def _handoff(d: Driver, name: str, ln: lane.Lane, txid: int):
     return data, sent
 
 
-def test_a_reply_to_store_is_adopted_cached_and_answered() -> None:
-    d = _two()
+def _corp_handoff(d: Driver, txid: int):
+    """The lane www.corp.example takes, the client's query and what the lane sent for it."""
     t = lane.table(d.resolver, d.now)
     assert t is not None
     ln = t.lanes[_walk(t, "www.corp.example")]
-    data, sent = _handoff(d, "www.corp.example", ln, 777)
+    data, sent = _handoff(d, "www.corp.example", ln, txid)
+    return ln, data, sent
+
+
+def test_a_reply_to_store_is_adopted_cached_and_answered() -> None:
+    d = _two()
+    ln, data, sent = _corp_handoff(d, 777)
     reply = d.worlds["corp"].respond(sent, False)  # TTL 300: to cache
     assert reply is not None and reply[:2] == (777).to_bytes(2, "big")
     lane.adopt(d.resolver, ln, data, "c1", 65494, 777, d.now - 0.01, reply, d.now)
@@ -157,10 +163,7 @@ def test_a_reply_to_store_is_adopted_cached_and_answered() -> None:
 
 def test_a_reply_with_another_id_is_ignored_and_the_attempt_times_out_as_usual() -> None:
     d = _two()
-    t = lane.table(d.resolver, d.now)
-    assert t is not None
-    ln = t.lanes[_walk(t, "www.corp.example")]
-    data, sent = _handoff(d, "www.corp.example", ln, 777)
+    ln, data, sent = _corp_handoff(d, 777)
     reply = d.worlds["corp"].respond(sent, False)
     assert reply is not None
     forged = (778).to_bytes(2, "big") + reply[2:]
@@ -223,10 +226,7 @@ def test_a_late_answer_to_the_lanes_timed_out_attempt_completes_its_adopter() ->
 
 def test_after_a_detach_the_query_starts_again_on_the_new_route() -> None:
     d = _two()
-    t = lane.table(d.resolver, d.now)
-    assert t is not None
-    ln = t.lanes[_walk(t, "www.corp.example")]
-    data, sent = _handoff(d, "www.corp.example", ln, 99)
+    ln, data, sent = _corp_handoff(d, 99)
     late = d.worlds["corp"].respond(sent, False)
     d.apply(d.registry.admin_detach("corp"))
     queries = d.resolver.counters["queries"]
